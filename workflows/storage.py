@@ -1,0 +1,219 @@
+"""One place to list, stream-read and write local paths and ``s3://`` URIs.
+
+Everything goes through fsspec: local paths use the local filesystem, ``s3://`` uses s3fs,
+which honours the standard AWS credential chain (env vars, profiles, instance roles).
+``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` point it at a non-AWS endpoint (MinIO, moto).
+Transient storage errors are retried with exponential backoff; local writes are atomic
+(temporary file in the same directory, then rename) so a crash never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import random
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from typing import IO, Any, TypeVar
+
+import fsspec
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+RETRY_ATTEMPTS = int(os.environ.get("MIEN_STORAGE_RETRIES", "5"))
+RETRY_BASE_DELAY_S = float(os.environ.get("MIEN_STORAGE_RETRY_DELAY_S", "0.2"))
+
+_TRANSIENT_MARKERS = (
+    "SlowDown", "Throttl", "RequestTimeout", "InternalError", "ServiceUnavailable",
+    "503", "500", "502", "504", "Connection reset", "Connection aborted", "timed out",
+    "EndpointConnectionError", "ConnectionClosedError", "ReadTimeout", "IncompleteRead",
+)
+
+
+def is_remote(uri: str) -> bool:
+    return "://" in uri and not uri.startswith("file://")
+
+
+def strip_file_scheme(uri: str) -> str:
+    return uri[len("file://"):] if uri.startswith("file://") else uri
+
+
+def s3_storage_options() -> dict[str, Any]:
+    """s3fs options from the environment: endpoint override; credentials stay with botocore."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    opts: dict[str, Any] = {}
+    if endpoint:
+        opts["endpoint_url"] = endpoint
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        opts["client_kwargs"] = {"region_name": region}
+    return opts
+
+
+def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """``(fs, path)`` for a URI; ``path`` is what ``fs`` methods take."""
+    uri = strip_file_scheme(uri)
+    if uri.startswith(("s3://", "s3a://")):
+        fs = fsspec.filesystem("s3", **s3_storage_options())
+        return fs, uri.split("://", 1)[1]
+    if is_remote(uri):
+        protocol = uri.split("://", 1)[0]
+        fs = fsspec.filesystem(protocol)
+        return fs, uri
+    return fsspec.filesystem("file"), os.path.abspath(uri)
+
+
+def _to_uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    proto = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    if proto in ("file", "local"):
+        return path
+    if proto in ("s3", "s3a"):
+        return f"s3://{path}"
+    return path if "://" in path else f"{proto}://{path}"
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for errors worth retrying: throttling, 5xx, dropped connections, timeouts."""
+    if isinstance(exc, FileNotFoundError | PermissionError | IsADirectoryError | NotADirectoryError):
+        return False
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return True
+    text = f"{type(exc).__name__}: {exc}"
+    return any(m in text for m in _TRANSIENT_MARKERS)
+
+
+def with_retries(fn: Callable[..., T]) -> Callable[..., T]:
+    """Retry ``fn`` on transient errors with exponential backoff and jitter."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        for attempt in range(1, RETRY_ATTEMPTS + 1):
+            try:
+                return fn(*args, **kwargs)
+            except Exception as e:  # noqa: BLE001 - classified below
+                if attempt == RETRY_ATTEMPTS or not is_transient(e):
+                    raise
+                delay = RETRY_BASE_DELAY_S * (2 ** (attempt - 1)) * (0.5 + random.random())
+                log.warning("transient storage error (%s), retry %d/%d in %.2fs",
+                            type(e).__name__, attempt, RETRY_ATTEMPTS - 1, delay)
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    return wrapper
+
+
+def join(base: str, *parts: str) -> str:
+    out = base.rstrip("/")
+    for p in parts:
+        out = f"{out}/{p.strip('/')}"
+    return out
+
+
+@with_retries
+def exists(uri: str) -> bool:
+    fs, path = filesystem(uri)
+    return fs.exists(path)
+
+
+@with_retries
+def isdir(uri: str) -> bool:
+    fs, path = filesystem(uri)
+    return fs.isdir(path)
+
+
+@with_retries
+def info(uri: str) -> dict[str, Any]:
+    fs, path = filesystem(uri)
+    return fs.info(path)
+
+
+@with_retries
+def list_files(uri: str, suffixes: Iterable[str] | None = None) -> list[str]:
+    """All files under ``uri`` (recursive), sorted, as URIs; filtered by lower-case suffix.
+
+    A ``uri`` that is itself a file is returned alone. Raises FileNotFoundError when the
+    root does not exist.
+    """
+    fs, path = filesystem(uri)
+    if not fs.exists(path):
+        raise FileNotFoundError(f"input not found: {uri}")
+    if fs.isfile(path):
+        paths = [path]
+    else:
+        fs.invalidate_cache(path)
+        paths = [p for p, d in fs.find(path, detail=True, withdirs=False).items() if d.get("type") == "file"]
+    if suffixes is not None:
+        sfx = tuple(s.lower() for s in suffixes)
+        paths = [p for p in paths if p.lower().endswith(sfx)]
+    return sorted(_to_uri(fs, p) for p in paths)
+
+
+def open_input(uri: str, block_size: int = 4 << 20) -> IO[bytes]:
+    """A seekable binary stream over ``uri``; remote files are read in ranges, never whole."""
+    fs, path = filesystem(uri)
+    opener = with_retries(lambda: fs.open(path, "rb", block_size=block_size) if is_remote(uri)
+                          else fs.open(path, "rb"))
+    return opener()
+
+
+@with_retries
+def read_bytes(uri: str) -> bytes:
+    fs, path = filesystem(uri)
+    return fs.cat_file(path)
+
+
+def read_text(uri: str, encoding: str = "utf-8") -> str:
+    return read_bytes(uri).decode(encoding)
+
+
+def makedirs(uri: str) -> None:
+    fs, path = filesystem(uri)
+    if not is_remote(uri):
+        os.makedirs(path, exist_ok=True)
+    else:
+        with_retries(fs.makedirs)(path, exist_ok=True)
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write ``data`` to ``uri`` atomically (local: temp file + rename; S3 PUT is atomic)."""
+    if not is_remote(uri):
+        path = os.path.abspath(strip_file_scheme(uri))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        return
+    fs, path = filesystem(uri)
+    with_retries(fs.pipe_file)(path, data)
+
+
+def write_text(uri: str, text: str) -> None:
+    write_bytes(uri, text.encode("utf-8"))
+
+
+@with_retries
+def remove(uri: str) -> None:
+    fs, path = filesystem(uri)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+def check_writable(uri: str) -> None:
+    """Raise PermissionError/OSError naming ``uri`` when the output root cannot be written."""
+    probe = join(uri, f".mien-write-test-{os.getpid()}-{random.randrange(1 << 30)}")
+    try:
+        write_bytes(probe, b"ok")
+        remove(probe)
+    except Exception as e:
+        raise PermissionError(f"output is not writable: {uri} ({type(e).__name__}: {e})") from e
