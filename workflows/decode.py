@@ -56,6 +56,7 @@ class DecodeLimits:
     max_duration_s: float = 6 * 3600.0
     max_pixels: int = 8192 * 8192
     max_sampled_frames: int = 100_000
+    min_side: int = 16  # smaller frames cannot hold a detectable face
 
     def validate(self) -> list[str]:
         p = []
@@ -219,6 +220,10 @@ class VideoReader:
         if width <= 0 or height <= 0:
             self.close()
             raise DecodeError("invalid_dimensions", f"video stream reports {width}x{height} pixels")
+        if min(width, height) < self.limits.min_side:
+            self.close()
+            raise DecodeError("too_small", f"{width}x{height} pixels is below "
+                                           f"decode.limits.min_side={self.limits.min_side}")
         if width * height > self.limits.max_pixels:
             self.close()
             raise DecodeError("too_large", f"{width}x{height} = {width * height} pixels exceeds "
@@ -239,6 +244,9 @@ class VideoReader:
             # the header size against our limit first so nothing is allocated for a bomb.
             with Image.open(fh) as im:
                 w, h = im.size
+                if min(w, h) < self.limits.min_side:
+                    raise DecodeError("too_small", f"{w}x{h} pixels is below "
+                                                   f"decode.limits.min_side={self.limits.min_side}")
                 if w * h > self.limits.max_pixels:
                     raise DecodeError("too_large", f"{w}x{h} = {w * h} pixels exceeds "
                                                    f"decode.limits.max_pixels={self.limits.max_pixels}")

@@ -1,0 +1,87 @@
+"""The one place Ray appears in the annotate pipeline: cluster connection and the mapping of
+plain stages onto Ray Data ``map_batches`` with resources from config."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Iterator
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> dict[str, Any]:
+    """Connect to ``address`` (or ``RAY_ADDRESS``); with neither, start a local Ray whose
+    dashboard binds to 127.0.0.1. Returns the cluster's resources."""
+    import ray
+
+    if not ray.is_initialized():
+        addr = address or os.environ.get("RAY_ADDRESS")
+        if addr:
+            kwargs: dict[str, Any] = {"address": addr, "log_to_driver": True}
+            if not os.environ.get("RAY_JOB_SUBMISSION_ID"):
+                # A plain driver on a remote cluster ships our packages; inside a Ray job the
+                # job's working_dir already carries them.
+                import jobs
+                import model
+                import workflows
+
+                kwargs["runtime_env"] = {"py_modules": [workflows, model, jobs]}
+            log.info("connecting to Ray at %s", addr)
+            ray.init(**kwargs)
+        else:
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+                     dashboard_host="127.0.0.1", log_to_driver=True, configure_logging=False)
+    return ray.cluster_resources()
+
+
+def stage_plan(cfg: Any, resources: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Concrete actor-pool sizes and per-actor resources for both stages.
+
+    On small machines Ray Data hangs silently when actor pools reserve every CPU, so auto
+    sizing leaves headroom: face actors share the CPUs left after the MLLM actors and a
+    0.1-CPU reserve.
+    """
+    cpus = float(resources.get("CPU", 1.0))
+    gpus = float(resources.get("GPU", 0.0))
+    m = cfg.ray.mllm
+    mllm_gpus = m.num_gpus if m.num_gpus >= 0 else (1.0 if gpus >= 1 else 0.0)
+    mllm_n = m.concurrency or (max(1, int(gpus // mllm_gpus)) if mllm_gpus > 0 else 1)
+    mllm_cpus = m.num_cpus
+    f = cfg.ray.faces
+    faces_n = f.concurrency or max(1, int(cpus - mllm_n * mllm_cpus))
+    faces_cpus = f.num_cpus
+    if not f.concurrency:
+        budget = cpus - mllm_n * mllm_cpus - 0.1
+        faces_cpus = max(0.05, math.floor(min(f.num_cpus, budget / faces_n) * 100) / 100)
+    return {
+        "faces": {"concurrency": faces_n, "num_cpus": faces_cpus, "num_gpus": f.num_gpus,
+                  "batch_size": f.batch_size},
+        "mllm": {"concurrency": mllm_n, "num_cpus": mllm_cpus, "num_gpus": mllm_gpus,
+                 "batch_size": m.batch_size},
+    }
+
+
+def run_pipeline(sources: list[dict[str, str]], cfg: Any, run_id: str, plan: dict[str, dict[str, Any]],
+                 progress: bool = True) -> Iterator[dict[str, Any]]:
+    """Stream per-video result rows of the annotate pipeline as they finish."""
+    import ray.data
+
+    from workflows.stages import DecodeFacesStage, MllmStage
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = progress
+    ctx.enable_operator_progress_bars = progress
+    ctx.execution_options.preserve_order = False
+    ds = ray.data.from_items(sources, override_num_blocks=max(1, len(sources)))
+    fp, mp = plan["faces"], plan["mllm"]
+    ds = ds.map_batches(DecodeFacesStage, fn_constructor_args=(cfg,), batch_size=fp["batch_size"],
+                        concurrency=fp["concurrency"], num_cpus=fp["num_cpus"],
+                        num_gpus=fp["num_gpus"] or None, batch_format="default")
+    ds = ds.map_batches(MllmStage, fn_constructor_args=(cfg, run_id), batch_size=mp["batch_size"],
+                        concurrency=mp["concurrency"], num_cpus=mp["num_cpus"],
+                        num_gpus=mp["num_gpus"] or None, batch_format="default")
+    for batch in ds.iter_batches(batch_size=1, batch_format="pyarrow"):
+        yield from batch.to_pylist()
