@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default=None, metavar="URL",
                    help="job server, e.g. http://127.0.0.1:8265 (default: RAY_ADDRESS)")
     p.add_argument("--wait", action="store_true", help="stream the job's logs; exit code follows its status")
-    p.add_argument("job_args", nargs=argparse.REMAINDER, help="-- then the job's own arguments")
+    p.add_argument("job_args", nargs="*", metavar="-- ARGS", help="-- then the job's own arguments")
 
     p = sub.add_parser("jobs", help="list recent Ray jobs on a cluster")
     p.add_argument("--address", default=None, metavar="URL", help="job server (default: RAY_ADDRESS)")
@@ -77,7 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    passthrough: list[str] = []
+    if argv[:1] == ["submit"] and "--" in argv:  # everything after -- belongs to the submitted job
+        cut = argv.index("--")
+        argv, passthrough = argv[:cut], argv[cut + 1:]
     args = parser.parse_args(argv)
+    if passthrough:
+        args.job_args = list(args.job_args) + passthrough
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if args.command is None:
@@ -119,8 +126,7 @@ def _submit(args: argparse.Namespace) -> int:
     try:
         if args.command == "jobs":
             return submit.list_jobs(address, args.limit)
-        job_args = args.job_args[1:] if args.job_args[:1] == ["--"] else args.job_args
-        return submit.submit(args.job, address, job_args, wait=args.wait)
+        return submit.submit(args.job, address, args.job_args, wait=args.wait)
     except ConnectionError as e:
         print(f"mien {args.command}: {e}", file=sys.stderr)
         return 2

@@ -1,0 +1,183 @@
+"""`mien annotate` end to end on real media, a real local Ray and real MLflow (sqlite)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pyarrow.dataset as pads
+import pytest
+
+from tests.integration.conftest import shared_checker
+from workflows import schema
+from workflows.annotate import AnnotateConfig, annotate
+from workflows.config import load_config
+
+pytestmark = pytest.mark.timeout(900)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _cfg(tmp_path, *extra):
+    return load_config(AnnotateConfig, None, [f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+                                              "ray.faces.concurrency=2", "ray.faces.num_cpus=0.8", *extra])
+
+
+def _read(out, name):
+    return pads.dataset(os.path.join(out, name), format="parquet").to_table().to_pandas()
+
+
+def _check_contract(out):
+    checker = shared_checker()
+    if checker is not None:
+        r = subprocess.run([sys.executable, str(checker), str(out)], capture_output=True, text=True)
+        assert r.returncode == 0, r.stdout + r.stderr
+    for name, sch in schema.TABLES.items():
+        t = pads.dataset(os.path.join(out, name), format="parquet").to_table()
+        assert t.schema.equals(sch), name
+
+
+@pytest.fixture(scope="module")
+def first_run(corpus, tmp_path_factory, local_ray):
+    tmp = tmp_path_factory.mktemp("run1")
+    out = str(tmp / "out")
+    summary = annotate(str(corpus), out, _cfg(tmp), progress=False)
+    return tmp, out, summary
+
+
+def test_mixed_corpus_contract_and_statuses(first_run, corpus):
+    tmp, out, summary = first_run
+    _check_contract(out)
+    videos = _read(out, "videos").set_index("video_uri")
+    assert len(videos) == 6 and summary.videos_ok == 4 and summary.videos_error == 2
+    bad = videos.loc[str(corpus / "broken_text.mp4")]
+    assert bad.status == "error" and bad.error_kind == "invalid_data" and "not a decodable" in bad.error
+    assert videos.loc[str(corpus / "broken_truncated.mp4")].status == "error"
+    assert videos.loc[str(corpus / "no_face.mp4")].status == "ok"
+    assert videos.loc[str(corpus / "synthetic_noface.mp4")].n_faces == 0
+    smile = videos.loc[str(corpus / "smiling.mp4")]
+    assert smile.status == "ok" and smile.n_frames >= 15 and smile.n_faces >= smile.n_frames * 0.8
+    assert smile.width == 640 and smile.height == 360
+    still = videos.loc[str(corpus / "single_face.jpg")]
+    assert still.n_frames == 1 and still.n_faces == 1
+
+
+def test_faces_and_tracks_are_meaningful(first_run, corpus):
+    _, out, _ = first_run
+    videos = _read(out, "videos").set_index("video_uri")
+    faces = _read(out, "faces")
+    smile_id = videos.loc[str(corpus / "smiling.mp4")].video_id
+    f = faces[faces.video_id == smile_id]
+    assert f.track_id.nunique() == 1  # one person, one stable track
+    assert (f.fe_label == "happiness").mean() >= 0.6
+    for _, row in f.head(3).iterrows():
+        probs = dict(row.fe_probs)
+        assert set(probs) == {"neutral", "happiness", "sadness", "surprise", "fear", "disgust", "anger"}
+        assert abs(sum(probs.values()) - 1) < 1e-4
+        assert all(k.startswith("AU") and 0 <= v <= 1 for k, v in dict(row.au_probs).items())
+        x0, y0, x1, y1 = row.bbox
+        assert 0 <= x0 < x1 <= 640 and 0 <= y0 < y1 <= 360
+        assert row.crop_jpeg[:2] == b"\xff\xd8"
+    assert "AU12" in set().union(*[set(a) for a in f.au_active])
+    tracks = _read(out, "tracks")
+    t = tracks[tracks.video_id == smile_id]
+    assert t.n_frames.sum() == len(f) and (t.start_s <= t.end_s).all()
+
+
+def test_rerun_skips_done_and_force_redoes(first_run, corpus):
+    tmp, out, first = first_run
+    faces_before = len(_read(out, "faces"))
+    again = annotate(str(corpus), out, _cfg(tmp), progress=False)
+    assert again.videos_skipped == 4 and again.videos_ok == 0 and again.videos_error == 2  # errors retried
+    forced = annotate(str(corpus), out, _cfg(tmp), force=True, progress=False)
+    assert forced.videos_skipped == 0 and forced.videos_ok == 4
+    _check_contract(out)
+    v = _read(out, "videos")
+    assert (v[v.status == "ok"].groupby("video_id").size() == 1).all()
+    assert len(_read(out, "faces")) == faces_before
+
+
+def test_run_json_and_mlflow(first_run):
+    import json
+
+    import mlflow
+
+    tmp, out, summary = first_run
+    with open(os.path.join(out, "runs", f"{summary.run_id}.json")) as fh:
+        doc = json.load(fh)
+    assert doc["counts"]["videos_ok"] == 4 and doc["model_id"] and doc["config"]["decode"]["sampling"] == "fps:2"
+    assert doc["assets"]["yunet"]["sha256"]
+    client = mlflow.MlflowClient(f"sqlite:///{tmp}/mlflow.db")
+    exp = client.get_experiment_by_name("mien-annotate")
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`mien.run_id` = '{summary.run_id}'")
+    assert len(runs) == 1 and runs[0].data.metrics["videos_ok"] == 4
+    assert runs[0].data.params["decode.sampling"] == "fps:2"
+
+
+def test_readable_with_duckdb_and_pandas(first_run):
+    import duckdb
+
+    _, out, _ = first_run
+    n = duckdb.sql(f"select count(*) from read_parquet('{out}/faces/*.parquet')").fetchone()[0]
+    assert n == len(pd.read_parquet(os.path.join(out, "faces")))
+    top = duckdb.sql(f"select fe_label, count(*) c from read_parquet('{out}/faces/*.parquet') "
+                     "group by 1 order by 2 desc limit 1").fetchone()
+    assert top[0] == "happiness"
+
+
+def _cli(args, env_extra=None, **kw):
+    env = dict(os.environ, **(env_extra or {}))
+    return subprocess.Popen([sys.executable, "-m", "jobs.cli", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def test_cli_exit_codes_for_bad_config_and_input(tmp_path):
+    p = _cli(["annotate", "--input", str(tmp_path / "nope"), "--output", str(tmp_path / "o")])
+    out, _ = p.communicate(timeout=120)
+    assert p.returncode == 2 and "input not found" in out
+    p = _cli(["annotate", "--input", str(tmp_path), "--output", str(tmp_path / "o"), "--set", "decode.smapling=x"])
+    out, _ = p.communicate(timeout=120)
+    assert p.returncode == 2 and "decode.smapling: unknown key" in out and "did you mean 'sampling'" in out
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    if os.geteuid() != 0:  # root can write anywhere
+        p = _cli(["annotate", "--input", str(tmp_path), "--output", str(ro / "o")])
+        out, _ = p.communicate(timeout=120)
+        assert p.returncode == 2 and "not writable" in out
+
+
+def test_killed_driver_then_rerun_equals_clean_run(corpus, tmp_path, first_run):
+    """kill -9 the driver after the first committed chunk; the rerun completes it exactly."""
+    _, clean_out, _ = first_run
+    out = tmp_path / "out"
+    args = ["annotate", "--input", str(corpus), "--output", str(out), "--no-progress",
+            "--set", "output.flush_every_videos=1", "--set", "mlflow.enabled=false",
+            "--set", "ray.faces.concurrency=1"]
+    p = _cli(args)
+    deadline = time.time() + 300
+    while time.time() < deadline and p.poll() is None:
+        parts = list((out / "videos").glob("*.parquet")) if (out / "videos").exists() else []
+        if parts:
+            break
+        time.sleep(0.2)
+    assert p.poll() is None, "the run finished before it could be killed: " + (p.stdout.read() or "")
+    p.kill()  # SIGKILL: no cleanup, no flush
+    p.wait()
+    committed = len(pd.read_parquet(out / "videos"))
+    assert 1 <= committed < 6
+    p = _cli(args)
+    log, _ = p.communicate(timeout=600)
+    assert p.returncode == 0, log
+    _check_contract(str(out))
+    v = pd.read_parquet(out / "videos")
+    ok = v[v.status == "ok"]
+    assert ok.video_id.is_unique and len(ok) == 4
+    clean = pd.read_parquet(os.path.join(clean_out, "videos"))
+    clean_ok = clean[clean.status == "ok"].drop_duplicates("video_id").set_index("video_id").n_faces
+    assert ok.set_index("video_id").n_faces.sort_index().tolist() == clean_ok.sort_index().tolist()
+    f = pd.read_parquet(out / "faces")
+    assert not f.duplicated(["video_id", "frame_index", "track_id"]).any()
