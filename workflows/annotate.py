@@ -80,6 +80,8 @@ class StageResources:
 class RayConfig:
     address: str | None = None  # else RAY_ADDRESS, else a local Ray
     num_cpus: int | None = None  # local Ray only
+    max_task_retries: int = 2  # per batch, after a worker crash; then the videos are retried alone
+    crash_passes: int = 2  # extra passes for videos lost to crashes, one video per MLLM call
     faces: StageResources = dataclasses.field(default_factory=StageResources)
     mllm: StageResources = dataclasses.field(
         default_factory=lambda: StageResources(num_cpus=0.25, num_gpus=-1.0, batch_size=4))
@@ -208,46 +210,75 @@ def annotate(input_uri: str, output_uri: str, cfg: AnnotateConfig, force: bool =
 
 def _run(todo: list, cfg: AnnotateConfig, run_id: str, sink: Any, summary: AnnotateSummary,
          progress: bool) -> dict[str, Any]:
-    import pyarrow as pa
-
-    from workflows import ray_adapter, schema
-    from workflows.stages import read_ipc
+    from workflows import ray_adapter
 
     resources = ray_adapter.init_ray(cfg.ray.address, cfg.ray.num_cpus)
     plan = ray_adapter.stage_plan(cfg, resources)
     log.info("stage plan: %s", plan)
     fe_counts: collections.Counter[str] = collections.Counter()
     au_counts: collections.Counter[str] = collections.Counter()
-    rows = [{"video_id": s.video_id, "uri": s.uri} for s in todo]
+    pending = {s.video_id: s for s in todo}
+    done = 0
     last_log = 0.0
-    for done, row in enumerate(ray_adapter.run_pipeline(rows, cfg, run_id, plan, progress), 1):
-        faces = read_ipc(row.pop("faces_ipc"))
-        tracks = read_ipc(row.pop("tracks_ipc"))
-        row["run_id"] = run_id
-        row["finished_at"] = dt.datetime.now(dt.UTC)
-        if row["status"] != "ok":
-            faces, tracks = schema.FACES.empty_table(), schema.TRACKS.empty_table()
-            row.update(n_faces=0, n_tracks=0)
-            summary.videos_error += 1
-            summary.errors.append({k: str(row.get(k)) for k in ("video_uri", "error_kind", "error")})
-        else:
-            summary.videos_ok += 1
-        summary.model_id = row.get("model_id") or summary.model_id
-        summary.faces += len(faces)
-        summary.tracks += len(tracks)
-        fe_counts.update(faces.column("fe_label").to_pylist())
-        for active in faces.column("au_active").to_pylist():
-            au_counts.update(active or [])
-        videos = pa.Table.from_pylist([{k: row.get(k) for k in schema.VIDEOS.names}], schema=schema.VIDEOS)
-        sink.add(videos, faces, tracks, 1)
-        now = time.perf_counter()
-        if now - last_log > 5 or done == len(todo):
-            log.info("videos %d/%d done (%d error), faces %d", done, len(todo), summary.videos_error,
-                     summary.faces)
-            last_log = now
+    for attempt in range(cfg.ray.crash_passes + 1):
+        if not pending:
+            break
+        if attempt:
+            log.warning("%d video(s) lost to crashed workers; retrying them one at a time (pass %d/%d)",
+                        len(pending), attempt, cfg.ray.crash_passes)
+            plan = {**plan, "mllm": {**plan["mllm"], "batch_size": 1}}
+        rows = [{"video_id": s.video_id, "uri": s.uri} for s in pending.values()]
+        for row in ray_adapter.run_pipeline(rows, cfg, run_id, plan, progress):
+            pending.pop(row["video_id"], None)
+            done += 1
+            last_log = _consume(row, run_id, sink, summary, fe_counts, au_counts, done, len(todo), last_log)
+    for s in pending.values():  # still missing: every attempt crashed its worker
+        row = {"video_id": s.video_id, "video_uri": s.uri, "status": "error", "error_kind": "worker_crash",
+               "error": f"the worker processing this video died {cfg.ray.crash_passes + 1} time(s) "
+                        f"(native crash or out of memory); see the Ray logs",
+               "faces_ipc": None, "tracks_ipc": None, "n_frames": 0}
+        done += 1
+        last_log = _consume(row, run_id, sink, summary, fe_counts, au_counts, done, len(todo), last_log)
     summary.fe_counts = dict(fe_counts)
     summary.au_counts = dict(au_counts)
     return plan
+
+
+def _consume(row: dict[str, Any], run_id: str, sink: Any, summary: AnnotateSummary,
+             fe_counts: collections.Counter, au_counts: collections.Counter, done: int, total: int,
+             last_log: float) -> float:
+    """Fold one finished video into the sink and the summary; returns the last progress-log time."""
+    import pyarrow as pa
+
+    from workflows import schema
+    from workflows.stages import read_ipc
+
+    faces_blob, tracks_blob = row.pop("faces_ipc"), row.pop("tracks_ipc")
+    faces = read_ipc(faces_blob) if faces_blob else schema.FACES.empty_table()
+    tracks = read_ipc(tracks_blob) if tracks_blob else schema.TRACKS.empty_table()
+    row["run_id"] = run_id
+    row["finished_at"] = dt.datetime.now(dt.UTC)
+    if row["status"] != "ok":
+        faces, tracks = schema.FACES.empty_table(), schema.TRACKS.empty_table()
+        row.update(n_faces=0, n_tracks=0)
+        summary.videos_error += 1
+        summary.errors.append({k: str(row.get(k)) for k in ("video_uri", "error_kind", "error")})
+    else:
+        summary.videos_ok += 1
+    summary.model_id = row.get("model_id") or summary.model_id
+    summary.faces += len(faces)
+    summary.tracks += len(tracks)
+    fe_counts.update(faces.column("fe_label").to_pylist())
+    for active in faces.column("au_active").to_pylist():
+        au_counts.update(active or [])
+    videos = pa.Table.from_pylist([{k: row.get(k) for k in schema.VIDEOS.names}], schema=schema.VIDEOS)
+    sink.add(videos, faces, tracks, 1)
+    now = time.perf_counter()
+    if now - last_log > 5 or done == total:
+        log.info("videos %d/%d done (%d error), faces %d", done, total, summary.videos_error,
+                 summary.faces)
+        last_log = now
+    return last_log
 
 
 def _write_run_json(output_uri: str, input_uri: str, cfg: AnnotateConfig, summary: AnnotateSummary,

@@ -75,13 +75,18 @@ def run_pipeline(sources: list[dict[str, str]], cfg: Any, run_id: str, plan: dic
     ctx.enable_progress_bars = progress
     ctx.enable_operator_progress_bars = progress
     ctx.execution_options.preserve_order = False
+    # A video whose worker keeps crashing (segfault in a native library, OOM) must not stop
+    # the job: its block is dropped after bounded retries, and the driver retries or records
+    # the videos that never came back.
+    ctx.max_errored_blocks = -1
+    retries = {"max_restarts": -1, "max_task_retries": cfg.ray.max_task_retries}
     ds = ray.data.from_items(sources, override_num_blocks=max(1, len(sources)))
     fp, mp = plan["faces"], plan["mllm"]
     ds = ds.map_batches(DecodeFacesStage, fn_constructor_args=(cfg,), batch_size=fp["batch_size"],
                         concurrency=fp["concurrency"], num_cpus=fp["num_cpus"],
-                        num_gpus=fp["num_gpus"] or None, batch_format="default")
+                        num_gpus=fp["num_gpus"] or None, batch_format="default", **retries)
     ds = ds.map_batches(MllmStage, fn_constructor_args=(cfg, run_id), batch_size=mp["batch_size"],
                         concurrency=mp["concurrency"], num_cpus=mp["num_cpus"],
-                        num_gpus=mp["num_gpus"] or None, batch_format="default")
+                        num_gpus=mp["num_gpus"] or None, batch_format="default", **retries)
     for batch in ds.iter_batches(batch_size=1, batch_format="pyarrow"):
         yield from batch.to_pylist()

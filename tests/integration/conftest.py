@@ -24,7 +24,8 @@ def corpus(tmp_path_factory, asset):
 
 
 @pytest.fixture(scope="module")
-def local_ray():
+def local_ray(s3_server):
+    """A local Ray whose workers inherit the S3 endpoint settings (started after moto)."""
     import ray
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False,

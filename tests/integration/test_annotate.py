@@ -181,3 +181,25 @@ def test_killed_driver_then_rerun_equals_clean_run(corpus, tmp_path, first_run):
     assert ok.set_index("video_id").n_faces.sort_index().tolist() == clean_ok.sort_index().tolist()
     f = pd.read_parquet(out / "faces")
     assert not f.duplicated(["video_id", "frame_index", "track_id"]).any()
+
+
+def test_s3_in_and_out_with_manifest(corpus, s3_bucket, tmp_path, local_ray):
+    import pyarrow.dataset as pads
+
+    from workflows import storage
+
+    for name in ("single_face.jpg", "broken_text.mp4"):
+        storage.write_bytes(f"{s3_bucket}/in/{name}", (corpus / name).read_bytes())
+    storage.write_text(f"{s3_bucket}/in/manifest.jsonl",
+                       '{"uri": "single_face.jpg"}\n{"uri": "broken_text.mp4"}\n{"uri": "../escape.mp4"}\n')
+    out = f"{s3_bucket}/out"
+    summary = annotate(f"{s3_bucket}/in/manifest.jsonl", out, _cfg(tmp_path), progress=False)
+    assert summary.videos_ok == 1 and summary.videos_error == 1 and len(summary.rejected) == 1
+    fs, path = storage.filesystem(out)
+    faces = pads.dataset(f"{path}/faces", filesystem=fs, format="parquet").to_table()
+    videos = pads.dataset(f"{path}/videos", filesystem=fs, format="parquet").to_table().to_pandas()
+    assert len(faces) == 1 and faces.schema.equals(schema.FACES)
+    assert set(videos.video_uri) == {f"{s3_bucket}/in/single_face.jpg", f"{s3_bucket}/in/broken_text.mp4"}
+    assert storage.list_files(f"{out}/runs", (".json",))
+    again = annotate(f"{s3_bucket}/in/manifest.jsonl", out, _cfg(tmp_path), progress=False)
+    assert again.videos_skipped == 1
