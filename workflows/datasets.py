@@ -232,16 +232,19 @@ class _Collector:
         self.report.problems.append(LabelProblem(file, line, reason, text.strip()))
 
     def finish(self, strict: bool, max_problem_fraction: float | None) -> ParsedDataset:
-        self.report.n_records = len(self.rows)
+        seen: set[str] = set()
+        unique = []
+        for row in self.rows:
+            if row["id"] in seen:
+                self.problem(row["source_file"], row["source_line"], f"duplicate sample {row['id']}")
+                continue
+            seen.add(row["id"])
+            unique.append(row)
+        self.report.n_records = len(unique)
         self.report.check(strict, max_problem_fraction)
-        records = pd.DataFrame(self.rows, columns=list(RECORD_COLUMNS))
-        dup = records["id"].duplicated(keep="first")
-        if dup.any():
-            for _, r in records[dup].iterrows():
-                self.problem(r["source_file"], r["source_line"], f"duplicate sample {r['id']}")
-            records = records[~dup].reset_index(drop=True)
-            self.report.n_records = len(records)
-            self.report.check(strict, max_problem_fraction)
+        records = pd.DataFrame(unique, columns=list(RECORD_COLUMNS))
+        for name in ("fold", "frame_index", "source_line"):  # nullable ints, not floats with NaN
+            records[name] = records[name].astype("Int64")
         return ParsedDataset(records, self.report)
 
 
@@ -322,7 +325,8 @@ def parse_rafdb(label_file: str, *, image_root: str | None = None, aligned: bool
     """
     col = _Collector("rafdb")
     col.file(label_file)
-    root = image_root or _default_root(label_file, "EmoLabel", f"Image/{'aligned' if aligned else 'original'}")
+    variant = "aligned" if aligned else "original"
+    root = image_root or _default_root(label_file, "EmoLabel", f"Image/{variant}")
     classes = DATASET_CLASSES["rafdb"]
     for n, line in enumerate(_lines(label_file), start=1):
         if not line.strip():
@@ -465,7 +469,8 @@ def parse_ferplus(csv_file: str, *, image_root: str | None = None,
         col.row_read()
         text = ",".join(cells)
         if len(cells) != 2 + len(FERPLUS_VOTE_COLUMNS):
-            col.problem(csv_file, n, f"expected {2 + len(FERPLUS_VOTE_COLUMNS)} fields, got {len(cells)}", text)
+            expected = 2 + len(FERPLUS_VOTE_COLUMNS)
+            col.problem(csv_file, n, f"expected {expected} fields, got {len(cells)}", text)
             continue
         usage, name = cells[0].strip(), cells[1].strip()
         if usage not in FERPLUS_USAGE:
@@ -541,8 +546,10 @@ def parse_video_split(split_file: str, dataset: Literal["dfew", "ferv39k", "mafw
     col = _Collector(dataset)
     col.file(split_file)
     root = video_root or _parent(split_file)
-    split = split or _split_from_name(posixpath.basename(split_file)) or _split_from_name(split_file)
-    fold = _fold_from_name(posixpath.basename(split_file)) or _fold_from_name(split_file)
+    # The file name, then its folder: DFEW "train(single-labeled)/set_1.csv", MAFW "set_2/train.txt".
+    name, folder = posixpath.basename(split_file), posixpath.basename(_parent(split_file))
+    split = split or _split_from_name(name) or _split_from_name(folder)
+    fold = _fold_from_name(name) or _fold_from_name(folder)
     for n, line in enumerate(_lines(split_file), start=1):
         if not line.strip():
             continue
@@ -561,8 +568,8 @@ def parse_video_split(split_file: str, dataset: Literal["dfew", "ferv39k", "mafw
                 continue
             pos = ident - label_base
             if not 0 <= pos < len(classes):
-                col.problem(split_file, n, f"label id {ident} outside {label_base}..{label_base + len(classes) - 1}",
-                            line)
+                last = label_base + len(classes) - 1
+                col.problem(split_file, n, f"label id {ident} outside {label_base}..{last}", line)
                 continue
             label = classes[pos]
         else:
@@ -652,7 +659,8 @@ def parse_bp4d(location: str, *, image_root: str | None = None,
         columns = {i: _au_name(h) for i, h in enumerate(header) if i > 0}
         unknown_headers = [header[i] for i, name in columns.items() if name is None]
         if unknown_headers:
-            col.problem(uri, header_line, f"header cells are not AU numbers: {unknown_headers}", ",".join(header))
+            col.problem(uri, header_line, f"header cells are not AU numbers: {unknown_headers}",
+                        ",".join(header))
         use = {i: name for i, name in columns.items() if name in wanted and name in AU_NAMES}
         for n, cells in rows[1:]:
             if not any(c.strip() for c in cells):

@@ -8,9 +8,14 @@ same way at training and at annotation time. Tasks:
 
 - ``fe_category``     FERID category question → one class name (``happiness``);
 - ``au_detection``    which of the annotated AUs are active → ``AU06 Cheek Raiser, ...`` / ``none``;
-- ``fe_au_reasoning`` FEALLM-style FE↔AU answer ("happiness, because AU06 Cheek Raiser and
-  AU12 Lip Corner Puller are active."), only where both FE and AUs are known;
+- ``fe_au_reasoning`` FEALLM-style FE↔AU description ("The cheeks are raised and the lip corners
+  are pulled up. The person shows happiness, because AU06 Cheek Raiser and AU12 Lip Corner
+  Puller are active."), only where FE and AUs are both known and agree;
 - ``au_yes_no``       one yes/no turn per annotated AU (mirrors scoring mode); opt-in.
+
+Question and answer wording comes from :mod:`model.prompts` (the texts the model is scored and
+generates with, and the corpus of its built-in word tokenizer), so training and annotation
+read the same sentences.
 
 Rows carry ``group_id``, the unit that must never straddle splits: the video (or the track,
 if asked) for pseudo-labels, the clip for video datasets, the subject for BP4D / DISFA, the
@@ -31,27 +36,27 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from model.taxonomy import AU_DESCRIPTIONS, AU_NAMES, DATASET_CLASSES, FE_BASIC, FE_PROTOTYPE_AUS, au_label
+from model import prompts
+from model.taxonomy import AU_NAMES, DATASET_CLASSES, FE_BASIC, FE_PROTOTYPE_AUS, au_label
 from workflows import storage
 from workflows.datasets import IMAGE_SUFFIXES, ParsedDataset
 
 IMAGE_TOKEN = "<image>"
-# FERID's option order (RAF-DB's), kept verbatim so fine-tuned models see the published format.
-FERID_OPTIONS: tuple[str, ...] = ("surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral")
-FE_CATEGORY_QUESTION = ("What is the facial expression of the person in the image? "
-                        "Choose one from the following options: {{{options}}}.")
-AU_DETECTION_QUESTION = ("Which facial action units are active in the face of the person in the image? "
-                         "Choose any from the following options: {options}. Answer 'none' if none is active.")
-AU_YES_NO_QUESTION = "Is {au} active in the face? Answer yes or no."
-FE_AU_REASONING_QUESTION = ("What is the facial expression of the person in the image, and which facial "
-                            "action units support it? Choose the expression from the following options: "
-                            "{{{options}}}.")
+# FERID's option order (RAF-DB's) for the seven basic classes; further classes follow.
+FERID_OPTIONS: tuple[str, ...] = tuple(c for c in prompts.FERID_OPTION_ORDER if c in FE_BASIC)
+# Multi-label AU question. Worded with words of model.prompts' corpus so the built-in word
+# tokenizer has no unknown tokens; model/prompts.py would be its natural home.
+AU_DETECTION_QUESTION = ("What action units are active on this face? "
+                         "Choose from the following options: {{{options}}}.")
+NO_AU_ANSWER = "none"
 
 Task = Literal["fe_category", "au_detection", "fe_au_reasoning", "au_yes_no"]
 TASKS: tuple[str, ...] = ("fe_category", "au_detection", "fe_au_reasoning", "au_yes_no")
 DEFAULT_TASKS: tuple[str, ...] = ("fe_category", "au_detection", "fe_au_reasoning")
 DEFAULT_SPLITS: dict[str, float] = {"train": 0.8, "val": 0.1, "holdout": 0.1}
 SPLIT_SALT = "mien-split-v1"
+# Face-crop JPEG column of faces/*.parquet (workflows.schema names it crop_jpeg).
+CROP_COLUMNS: tuple[str, ...] = ("crop_jpeg", "crop")
 
 _TURN = pa.struct([pa.field("from", pa.string()), pa.field("value", pa.string())])
 INSTRUCTION_SCHEMA = pa.schema([
@@ -75,7 +80,10 @@ INSTRUCTION_SCHEMA = pa.schema([
     pa.field("au_active", pa.list_(pa.string())),
     pa.field("au_labeled", pa.list_(pa.string())),
     pa.field("au_probs", pa.map_(pa.string(), pa.float32())),
-    pa.field("au_evidence", pa.list_(pa.float32())),  # face-prior AU evidence, order AU_NAMES
+    pa.field("au_evidence", pa.map_(pa.string(), pa.float32())),  # face-prior AU evidence
+    pa.field("fe_prior", pa.map_(pa.string(), pa.float32())),  # face-prior expression probabilities
+    pa.field("landmarks_5", pa.list_(pa.float32())),  # eyes, nose, mouth corners (source px)
+    pa.field("pose", pa.list_(pa.float32())),  # yaw, pitch, roll in degrees
     pa.field("age", pa.float32()),
     pa.field("gender", pa.string()),
     pa.field("model_id", pa.string()),
@@ -97,10 +105,9 @@ def _gpt(text: str) -> dict[str, str]:
     return {"from": "gpt", "value": text}
 
 
-def _and_join(items: Sequence[str]) -> str:
-    if len(items) <= 1:
-        return "".join(items)
-    return f"{', '.join(items[:-1])} and {items[-1]}"
+def _question(segment: str) -> str:
+    """A model.prompts question segment ("\\n... ASSISTANT:") as plain turn text."""
+    return segment.strip().removesuffix(prompts.ASSISTANT).strip()
 
 
 def fe_options_for(classes: Iterable[str] = ()) -> tuple[str, ...]:
@@ -109,18 +116,17 @@ def fe_options_for(classes: Iterable[str] = ()) -> tuple[str, ...]:
 
 
 def fe_category_turns(fe_label: str, options: Sequence[str] = FERID_OPTIONS) -> list[dict[str, str]]:
-    """FERID category instruction: the option question → the class name."""
+    """FERID category instruction: the option question (``prompts.fe_question``) → the class name."""
     if fe_label not in options:
         raise ValueError(f"label {fe_label!r} is not among the options {list(options)}")
-    question = FE_CATEGORY_QUESTION.format(options=", ".join(options))
-    return [_human(f"{IMAGE_TOKEN}\n{question}"), _gpt(fe_label)]
+    return [_human(f"{IMAGE_TOKEN}\n{_question(prompts.fe_question(options))}"), _gpt(fe_label)]
 
 
 def au_detection_answer(au_active: Iterable[str], au_labeled: Sequence[str]) -> str:
     """``"AU06 Cheek Raiser, AU12 Lip Corner Puller"`` (labeled order) or ``"none"``."""
     active = set(au_active)
     named = [au_label(a) for a in au_labeled if a in active]
-    return ", ".join(named) if named else "none"
+    return ", ".join(named) if named else NO_AU_ANSWER
 
 
 def au_detection_turns(au_active: Iterable[str], au_labeled: Sequence[str]) -> list[dict[str, str]]:
@@ -130,50 +136,38 @@ def au_detection_turns(au_active: Iterable[str], au_labeled: Sequence[str]) -> l
 
 
 def au_yes_no_turns(au_active: Iterable[str], au_labeled: Sequence[str]) -> list[dict[str, str]]:
-    """One yes/no turn per annotated AU, the first carrying the image token."""
+    """One ``prompts.au_question`` yes/no turn per annotated AU (what scoring mode asks)."""
     active = set(au_active)
     turns: list[dict[str, str]] = []
     for i, au in enumerate(au_labeled):
-        question = AU_YES_NO_QUESTION.format(au=f"{au} ({AU_DESCRIPTIONS[au]})")
+        question = _question(prompts.au_question(au))
         turns.append(_human(f"{IMAGE_TOKEN}\n{question}" if i == 0 else question))
-        turns.append(_gpt("yes" if au in active else "no"))
+        turns.append(_gpt(prompts.YES if au in active else prompts.NO))
     return turns
 
 
-def fe_au_reasoning_answer(fe_label: str, au_active: Iterable[str]) -> str:
-    """FEALLM-style answer linking the expression to the active AUs.
+def fe_au_reasoning_answer(fe_label: str, au_active: Iterable[str]) -> str | None:
+    """FEALLM-style answer (``prompts.reasoning_answer``) naming the active AUs that explain the label.
 
-    The prototype AUs of ``fe_label`` (``FE_PROTOTYPE_AUS``) that are active are its reasons;
-    other active AUs are mentioned as such. Examples: ``"happiness, because AU06 Cheek Raiser
-    and AU12 Lip Corner Puller are active."``, ``"neutral, because no action unit is active."``
+    The reasons are the active prototype AUs of ``fe_label`` (``FE_PROTOTYPE_AUS``):
+    ``"... The person shows happiness, because AU06 Cheek Raiser and AU12 Lip Corner Puller
+    are active."``. A face with no active AU gets the plain statement. None when AUs are
+    active but none of them fits the label (e.g. "happiness" with only AU04): the labels
+    disagree, and a reason would be invented.
     """
     active = [a for a in AU_NAMES if a in set(au_active)]
-    prototype = FE_PROTOTYPE_AUS.get(fe_label, ())
-    support = [a for a in active if a in prototype]
-    others = [a for a in active if a not in prototype]
-    if support:
-        verb = "is" if len(support) == 1 else "are"
-        text = f"{fe_label}, because {_and_join([au_label(a) for a in support])} {verb} active"
-        if others:
-            text += f"; {_and_join([au_label(a) for a in others])} {'is' if len(others) == 1 else 'are'} also active"
-        return text + "."
-    if not active:
-        if prototype:
-            return (f"{fe_label}, judged from the overall face although none of its typical action units "
-                    f"({_and_join([au_label(a) for a in prototype])}) is clearly active.")
-        return f"{fe_label}, because no action unit is active."
-    verb = "is" if len(others) == 1 else "are"
-    if not prototype:
-        return f"{fe_label}: {_and_join([au_label(a) for a in others])} {verb} active but form no expression."
-    return (f"{fe_label}, judged from the overall face: {_and_join([au_label(a) for a in others])} {verb} active, "
-            f"but not its typical {_and_join([au_label(a) for a in prototype])}.")
+    support = [a for a in active if a in FE_PROTOTYPE_AUS.get(fe_label, ())]
+    if active and not support:
+        return None
+    return prompts.reasoning_answer(fe_label, support)
 
 
-def fe_au_reasoning_turns(fe_label: str, au_active: Iterable[str],
-                          options: Sequence[str] = FERID_OPTIONS) -> list[dict[str, str]]:
-    """FE↔AU reasoning instruction (needs both an FE label and known AUs)."""
-    question = FE_AU_REASONING_QUESTION.format(options=", ".join(options))
-    return [_human(f"{IMAGE_TOKEN}\n{question}"), _gpt(fe_au_reasoning_answer(fe_label, au_active))]
+def fe_au_reasoning_turns(fe_label: str, au_active: Iterable[str]) -> list[dict[str, str]] | None:
+    """FE↔AU reasoning instruction (``prompts.describe_question``); None when FE and AUs disagree."""
+    answer = fe_au_reasoning_answer(fe_label, au_active)
+    if answer is None:
+        return None
+    return [_human(f"{IMAGE_TOKEN}\n{_question(prompts.describe_question())}"), _gpt(answer)]
 
 
 def build_conversations(task: str, *, fe_label: str | None, au_active: Sequence[str] | None,
@@ -191,7 +185,7 @@ def build_conversations(task: str, *, fe_label: str | None, au_active: Sequence[
     if task == "fe_au_reasoning":
         if not (has_fe and has_au):
             return None
-        return fe_au_reasoning_turns(fe_label, au_active, fe_options)  # type: ignore[arg-type]
+        return fe_au_reasoning_turns(fe_label, au_active)  # type: ignore[arg-type]
     raise ValueError(f"unknown task {task!r}; known: {', '.join(TASKS)}")
 
 
@@ -290,11 +284,12 @@ def read_annotation_faces(output_uri: str) -> pd.DataFrame:
     faces = _read_parquet_dir(storage.join(output_uri, "faces"))
     if faces.empty:
         return faces
-    for col in ("fe_probs", "au_probs"):
+    for col in ("fe_probs", "au_probs", "au_evidence", "fe_prior"):
         if col in faces:
             faces[col] = faces[col].map(_as_dict).astype(object)
     if "track_id" in faces:
-        faces["track_id"] = [None if v is None or pd.isna(v) else str(v) for v in faces["track_id"]]
+        faces["track_id"] = pd.Series([_track_str(v) for v in faces["track_id"]], index=faces.index,
+                                      dtype=object)
     videos_dir = storage.join(output_uri, "videos")
     if "video_uri" not in faces and storage.exists(videos_dir):
         videos = _read_parquet_dir(videos_dir)
@@ -305,13 +300,27 @@ def read_annotation_faces(output_uri: str) -> pd.DataFrame:
     return faces
 
 
-def _group_key(row: Mapping[str, Any], position: int, group_by: str) -> str:
+def _track_str(value: Any) -> str | None:
+    """Track ids as strings; integer ids that pandas widened to float (nulls present) lose the ``.0``."""
+    if _is_missing(value):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _group_key(row: Mapping[str, Any], group_by: str) -> str:
+    """Split unit of a face; built from the face's own fields only, so it never changes between runs."""
+    if group_by == "video":
+        return str(row["video_id"])
     track = row.get("track_id")
-    if group_by == "track" and track is not None:
+    if track is not None:
         return f"{row['video_id']}/{track}"
-    if group_by == "track":  # an untracked face is its own unit
-        return f"{row['video_id']}/frame{row.get('frame_index')}/{position}"
-    return str(row["video_id"])
+    return f"{row['video_id']}/frame{row.get('frame_index')}"  # an untracked face: its frame
+
+
+def _has_bytes(value: Any) -> bool:
+    return isinstance(value, bytes | bytearray | memoryview) and len(value) > 0
 
 
 def _majority(labels: pd.Series) -> str:
@@ -346,7 +355,8 @@ def select_pseudo_labels(faces: pd.DataFrame, flt: PseudoLabelFilter | None = No
     keep(df["fe_confidence"].fillna(0.0) >= flt.min_fe_confidence, "fe_confidence")
     keep(df["fe_label"].isin(list(fe_classes)), "fe_label")
     if flt.require_crop:
-        has_crop = df["crop"].map(lambda b: b is not None and len(b) > 0) if "crop" in df else df["_pos"] < 0
+        crop_col = next((c for c in CROP_COLUMNS if c in df), None)
+        has_crop = df[crop_col].map(_has_bytes) if crop_col else df["_pos"] < 0
         keep(has_crop.astype(bool), "no_crop")
     track = df["track_id"].where(df["track_id"].notna(), "#" + df["_pos"].astype(str))
     df = df.assign(_track=df["video_id"].astype(str) + "/" + track.astype(str))
@@ -388,7 +398,7 @@ def instructions_from_annotations(output_uri: str, *, flt: PseudoLabelFilter | N
     """Instruction rows from a ``mien annotate`` output directory (``faces/*.parquet``).
 
     ``faces`` may be passed instead of reading ``output_uri`` (already-loaded or pre-filtered
-    faces). The ``crop`` column (JPEG bytes), if present, becomes ``image``; otherwise the row
+    faces). The ``crop_jpeg`` (or ``crop``) JPEG bytes, if present, become ``image``; otherwise the row
     points at the source (``image_uri`` = video URI, located by ``frame_index`` /
     ``timestamp_s`` / ``bbox``; ``media`` = ``frame``, or ``image`` for still-image inputs).
     """
@@ -400,23 +410,28 @@ def instructions_from_annotations(output_uri: str, *, flt: PseudoLabelFilter | N
     if faces.empty:
         report.update(n_kept_faces=0, dropped={}, n_rows=0, tasks={})
         return BuiltInstructions(_to_table([]), report)
-    missing = [c for c in ("video_id", "frame_index", "track_id", "fe_label", "fe_confidence") if c not in faces]
+    required = ("video_id", "frame_index", "track_id", "fe_label", "fe_confidence")
+    missing = [c for c in required if c not in faces]
     if missing:
-        raise ValueError(f"{output_uri}: faces lack required columns {missing}; is this a mien annotate output?")
+        raise ValueError(f"{output_uri}: faces lack required columns {missing}; "
+                         "is this a mien annotate output?")
+    faces = faces.assign(track_id=pd.Series([_track_str(v) for v in faces["track_id"]], index=faces.index,
+                                            dtype=object))
     kept, dropped = select_pseudo_labels(faces, flt)
     options = fe_options_for(FE_BASIC)
     rows: list[dict[str, Any]] = []
     per_task: Counter[str] = Counter()
-    for pos, face in enumerate(kept.to_dict("records")):
+    not_built: Counter[str] = Counter()
+    for face in kept.to_dict("records"):
         face = {k: (None if _is_missing(v) else v) for k, v in face.items()}
         au_probs = _as_dict(face.get("au_probs"))
         au_active, au_labeled = _labeled_aus(au_probs, _as_list(face.get("au_active")), flt.min_au_margin)
-        crop = face.get("crop")
+        crop = next((face[c] for c in CROP_COLUMNS if _has_bytes(face.get(c))), None)
         video_uri = face.get("video_uri")
         track = face.get("track_id")
         key = f"{face['video_id']}/{face['frame_index']}/{track if track is not None else 'untracked'}"
         base = {
-            "source": "pseudo", "group_id": _group_key(face, pos, flt.group_by), "dataset_split": None,
+            "source": "pseudo", "group_id": _group_key(face, flt.group_by), "dataset_split": None,
             "media": "image" if crop else _media_of(video_uri),
             "image": bytes(crop) if crop else None, "image_uri": video_uri,
             "video_id": str(face["video_id"]), "track_id": track,
@@ -424,17 +439,21 @@ def instructions_from_annotations(output_uri: str, *, flt: PseudoLabelFilter | N
             "bbox": _as_list(face.get("bbox")), "fe_label": face["fe_label"],
             "fe_confidence": face.get("fe_confidence"), "fe_probs": _as_dict(face.get("fe_probs")),
             "au_active": au_active, "au_labeled": au_labeled, "au_probs": au_probs,
-            "au_evidence": _as_list(face.get("au_evidence")), "age": face.get("age"),
+            "au_evidence": _as_dict(face.get("au_evidence")), "fe_prior": _as_dict(face.get("fe_prior")),
+            "landmarks_5": _as_list(face.get("landmarks_5")), "pose": _as_list(face.get("pose")),
+            "age": face.get("age"),
             "gender": face.get("gender"), "model_id": face.get("model_id"), "run_id": face.get("run_id"),
         }
         for task in tasks:
             turns = build_conversations(task, fe_label=face["fe_label"], au_active=au_active,
                                         au_labeled=au_labeled, fe_options=options)
-            if turns is None:
+            if turns is None:  # labels missing, or FE and AUs disagree (reasoning)
+                not_built[task] += 1
                 continue
             per_task[task] += 1
             rows.append({**base, "id": f"pseudo/{key}/{task}", "task": task, "conversations": turns})
-    report.update(n_kept_faces=len(kept), dropped=dropped, n_rows=len(rows), tasks=dict(per_task))
+    report.update(n_kept_faces=len(kept), dropped=dropped, n_rows=len(rows), tasks=dict(per_task),
+                  tasks_not_built=dict(not_built))
     return BuiltInstructions(_to_table(rows), report)
 
 
@@ -518,7 +537,7 @@ def instructions_from_records(records: ParsedDataset | pd.DataFrame, *,
             "video_id": rec.get("video_id"), "track_id": None, "frame_index": rec.get("frame_index"),
             "timestamp_s": None, "bbox": _as_list(rec.get("bbox")), "fe_label": rec.get("fe_label"),
             "fe_confidence": None, "fe_probs": _as_dict(rec.get("fe_probs")),
-            "au_active": au_active, "au_labeled": au_labeled, "au_probs": None, "au_evidence": None,
+            "au_active": au_active, "au_labeled": au_labeled, "au_probs": None,
             "age": None, "gender": None, "model_id": None, "run_id": None,
         }
         for task, turns in turns_by_task.items():

@@ -102,7 +102,8 @@ def fe_metrics(y_true: Sequence[str | None], y_pred: Sequence[str | None],
 # calibration
 
 
-def calibration(confidences: Sequence[float], correct: Sequence[bool], n_bins: int = N_BINS) -> dict[str, Any]:
+def calibration(confidences: Sequence[float], correct: Sequence[bool],
+                n_bins: int = N_BINS) -> dict[str, Any]:
     """ECE and per-bin statistics (reliability diagram data) of top-class confidences.
 
     Bins are (lo, hi] of width 1/``n_bins``; a confidence of exactly 0 falls in the first.
@@ -162,7 +163,11 @@ def au_f1(au_true: Sequence[Iterable[str] | None], au_pred: Sequence[Iterable[st
             continue
         n += 1
         t, p = set(truth), set(pred or ())
-        labeled = aus if au_labeled is None or au_labeled[i] is None else [a for a in aus if a in set(au_labeled[i])]
+        if au_labeled is None or au_labeled[i] is None:
+            labeled: Sequence[str] = aus
+        else:
+            annotated = set(au_labeled[i])  # type: ignore[arg-type]
+            labeled = [a for a in aus if a in annotated]
         for a in labeled:
             c = counts[a]
             c["n"] += 1
@@ -179,7 +184,8 @@ def au_f1(au_true: Sequence[Iterable[str] | None], au_pred: Sequence[Iterable[st
             "mean_f1": sum(defined) / len(defined) if defined else None}
 
 
-def active_from_probs(au_probs: Mapping[str, float] | None, threshold: float | Mapping[str, float] = 0.5) -> list[str]:
+def active_from_probs(au_probs: Mapping[str, float] | None,
+                      threshold: float | Mapping[str, float] = 0.5) -> list[str]:
     """AU names whose probability reaches ``threshold`` (one value or one per AU), AU_NAMES order."""
     if not au_probs:
         return []
@@ -192,7 +198,8 @@ def active_from_probs(au_probs: Mapping[str, float] | None, threshold: float | M
 # report
 
 
-def evaluation_report(*, fe_true: Sequence[str | None] | None = None, fe_pred: Sequence[str | None] | None = None,
+def evaluation_report(*, fe_true: Sequence[str | None] | None = None,
+                      fe_pred: Sequence[str | None] | None = None,
                       fe_confidence: Sequence[float] | None = None, fe_classes: Sequence[str] = FE_BASIC,
                       au_true: Sequence[Iterable[str] | None] | None = None,
                       au_pred: Sequence[Iterable[str] | None] | None = None,
@@ -207,8 +214,9 @@ def evaluation_report(*, fe_true: Sequence[str | None] | None = None, fe_pred: S
         fe = fe_metrics(fe_true, fe_pred, fe_classes)
         if fe_confidence is not None:
             _check_same_length(fe_true=fe_true, fe_confidence=fe_confidence)
+            known = set(fe_classes)
             scored = [(c, t == p) for t, p, c in zip(fe_true, fe_pred, fe_confidence, strict=True)
-                      if t in set(fe_classes)]
+                      if t in known]
             fe["calibration"] = calibration([c for c, _ in scored], [h for _, h in scored], n_bins)
             fe["ece"] = fe["calibration"]["ece"]
         report["fe"] = fe
@@ -232,7 +240,8 @@ def _jsonable(value: Any) -> Any:
 
 
 def flat_metrics(report: Mapping[str, Any]) -> dict[str, float]:
-    """Scalar metrics for ``mlflow.log_metrics``: ``fe/accuracy``, ``fe/recall/happiness``, ``au/f1/AU12`` ..."""
+    """Scalar metrics for ``mlflow.log_metrics``: ``fe/accuracy``, ``fe/recall/happiness``,
+    ``au/f1/AU12`` ..."""
     out: dict[str, float] = {}
     fe, au = report.get("fe"), report.get("au")
     if fe:

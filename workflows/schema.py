@@ -41,10 +41,10 @@ FACES = pa.schema([
     ("timestamp_s", pa.float64()),
     ("track_id", pa.int32()),
     ("segment_id", pa.int32()),
-    ("bbox", pa.list_(pa.float32(), 4)),          # x0, y0, x1, y1 in source pixels
+    ("bbox", pa.list_(pa.float32())),          # x0, y0, x1, y1 in source pixels
     ("det_score", pa.float32()),
-    ("landmarks_5", pa.list_(pa.float32(), 10)),  # x, y of eyes, nose, mouth corners (source px)
-    ("pose", pa.list_(pa.float32(), 3)),          # yaw, pitch, roll in degrees (NaN if unknown)
+    ("landmarks_5", pa.list_(pa.float32())),  # x, y of eyes, nose, mouth corners (source px)
+    ("pose", pa.list_(pa.float32())),          # yaw, pitch, roll in degrees (NaN if unknown)
     ("age", pa.float32()),
     ("gender", pa.string()),
     ("gender_score", pa.float32()),
