@@ -74,7 +74,7 @@ def pack_faces(records: list[Any], jpeg_quality: int) -> bytes:
         "track_id": arr(lambda r: r.track_id, (), np.int32, -1),
         "segment_id": arr(lambda r: r.segment_id, (), np.int32, 0),
         "gender": np.array([r.gender or "" for r in records], dtype="U8"),
-        "flags": np.array([",".join(r.flags or []) for r in records], dtype="U64"),
+        "flags": np.array([",".join(r.flags or []) for r in records], dtype="U512"),
         "crop_lengths": lengths,
         "crops": np.frombuffer(b"".join(crops), np.uint8) if crops else np.zeros(0, np.uint8),
     }
