@@ -271,7 +271,7 @@ def _consume(row: dict[str, Any], run_id: str, sink: Any, summary: AnnotateSumma
     fe_counts.update(faces.column("fe_label").to_pylist())
     for active in faces.column("au_active").to_pylist():
         au_counts.update(active or [])
-    videos = pa.Table.from_pylist([{k: row.get(k) for k in schema.VIDEOS.names}], schema=schema.VIDEOS)
+    videos = pa.Table.from_pylist([_video_record(row, schema.VIDEOS)], schema=schema.VIDEOS)
     sink.add(videos, faces, tracks, 1)
     now = time.perf_counter()
     if now - last_log > 5 or done == total:
@@ -279,6 +279,28 @@ def _consume(row: dict[str, Any], run_id: str, sink: Any, summary: AnnotateSumma
                  summary.faces)
         last_log = now
     return last_log
+
+
+def _video_record(row: dict[str, Any], sch: Any) -> dict[str, Any]:
+    """Coerce a result row to the videos schema: Ray turns missing numbers into NaN and
+    integers into floats on the way through the object store."""
+    import math
+
+    import pyarrow as pa
+
+    out: dict[str, Any] = {}
+    for field in sch:
+        v = row.get(field.name)
+        if isinstance(v, float) and math.isnan(v):
+            v = None
+        if v is not None and pa.types.is_integer(field.type):
+            v = int(v)
+        elif v is not None and pa.types.is_floating(field.type):
+            v = float(v)
+        elif v is not None and pa.types.is_string(field.type):
+            v = str(v)
+        out[field.name] = v
+    return out
 
 
 def _write_run_json(output_uri: str, input_uri: str, cfg: AnnotateConfig, summary: AnnotateSummary,

@@ -180,6 +180,8 @@ class VideoReader:
         self.probe: VideoProbe = self._open()
         self.decoded_frames = 0  # frames the decoder produced (sampled or not)
         self.seeks = 0
+        self.last_decoded_s = -math.inf  # timestamp of the last frame the decoder produced
+        self.reached_eof = False
 
     # -- opening and probing ------------------------------------------------------------
     def _open(self) -> VideoProbe:
@@ -287,6 +289,17 @@ class VideoReader:
             raise DecodeError("out_of_memory", "ran out of memory while decoding") from e
         if n == 0:
             raise DecodeError("no_frames", "no decodable video frames")
+        self._check_complete()
+
+    def _check_complete(self) -> None:
+        """A stream that ends well before the duration its header declares was cut short."""
+        p = self.probe
+        if not self.reached_eof or self.policy.kind == "keyframes" or not p.duration_s:
+            return
+        tolerance = max(0.5, 3.0 / (p.fps or 10.0))
+        if self.last_decoded_s < p.duration_s - tolerance:
+            raise DecodeError("truncated", f"the stream ends at {max(self.last_decoded_s, 0):.2f} s but the "
+                                           f"header declares {p.duration_s:.2f} s (truncated or corrupt file)")
 
     def _to_frame(self, frame: Any, index: int, t: float) -> Frame:
         img = frame.to_ndarray(format="rgb24")
@@ -314,11 +327,15 @@ class VideoReader:
                 t = self._time(frame, stream, start)
                 idx = self._index_from_time(t, i)
                 yield self._to_frame(frame, idx, t)
+            self.reached_eof = True
             return
         if kind == "all":
             for i, frame in enumerate(self._container.decode(stream)):
                 self.decoded_frames += 1
-                yield self._to_frame(frame, i, self._time(frame, stream, start))
+                t = self._time(frame, stream, start)
+                self.last_decoded_s = max(self.last_decoded_s, t)
+                yield self._to_frame(frame, i, t)
+            self.reached_eof = True
             return
         yield from self._sampled_targets(stream, start)
 
@@ -354,9 +371,12 @@ class VideoReader:
             try:
                 frame = next(decoder)
             except StopIteration:
+                self.reached_eof = True
                 return
             self.decoded_frames += 1
             t = self._time(frame, stream, start)
+            if math.isfinite(t):
+                self.last_decoded_s = max(self.last_decoded_s, t)
             index += 1
             if not math.isfinite(t):
                 t = index / (self.probe.fps or 1.0)
@@ -376,9 +396,12 @@ class VideoReader:
                 decoder = self._container.decode(stream)
                 first = next(decoder, None)
                 if first is None:
+                    self.reached_eof = True
                     return
                 self.decoded_frames += 1
                 t_first = self._time(first, stream, start)
+                if math.isfinite(t_first):
+                    self.last_decoded_s = max(self.last_decoded_s, t_first)
                 if not math.isfinite(t_first) or t_first <= before:
                     # The key frame before the target is at/behind where we were: seeking gains
                     # nothing on this video (long GOP). Decode forward from here without seeking.

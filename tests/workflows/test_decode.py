@@ -141,7 +141,27 @@ def test_truncated_mp4(tmp_path, clip):
     p.write_bytes(data[: len(data) // 2])
     with pytest.raises(DecodeError) as ei:
         _read(str(p), "all")
-    assert ei.value.kind in ("invalid_data", "decode_error", "no_frames")
+    assert ei.value.kind in ("invalid_data", "decode_error", "no_frames", "truncated")
+
+
+@pytest.mark.parametrize("policy", ["all", "fps:2", "fps:0.5"])
+def test_truncated_with_header_up_front_is_detected(tmp_path, policy):
+    src = render_video(tmp_path / "fast.mp4", n_frames=100, fps=10, gop=10)
+    import av
+
+    fast = tmp_path / "faststart.mp4"
+    with av.open(str(src)) as inp, av.open(str(fast), "w", options={"movflags": "faststart"}) as out:
+        s = out.add_stream_from_template(inp.streams.video[0])
+        for pkt in inp.demux(inp.streams.video[0]):
+            if pkt.dts is not None:
+                pkt.stream = s
+                out.mux(pkt)
+    data = fast.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DecodeError) as ei:
+        _read(str(cut), policy)
+    assert ei.value.kind == "truncated" and "header declares 10.00 s" in ei.value.message
 
 
 def test_one_pixel_video(tmp_path):
