@@ -15,7 +15,8 @@ export RAY_USAGE_STATS_ENABLED := 0
 
 PYTEST_ARGS ?=
 
-.PHONY: setup assets test test-all lint demo bench clean
+.PHONY: setup assets chromium test test-all lint demo bench clean
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 setup: $(STAMP)
 
@@ -35,10 +36,16 @@ $(STAMP): pyproject.toml
 assets: $(STAMP)
 	$(BIN)/mien assets fetch
 
-test: setup assets
+# Headless Chromium renders the HTML report in tests/outputs (skipped with a reason without it).
+chromium:
+	@test -x /usr/bin/chromium || { command -v apt-get >/dev/null || { echo "no apt-get: the report browser test will be skipped"; exit 0; }; \
+		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+		echo "chromium could not be installed: the report browser test will be skipped"
+
+test: setup assets chromium
 	$(BIN)/python -m pytest -m "not gpu and not slow" $(PYTEST_ARGS)
 
-test-all: setup assets
+test-all: setup assets chromium
 	$(BIN)/python -m pytest -m "not gpu" $(PYTEST_ARGS)
 
 lint: setup

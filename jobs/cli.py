@@ -7,10 +7,12 @@ import argparse
 import logging
 import sys
 
+from jobs import outputs_cmd  # argparse only; implementations load when a command runs
+
 EPILOG = """\
 examples:
   mien annotate --input videos/ --output out/                 # local Ray, offline default model
-  mien annotate --input s3://bucket/corpus --output s3://bucket/labels --set sampling=fps:1
+  mien annotate --input s3://bucket/corpus --output s3://bucket/labels --set decode.sampling=fps:1
   mien annotate --input manifest.parquet --output out/ --address ray://head:10001
   mien assets fetch --to s3://bucket/mien-assets               # pre-stage models for offline clusters
   mien submit annotate --address http://127.0.0.1:8265 --wait -- --input ... --output ...
@@ -72,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("names", nargs="*", help="asset names (default: all)")
     asub.add_parser("list", help="print every asset with its source package, sha256 and cache state")
 
+    outputs_cmd.add_parsers(sub)
     return parser
 
 
@@ -95,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
             from jobs.annotate_cmd import run_annotate
 
             return run_annotate(args)
+        if args.command in outputs_cmd.COMMANDS:
+            return outputs_cmd.run(args)
         if args.command in ("submit", "jobs"):
             return _submit(args)
         if args.command == "assets":

@@ -41,7 +41,10 @@ def main() -> int:
 
     rc = cli(["annotate", "--input", str(corpus), "--output", str(out)])
     if rc == 0:
-        print(f"\nopen the output: {out}/faces/*.parquet (pandas.read_parquet / duckdb)")
+        rc = cli(["report", "--input", str(out)])
+    if rc == 0:
+        print(f"\nopen the output: {out}/faces/*.parquet (pandas.read_parquet / duckdb), "
+              f"{out}/report.html in a browser")
     return rc
 
 

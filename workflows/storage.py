@@ -26,6 +26,9 @@ T = TypeVar("T")
 RETRY_ATTEMPTS = int(os.environ.get("MIEN_STORAGE_RETRIES", "5"))
 RETRY_BASE_DELAY_S = float(os.environ.get("MIEN_STORAGE_RETRY_DELAY_S", "0.2"))
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 _TRANSIENT_MARKERS = (
     "SlowDown", "Throttl", "RequestTimeout", "InternalError", "ServiceUnavailable",
     "503", "500", "502", "504", "Connection reset", "Connection aborted", "timed out",
@@ -184,6 +187,7 @@ def write_bytes(uri: str, data: bytes) -> None:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
         try:
+            os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs are meant to be shared
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()

@@ -121,10 +121,10 @@ def test_readable_with_duckdb_and_pandas(first_run):
     import duckdb
 
     _, out, _ = first_run
-    n = duckdb.sql(f"select count(*) from read_parquet('{out}/faces/*.parquet')").fetchone()[0]
+    n = duckdb.sql(f"select count(*) from read_parquet('{out}/faces/*.parquet')").fetchall()[0][0]
     assert n == len(pd.read_parquet(os.path.join(out, "faces")))
     top = duckdb.sql(f"select fe_label, count(*) c from read_parquet('{out}/faces/*.parquet') "
-                     "group by 1 order by 2 desc limit 1").fetchone()
+                     "group by 1 order by 2 desc limit 1").fetchall()[0]
     assert top[0] == "happiness"
 
 

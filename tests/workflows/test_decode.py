@@ -2,6 +2,7 @@
 
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -136,7 +137,7 @@ def test_bad_inputs_raise_decode_error_with_kind(tmp_path, name, make, kind):
 
 
 def test_truncated_mp4(tmp_path, clip):
-    data = open(clip, "rb").read()
+    data = Path(clip).read_bytes()
     p = tmp_path / "trunc.mp4"
     p.write_bytes(data[: len(data) // 2])
     with pytest.raises(DecodeError) as ei:
@@ -189,7 +190,7 @@ def test_streams_from_s3(s3_bucket, clip):
     from workflows import storage
 
     uri = f"{s3_bucket}/v/clip.mp4"
-    storage.write_bytes(uri, open(clip, "rb").read())
+    storage.write_bytes(uri, Path(clip).read_bytes())
     _, frames = _read(uri, "fps:1")
     assert [read_index(f.image) for f in frames] == list(range(0, 100, 10))
 

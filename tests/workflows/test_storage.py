@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pytest
 
@@ -27,7 +28,7 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "replace", boom)
     with pytest.raises(OSError):
         storage.write_bytes(uri, b"new")
-    assert open(uri, "rb").read() == b"old"
+    assert Path(uri).read_bytes() == b"old"
     assert os.listdir(tmp_path) == ["x.bin"]
 
 
