@@ -207,6 +207,11 @@ def _coerce(tp: Any, value: Any, key: str, problems: list[str]) -> Any:
     if tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e9" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         problems.append(f"{key}: expected a number, got {value!r}")
         return value
     if tp is str:
