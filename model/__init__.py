@@ -1,0 +1,92 @@
+"""mien's facial MLLM: EMO-LLaMA / FEALLM style components, scoring, generation, load/save.
+
+Entry points::
+
+    from model import load_model, save_model, build_model
+    m = load_model("default")               # or a local dir, s3://..., models:/name@alias
+    out = m.annotate(batch)                 # fe_probs (B, 7), au_probs (B, 23), description
+    mllm = build_model(cfg)                 # a FacialMLLM for training: collate -> forward -> loss
+
+Importing this package is cheap: torch and transformers load when a model is built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from model.config import ModelConfig, config_from_dict, load_model_config
+
+if TYPE_CHECKING:
+    from model.annotator import FacialAnnotator
+    from model.mllm import FacialMLLM
+
+__all__ = ["ModelConfig", "build_model", "config_from_dict", "load_model", "load_model_config", "save_model"]
+
+
+def build_model(cfg: ModelConfig, device: str = "cpu", **kwargs: Any) -> FacialMLLM:
+    """A :class:`model.mllm.FacialMLLM` for ``cfg`` (see ``model.builder.build_model``)."""
+    from model.builder import build_model as _build
+
+    return _build(cfg, device=device, **kwargs)
+
+
+def save_model(m: FacialAnnotator | FacialMLLM, uri: str, metrics: Mapping[str, float] | None = None,
+               bundle_base: bool = False) -> str:
+    """Write a model directory (``mien_model.json`` + safetensors) to ``uri``; returns the model id."""
+    from model.checkpoint import save_model as _save
+
+    return _save(m, uri, metrics=metrics, bundle_base=bundle_base)
+
+
+def load_model(uri: str = "default", device: str = "cpu",
+               overrides: Sequence[str] | Mapping[str, Any] | None = None) -> FacialAnnotator:
+    """Load a model for annotation.
+
+    ``uri``: ``"default"`` (the embedded offline model), a local directory, an ``s3://``
+    prefix, or an MLflow ``models:/name@alias`` / ``models:/name/version`` / ``runs:/`` URI.
+    ``overrides``: ``["generation.enabled=true", ...]`` or ``{"generation.enabled": True}``,
+    applied to the saved architecture (validated; unknown keys raise).
+
+    Checksums of every part are verified here; the MLLM itself is built now only if scores
+    need it (``prior_weight < 1``) or generation is on, otherwise on first use."""
+    from model.annotator import FacialAnnotator
+    from model.builder import build_model as _build
+    from model.checkpoint import (
+        MANIFEST,
+        apply_overrides,
+        compute_model_id,
+        flat_overrides,
+        load_parts_into,
+        read_manifest,
+        resolve_model_uri,
+        verify_component,
+        verify_parts,
+    )
+    from model.default import default_manifest
+
+    if uri == "default":
+        directory, manifest = None, default_manifest()
+    else:
+        directory = resolve_model_uri(uri)
+        manifest = read_manifest(directory)
+    cfg = config_from_dict(apply_overrides(manifest["architecture"], overrides),
+                           source=f"{uri} ({MANIFEST} architecture)")
+    blobs = verify_parts(directory, manifest) if directory else {}
+    components = manifest.get("components", {})
+    for name, meta in components.items():  # assets and bundled parts are cheap to check now
+        if meta.get("source", "").startswith(("asset:", "bundled:")):
+            verify_component(name, meta, directory or "")
+    model_id = compute_model_id(manifest, flat_overrides(overrides))
+
+    def build() -> FacialMLLM:
+        dirs = {name: verify_component(name, meta, directory or "") for name, meta in components.items()}
+        mllm = _build(cfg, device=device, llm_dir=dirs.get("llm"), vision_dir=dirs.get("vision"),
+                      tokenizer_dir=dirs.get("tokenizer"))
+        load_parts_into(mllm, blobs)
+        return mllm
+
+    annotator = FacialAnnotator(cfg, model_id, device=device, build=build, manifest=manifest)
+    if cfg.uses_llm_for_scores or cfg.generation.enabled:
+        _ = annotator.mllm
+    return annotator

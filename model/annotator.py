@@ -1,0 +1,227 @@
+"""``FacialAnnotator``: what ``load_model`` returns and what the annotate pipeline calls.
+
+``annotate(batch)`` always computes the calibrated face prior (cheap, numpy). The MLLM is
+built only when it is needed - when ``prior_weight < 1`` (its likelihood scores are mixed
+in) or when generation is on for some face - so the offline default scores thousands of
+faces per second on CPU without loading an LLM.
+
+Batch (B faces; numpy arrays or lists)::
+
+    crop         (B, S, S, 3) uint8 RGB aligned face
+    au_evidence  (B, 23) float32, AU_NAMES order, NaN = unavailable, normalised per track
+    fe_prior     (B, 7) float32, FE_BASIC order (expression-classifier softmax; rows may be NaN)
+    age          (B,) float32, NaN = unknown;  gender: list[str | None]
+    track_key    (B,) int64, shared by the faces of one track segment
+    optional: blendshapes (B, 52), pose (B, 3) degrees, landmarks (B, 5, 2), identity (B, 512)
+
+Returns ``fe_probs`` (B, 7) rows summing to 1, ``au_probs`` (B, 23) in [0, 1] with NaN where
+the AU is unavailable, ``description`` list[str | None], and the description parsed back:
+``description_fe`` list[str | None] and ``description_aus`` list[list[str] | None].
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from model.config import ModelConfig
+from model.prior import CalibratedFacePrior, PriorScores
+from model.prompts import anchored_opening, parse_description, supporting_aus
+from model.taxonomy import FE_BASIC
+
+if TYPE_CHECKING:
+    from model.mllm import FacialMLLM
+
+
+def _rows(batch: Mapping[str, Any]) -> int:
+    from model.mllm import _batch_rows
+
+    return _batch_rows(batch)
+
+
+def slice_batch(batch: Mapping[str, Any], rows: list[int] | np.ndarray) -> dict[str, Any]:
+    """The faces ``rows`` of a batch (arrays indexed, lists picked)."""
+    idx = np.asarray(rows, dtype=np.int64)
+    out: dict[str, Any] = {}
+    for k, v in batch.items():
+        if v is None:
+            out[k] = None
+        elif isinstance(v, list | tuple):
+            out[k] = [v[i] for i in idx]
+        else:
+            out[k] = np.asarray(v)[idx]
+    return out
+
+
+def _track_groups(keys: np.ndarray) -> list[np.ndarray]:
+    """Row indices per track key, in order of first appearance."""
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")
+    return [np.flatnonzero(inverse == g) for g in order]
+
+
+def _unit_hash(seed: int, key: int) -> float:
+    h = hashlib.sha256(f"{seed}:{int(key)}".encode()).digest()
+    return int.from_bytes(h[:8], "big") / 2.0 ** 64
+
+
+class FacialAnnotator:
+    """A loaded model: ``model_id``, ``config`` (a :class:`ModelConfig`; ``config.generation``
+    switches descriptions on), ``annotate(batch)``, and the MLLM underneath (``mllm``)."""
+
+    def __init__(self, config: ModelConfig, model_id: str, device: str = "cpu",
+                 build: Callable[[], FacialMLLM] | None = None, mllm: FacialMLLM | None = None,
+                 manifest: Mapping[str, Any] | None = None):
+        self.config = config
+        self.model_id = model_id
+        self.device = device
+        self.manifest = dict(manifest or {})
+        self._build = build
+        self._mllm = mllm
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_mllm(cls, mllm: FacialMLLM, model_id: str | None = None) -> FacialAnnotator:
+        """Wrap a model built (or trained) in this process."""
+        cfg = mllm.cfg
+        return cls(cfg, model_id or f"{cfg.name}-{cfg.version}+unsaved", str(mllm.device), mllm=mllm)
+
+    # ------------------------------------------------------------------ the MLLM
+    @property
+    def llm_loaded(self) -> bool:
+        return self._mllm is not None
+
+    @property
+    def mllm(self) -> FacialMLLM:
+        """The MLLM, built (and its trained parts loaded) on first access."""
+        if self._mllm is None:
+            with self._lock:
+                if self._mllm is None:
+                    if self._build is None:
+                        raise RuntimeError("this annotator has no MLLM and no way to build one")
+                    self._mllm = self._build()
+        return self._mllm
+
+    def component_sha(self, name: str) -> str:
+        """sha256 of base component ``name`` (from the manifest, or computed from its source)."""
+        meta = self.manifest.get("components", {}).get(name)
+        if meta and meta.get("sha256"):
+            return meta["sha256"]
+        from model.checkpoint import materialize, tree_sha256
+
+        source = getattr(self.config, name).source
+        return tree_sha256(materialize(source)) if source else ""
+
+    # ------------------------------------------------------------------ annotate
+    def score_prior(self, batch: Mapping[str, Any]) -> PriorScores:
+        """The calibrated face prior alone: (B, 7) FE and (B, 23) AU probabilities."""
+        rows = _rows(batch)
+        return CalibratedFacePrior(self.config.prior)(batch.get("fe_prior"), batch.get("au_evidence"), rows)
+
+    def generation_rows(self, batch: Mapping[str, Any]) -> list[int]:
+        """Rows that get a description under ``config.generation`` (empty when it is off)."""
+        g = self.config.generation
+        if not g.enabled:
+            return []
+        rows = _rows(batch)
+        if g.mode == "all":
+            return list(range(rows))
+        keys = batch.get("track_key")
+        keys = np.arange(rows) if keys is None else np.asarray(keys).reshape(-1)
+        chosen = []
+        for group in _track_groups(keys):
+            if g.mode == "fraction" and _unit_hash(g.seed, keys[group[0]]) >= g.fraction:
+                continue
+            chosen.append(int(group[len(group) // 2]))
+        return sorted(chosen)
+
+    def annotate(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        """FE/AU probabilities (and opt-in descriptions) for the B faces of ``batch``."""
+        cfg = self.config
+        rows = _rows(batch)
+        prior = self.score_prior(batch)
+        fe = prior.fe_probs.astype(np.float64)
+        au = prior.au_probs.astype(np.float64)
+        if cfg.uses_llm_for_scores and rows:
+            fe_llm, au_llm = self._llm_scores(batch, prior)
+            w = cfg.prior_weight
+            fe = w * fe + (1 - w) * fe_llm
+            if au_llm is not None:
+                au = np.where(np.isnan(au), au_llm, w * au + (1 - w) * au_llm)
+        fe = fe / fe.sum(axis=1, keepdims=True)
+        descriptions: list[str | None] = [None] * rows
+        gen = self.generation_rows(batch)
+        if gen:
+            openings = None
+            if cfg.generation.anchor_label:
+                labels = [FE_BASIC[int(np.argmax(fe[i]))] for i in gen]
+                openings = [anchored_opening(lb, supporting_aus(lb, au[i])) for lb, i in zip(labels, gen, strict=True)]
+            for i, text in zip(gen, self._describe(batch, prior, gen, openings), strict=True):
+                descriptions[i] = text
+        parsed = [parse_description(d) if d else None for d in descriptions]
+        return {
+            "fe_probs": fe.astype(np.float32),
+            "au_probs": np.clip(au, 0.0, 1.0).astype(np.float32),
+            "description": descriptions,
+            "description_fe": [p.fe_label if p else None for p in parsed],
+            "description_aus": [list(p.aus) if p else None for p in parsed],
+        }
+
+    def _llm_scores(self, batch: Mapping[str, Any], prior: PriorScores) -> tuple[np.ndarray, np.ndarray | None]:
+        mllm = self.mllm
+        rows = _rows(batch)
+        keys = batch.get("track_key")
+        keys = np.arange(rows) if keys is None else np.asarray(keys).reshape(-1)
+        chunks: list[list[int]] = [[]]
+        for group in _track_groups(keys):  # micro-batches of whole track segments where possible
+            for r in group.tolist():
+                if len(chunks[-1]) >= mllm.cfg.scoring.micro_batch:
+                    chunks.append([])
+                chunks[-1].append(r)
+        fe = np.zeros((rows, len(FE_BASIC)))
+        au: np.ndarray | None = None
+        classes = mllm.cfg.prompt.fe_classes
+        cols = [FE_BASIC.index(c) if c in FE_BASIC else -1 for c in classes]
+        for chunk in chunks:
+            idx = np.asarray(chunk)
+            sub_prior = PriorScores(prior.fe_probs[idx], prior.au_probs[idx])
+            scores = mllm.score(mllm.face_inputs(slice_batch(batch, idx), sub_prior))
+            p = np.exp(scores.fe_logprobs.double().cpu().numpy())
+            p = p / p.sum(axis=1, keepdims=True)
+            block = np.zeros((len(idx), len(FE_BASIC)))
+            for j, c in enumerate(cols):
+                if c >= 0:
+                    block[:, c] = p[:, j]
+            fe[idx] = block / np.clip(block.sum(axis=1, keepdims=True), 1e-12, None)
+            if scores.au_yes is not None:
+                if au is None:
+                    au = np.full((rows, prior.au_probs.shape[1]), np.nan)
+                au[idx] = scores.au_yes.double().cpu().numpy()
+        return fe, au
+
+    def _describe(self, batch: Mapping[str, Any], prior: PriorScores, rows: list[int],
+                  openings: list[str] | None) -> list[str]:
+        mllm = self.mllm
+        needed = set(rows)
+        if mllm.cfg.clip.frames and batch.get("track_key") is not None:
+            keys = np.asarray(batch["track_key"]).reshape(-1)
+            from model.video import clip_indices
+
+            clip = clip_indices(keys, mllm.cfg.clip.frames)
+            for r in rows:
+                needed.update(int(x) for x in clip[r])
+        idx = np.asarray(sorted(needed))
+        where = {int(r): i for i, r in enumerate(idx)}
+        sub_prior = PriorScores(prior.fe_probs[idx], prior.au_probs[idx])
+        faces = mllm.face_inputs(slice_batch(batch, idx), sub_prior)
+        out: list[str] = []
+        step = mllm.cfg.scoring.micro_batch
+        targets = [where[r] for r in rows]
+        for s in range(0, len(targets), step):
+            out.extend(mllm.generate(faces, rows=targets[s:s + step],
+                                     openings=None if openings is None else openings[s:s + step]))
+        return out
