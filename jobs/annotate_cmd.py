@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 
 def run_annotate(args: argparse.Namespace) -> int:
+    from model.checkpoint import ModelDirError
     from workflows.annotate import AnnotateConfig, annotate
     from workflows.config import load_config
     from workflows.ingest import InputError
@@ -23,9 +25,17 @@ def run_annotate(args: argparse.Namespace) -> int:
     except InputError as e:
         print(f"mien annotate: {e}", file=sys.stderr)
         return 2
+    except ModelDirError as e:
+        print(f"mien annotate: model {cfg.model.uri}: {e}", file=sys.stderr)
+        return 2
     except PermissionError as e:
         print(f"mien annotate: {e} (check the path, its permissions or your S3 credentials)", file=sys.stderr)
         return 2
+    except OSError as e:  # storage still failing after retries with backoff (storage.with_retries)
+        logging.getLogger(__name__).debug("storage failure", exc_info=True)
+        print(f"mien annotate: storage error that persisted through retries: {type(e).__name__}: {e}. "
+              "Committed parts are kept; rerun the same command to resume", file=sys.stderr)
+        return 1
     print(summary.render())
     print(f"output: {args.output}  (videos/, faces/, tracks/, runs/{summary.run_id}.json)")
     return 0

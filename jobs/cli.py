@@ -7,7 +7,8 @@ import argparse
 import logging
 import sys
 
-from jobs import outputs_cmd  # argparse only; implementations load when a command runs
+# argparse only; each command's implementation is imported when it runs
+from jobs import outputs_cmd, retrain_cmd, train_cmd
 
 EPILOG = """\
 examples:
@@ -33,7 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Annotate facial expressions (FE) and action units (AU) in video corpora with a "
                     "multimodal LLM on Ray, and retrain the model on its own pseudo-labels.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging for mien itself (libraries stay at INFO: botocore's debug "
+                             "output includes request credentials)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("annotate", help="label every face in a corpus into Parquet (videos/faces/tracks)",
@@ -74,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("names", nargs="*", help="asset names (default: all)")
     asub.add_parser("list", help="print every asset with its source package, sha256 and cache state")
 
+    train_cmd.add_parsers(sub)
+    retrain_cmd.add_parsers(sub)
     outputs_cmd.add_parsers(sub)
     return parser
 
@@ -88,8 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if passthrough:
         args.job_args = list(args.job_args) + passthrough
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    if args.verbose:  # never the root logger: botocore would log signed headers and session tokens
+        for name in ("workflows", "model", "jobs"):
+            logging.getLogger(name).setLevel(logging.DEBUG)
     if args.command is None:
         parser.print_help()
         return 2
@@ -98,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
             from jobs.annotate_cmd import run_annotate
 
             return run_annotate(args)
+        if args.command in train_cmd.COMMANDS:
+            return train_cmd.run(args)
+        if args.command in retrain_cmd.COMMANDS:
+            return retrain_cmd.run(args)
         if args.command in outputs_cmd.COMMANDS:
             return outputs_cmd.run(args)
         if args.command in ("submit", "jobs"):

@@ -51,7 +51,6 @@ def load_model(uri: str = "default", device: str = "cpu",
     Checksums of every part are verified here; the MLLM itself is built now only if scores
     need it (``prior_weight < 1``) or generation is on, otherwise on first use."""
     from model.annotator import FacialAnnotator
-    from model.builder import build_model as _build
     from model.checkpoint import (
         MANIFEST,
         apply_overrides,
@@ -74,14 +73,16 @@ def load_model(uri: str = "default", device: str = "cpu",
                            source=f"{uri} ({MANIFEST} architecture)")
     blobs = verify_parts(directory, manifest) if directory else {}
     components = manifest.get("components", {})
-    for name, meta in components.items():  # assets and bundled parts are cheap to check now
-        if meta.get("source", "").startswith(("asset:", "bundled:")):
-            verify_component(name, meta, directory or "")
+    verified = {name: verify_component(name, meta, directory or "")  # shipped with the model: check now
+                for name, meta in components.items() if meta.get("source", "").startswith(("asset:", "bundled:"))}
     model_id = compute_model_id(manifest, flat_overrides(overrides))
 
     def build() -> FacialMLLM:
-        dirs = {name: verify_component(name, meta, directory or "") for name, meta in components.items()}
-        mllm = _build(cfg, device=device, llm_dir=dirs.get("llm"), vision_dir=dirs.get("vision"),
+        from model.builder import build_model as _build  # torch and transformers load here
+
+        dirs = {name: verified[name] if name in verified else verify_component(name, meta, directory or "")
+                for name, meta in components.items()}
+        mllm = _build(cfg, device=_resolve_device(device), llm_dir=dirs.get("llm"), vision_dir=dirs.get("vision"),
                       tokenizer_dir=dirs.get("tokenizer"))
         load_parts_into(mllm, blobs)
         return mllm
@@ -90,3 +91,12 @@ def load_model(uri: str = "default", device: str = "cpu",
     if cfg.uses_llm_for_scores or cfg.generation.enabled:
         _ = annotator.mllm
     return annotator
+
+
+def _resolve_device(device: str) -> str:
+    """``auto`` (annotate's default) -> ``cuda`` when this process sees a GPU, else ``cpu``."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -37,10 +37,12 @@ if TYPE_CHECKING:
     from model.mllm import FacialMLLM
 
 
-def _rows(batch: Mapping[str, Any]) -> int:
-    from model.mllm import _batch_rows
-
-    return _batch_rows(batch)
+def batch_rows(batch: Mapping[str, Any]) -> int:
+    """Number of faces in an annotate batch."""
+    for key in ("au_evidence", "fe_prior", "crop", "age", "track_key"):
+        if batch.get(key) is not None:
+            return len(batch[key])
+    raise ValueError("empty batch: none of au_evidence, fe_prior, crop, age, track_key given")
 
 
 def slice_batch(batch: Mapping[str, Any], rows: list[int] | np.ndarray) -> dict[str, Any]:
@@ -119,7 +121,7 @@ class FacialAnnotator:
     # ------------------------------------------------------------------ annotate
     def score_prior(self, batch: Mapping[str, Any]) -> PriorScores:
         """The calibrated face prior alone: (B, 7) FE and (B, 23) AU probabilities."""
-        rows = _rows(batch)
+        rows = batch_rows(batch)
         return CalibratedFacePrior(self.config.prior)(batch.get("fe_prior"), batch.get("au_evidence"), rows)
 
     def generation_rows(self, batch: Mapping[str, Any]) -> list[int]:
@@ -127,7 +129,7 @@ class FacialAnnotator:
         g = self.config.generation
         if not g.enabled:
             return []
-        rows = _rows(batch)
+        rows = batch_rows(batch)
         if g.mode == "all":
             return list(range(rows))
         keys = batch.get("track_key")
@@ -142,7 +144,7 @@ class FacialAnnotator:
     def annotate(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         """FE/AU probabilities (and opt-in descriptions) for the B faces of ``batch``."""
         cfg = self.config
-        rows = _rows(batch)
+        rows = batch_rows(batch)
         prior = self.score_prior(batch)
         fe = prior.fe_probs.astype(np.float64)
         au = prior.au_probs.astype(np.float64)
@@ -173,7 +175,7 @@ class FacialAnnotator:
 
     def _llm_scores(self, batch: Mapping[str, Any], prior: PriorScores) -> tuple[np.ndarray, np.ndarray | None]:
         mllm = self.mllm
-        rows = _rows(batch)
+        rows = batch_rows(batch)
         keys = batch.get("track_key")
         keys = np.arange(rows) if keys is None else np.asarray(keys).reshape(-1)
         chunks: list[list[int]] = [[]]

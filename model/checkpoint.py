@@ -231,7 +231,8 @@ def save_model(m: FacialAnnotator | FacialMLLM, uri: str, metrics: Mapping[str, 
     save never looks like a model. Under ZeRO-3, gather the parameters first (e.g.
     ``deepspeed.zero.GatheredParameters``) and call this on rank 0."""
     from model.annotator import FacialAnnotator
-    from model.llm import GEMMA_ASSET, lora_state_dict, save_base_pretrained
+    from model.config import GEMMA_ASSET
+    from model.llm import lora_state_dict, save_base_pretrained
     from workflows import storage
 
     ann = m if isinstance(m, FacialAnnotator) else FacialAnnotator.from_mllm(m)
@@ -343,7 +344,7 @@ def verify_parts(directory: str, manifest: Mapping[str, Any]) -> dict[str, bytes
 
 def verify_component(name: str, meta: Mapping[str, Any], directory: str) -> str | None:
     """Local directory of base component ``name`` after its checksum check (None for assets)."""
-    from model.llm import GEMMA_ASSET
+    from model.config import GEMMA_ASSET
 
     source = meta.get("source", "")
     if source == GEMMA_ASSET:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from model.config import (
+    GEMMA_ASSET,
     FacePriorConfig,
     FIMConfig,
     GenerationConfig,
@@ -24,7 +25,6 @@ from model.config import (
     VisionConfig,
     config_to_dict,
 )
-from model.llm import GEMMA_ASSET
 
 DEFAULT_NAME = "mien-default-prior"
 DEFAULT_VERSION = "v1"

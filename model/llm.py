@@ -28,11 +28,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from model.config import LLMConfig
+from model.config import GEMMA_ASSET, LLMConfig
 
 log = logging.getLogger(__name__)
 
-GEMMA_ASSET = "asset:gemma3_270m"
 _GEMMA_GGUF_ASSET = "gemma3_270m_gguf"
 _GEMMA_DIRNAME = "gemma3_270m_hf_bf16"
 
@@ -45,8 +44,18 @@ def resolve_dtype(name: str, device: str) -> torch.dtype:
         return DTYPES[name]
     if device.startswith("cuda"):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    cap = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "")()
-    return torch.bfloat16 if "AVX512" in str(cap).upper() else torch.float32
+    return torch.bfloat16 if _cpu_has_native_bf16() else torch.float32
+
+
+def _cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: bf16 matmuls ~3x faster than fp32 there (measured on Gemma-270M);
+    elsewhere bf16 is emulated and slower."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
 @contextlib.contextmanager

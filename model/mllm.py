@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from model import prompts
+from model.annotator import batch_rows
 from model.config import ModelConfig
 from model.face_prior import FacePriorEncoder, prior_arrays
 from model.fim import FaceInfoMining
@@ -166,8 +167,8 @@ class FacialMLLM(nn.Module):
 
     # ------------------------------------------------------------------ inputs
     def face_inputs(self, batch: Mapping[str, Any], prior: PriorScores | None = None) -> FaceInputs:
-        """Tensors for the faces of an annotate-style ``batch`` (see ``model.Annotator``)."""
-        rows = _batch_rows(batch)
+        """Tensors for the faces of an annotate-style ``batch`` (contract in ``model/annotator.py``)."""
+        rows = batch_rows(batch)
         if prior is None:
             prior = self.prior(batch.get("fe_prior"), batch.get("au_evidence"), rows)
         ages = np.asarray(batch["age"], dtype=np.float32).reshape(-1) if batch.get("age") is not None else None
@@ -358,12 +359,15 @@ class FacialMLLM(nn.Module):
         last, cache = self._run(q_emb, mask_q, _positions(q_mask, n_ctx), self._cache(kv_face))
         extra = None
         if not self._shortcut_ok():
-            extra = self._continuations_cached(self._kv(cache), mask_q, n_ctx + len(q_fe), last[:, -1])
+            extra = self._continuations_cached(self._kv(cache), mask_q, n_ctx + len(q_fe))
         return self._fe_scores(last[:, -1], extra)
 
     def _tree_ok(self) -> bool:
         impl = getattr(self.llm.config, "_attn_implementation", None)
-        return self.cfg.scoring.tree_attention and impl in ("sdpa", "eager")
+        if impl not in ("sdpa", "eager"):  # other kernels take no arbitrary 4D mask
+            return False
+        wanted = self.cfg.scoring.tree_attention
+        return self.llm_dim >= 512 if wanted is None else wanted
 
     def _tree_questions(self, kv: list[tuple[torch.Tensor, torch.Tensor]], ctx_mask: torch.Tensor,
                         n_ctx: torch.Tensor, questions: list[list[int]]) -> torch.Tensor:
@@ -391,7 +395,7 @@ class FacialMLLM(nn.Module):
         return logits
 
     def _continuations_cached(self, kv: list[tuple[torch.Tensor, torch.Tensor]], mask: torch.Tensor,
-                              n_ctx: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+                              n_ctx: torch.Tensor) -> torch.Tensor:
         """Log-probability of tokens 2..n of every class answer after a cached context: (B, C)."""
         b, c = mask.shape[0], len(self._candidates)
         tails = [cand[:-1] for cand in self._candidates]  # inputs that predict tokens 2..n
@@ -540,13 +544,6 @@ def _clean_generation(text: str) -> str:
     for stop in (f"\n{prompts.USER}", prompts.USER, "\n\n"):
         text = text.split(stop, 1)[0]
     return text.strip()
-
-
-def _batch_rows(batch: Mapping[str, Any]) -> int:
-    for key in ("au_evidence", "fe_prior", "crop", "age", "track_key"):
-        if batch.get(key) is not None:
-            return len(batch[key])
-    raise ValueError("empty batch: none of au_evidence, fe_prior, crop, age, track_key given")
 
 
 def stack_faces(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

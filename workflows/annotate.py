@@ -162,7 +162,10 @@ class AnnotateSummary:
         if len(self.errors) > 20:
             lines.append(f"  ... and {len(self.errors) - 20} more error(s) (videos/ status=error)")
         for r in self.rejected[:20]:
-            lines.append(f"  rejected manifest line {r['line']}: {r['entry']!r}: {r['reason']}")
+            where = f"manifest line {r['line']}" if r["line"] else "input"
+            lines.append(f"  rejected {where} {r['entry']!r}: {r['reason']}")
+        if len(self.rejected) > 20:
+            lines.append(f"  ... and {len(self.rejected) - 20} more rejected input(s) (runs/{self.run_id}.json)")
         return "\n".join(lines)
 
 
@@ -173,7 +176,8 @@ def new_run_id() -> str:
 def annotate(input_uri: str, output_uri: str, cfg: AnnotateConfig, force: bool = False,
              limit: int | None = None, progress: bool = True) -> AnnotateSummary:
     """Run the pipeline; returns the summary. Raises InputError / PermissionError for an
-    unusable input root or output (the CLI turns them into a message and exit code)."""
+    unusable input root or output and ModelDirError for an unusable model (the CLI turns them
+    into a message and exit code)."""
     from workflows.ingest import discover
     from workflows.sink import AnnotationSink
 
@@ -182,6 +186,7 @@ def annotate(input_uri: str, output_uri: str, cfg: AnnotateConfig, force: bool =
     summary = AnnotateSummary(run_id=run_id, output=output_uri)
     storage.check_writable(output_uri)
     sources, rejected = discover(input_uri, cfg.ingest.allowed_roots or None)
+    _check_model(cfg)
     if limit is not None:
         sources = sources[:limit]
     summary.videos_total = len(sources)
@@ -208,6 +213,23 @@ def annotate(input_uri: str, output_uri: str, cfg: AnnotateConfig, force: bool =
     return summary
 
 
+def _check_model(cfg: AnnotateConfig) -> None:
+    """Refuse an unusable model directory (missing, pickled, checksum mismatch) here, in one
+    line, instead of in every MLLM actor's constructor on the cluster. Raises ModelDirError."""
+    uri = cfg.model.uri
+    if uri == "default":
+        return
+    local = not storage.is_remote(uri) and not uri.startswith(("models:/", "runs:/"))
+    if local and not os.path.exists(storage.strip_file_scheme(uri)) and (
+            cfg.ray.address or os.environ.get("RAY_ADDRESS")):
+        log.info("model %s is not on this machine; the cluster's MLLM workers will load it", uri)
+        return
+    from model.checkpoint import read_manifest, resolve_model_uri, verify_parts
+
+    directory = resolve_model_uri(uri)
+    verify_parts(directory, read_manifest(directory))
+
+
 def _run(todo: list, cfg: AnnotateConfig, run_id: str, sink: Any, summary: AnnotateSummary,
          progress: bool) -> dict[str, Any]:
     from workflows import ray_adapter
@@ -226,16 +248,21 @@ def _run(todo: list, cfg: AnnotateConfig, run_id: str, sink: Any, summary: Annot
         if attempt:
             log.warning("%d video(s) lost to crashed workers; retrying them one at a time (pass %d/%d)",
                         len(pending), attempt, cfg.ray.crash_passes)
-            plan = {**plan, "mllm": {**plan["mllm"], "batch_size": 1}}
+            plan = ray_adapter.isolated(plan)
         rows = [{"video_id": s.video_id, "uri": s.uri} for s in pending.values()]
         for row in ray_adapter.run_pipeline(rows, cfg, run_id, plan, progress):
-            pending.pop(row["video_id"], None)
+            if pending.pop(row["video_id"], None) is None:
+                # A block re-executed after a node or object loss can deliver a video twice;
+                # the first result is already in the sink.
+                log.warning("ignoring a second result for video %s", row["video_id"])
+                continue
             done += 1
             last_log = _consume(row, run_id, sink, summary, fe_counts, au_counts, done, len(todo), last_log)
     for s in pending.values():  # still missing: every attempt crashed its worker
         row = {"video_id": s.video_id, "video_uri": s.uri, "status": "error", "error_kind": "worker_crash",
-               "error": f"the worker processing this video died {cfg.ray.crash_passes + 1} time(s) "
-                        f"(native crash or out of memory); see the Ray logs",
+               "error": f"the worker processing this video died on every try ({cfg.ray.crash_passes + 1} "
+                        f"pass(es) x {cfg.ray.max_task_retries + 1} tries; a native crash or out of memory); "
+                        f"see the Ray logs",
                "faces_ipc": None, "tracks_ipc": None, "n_frames": 0}
         done += 1
         last_log = _consume(row, run_id, sink, summary, fe_counts, au_counts, done, len(todo), last_log)

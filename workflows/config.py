@@ -151,7 +151,13 @@ def _build(cls: type, data: Any, prefix: str, problems: list[str]) -> Any:
             elif dataclasses.is_dataclass(hints[name]) and f.default_factory is not dataclasses.MISSING:
                 kwargs[name] = f.default_factory()
             continue
-        kwargs[name] = _coerce(hints[name], data[name], _key(prefix, name), problems)
+        value = data[name]
+        if (isinstance(value, Mapping) and dataclasses.is_dataclass(hints[name])
+                and f.default_factory is not dataclasses.MISSING):
+            # Overriding one key keeps the field's own defaults for the others (a factory may
+            # differ from the class defaults: ray.mllm is a StageResources with batch_size=4).
+            value = deep_merge(to_dict(f.default_factory()), value)
+        kwargs[name] = _coerce(hints[name], value, _key(prefix, name), problems)
     try:
         return cls(**kwargs)
     except TypeError:

@@ -120,6 +120,11 @@ class VideoProbe:
         return (self.height, self.width) if self.rotation % 180 else (self.width, self.height)
 
 
+_EXIF_ORIENTATION = 0x0112
+# EXIF orientation -> counter-clockwise rotation applied for display (mirroring aside).
+_EXIF_ROTATION_CCW = {3: 180, 4: 180, 5: 90, 6: 270, 7: 270, 8: 90}
+
+
 def is_image_uri(uri: str) -> bool:
     return uri.lower().endswith(IMAGE_SUFFIXES)
 
@@ -142,6 +147,8 @@ def _open_source(uri: str) -> IO[bytes] | str:
         return storage.open_input(uri)
     except FileNotFoundError as e:
         raise DecodeError("not_found", f"no such object: {uri}") from e
+    except PermissionError as e:
+        raise DecodeError("access_denied", f"access denied reading {uri} ({e})") from e
 
 
 def _rotation_of(stream: Any) -> int:
@@ -252,9 +259,9 @@ class VideoReader:
                 if w * h > self.limits.max_pixels:
                     raise DecodeError("too_large", f"{w}x{h} = {w * h} pixels exceeds "
                                                    f"decode.limits.max_pixels={self.limits.max_pixels}")
+                orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
                 upright = ImageOps.exif_transpose(im).convert("RGB")
                 self._image = np.asarray(upright, dtype=np.uint8)
-                rotated = upright.size != (w, h)
         except DecodeError:
             raise
         except Image.DecompressionBombError as e:
@@ -263,8 +270,13 @@ class VideoReader:
             raise DecodeError("invalid_data", f"not a decodable image ({e})") from e
         finally:
             fh.close()
+        # Like a video's: coded size plus the rotation for display, so that display_size is
+        # the size of the upright frame the face boxes refer to.
         h2, w2 = self._image.shape[:2]
-        return VideoProbe(duration_s=0.0, fps=None, width=w2, height=h2, rotation=90 if rotated else 0,
+        rotation = _EXIF_ROTATION_CCW.get(orientation, 0) if isinstance(orientation, int) else 0
+        if rotation % 180:
+            w2, h2 = h2, w2
+        return VideoProbe(duration_s=0.0, fps=None, width=w2, height=h2, rotation=rotation,
                           codec="image", n_frames=1, is_image=True)
 
     # -- decoding ----------------------------------------------------------------------

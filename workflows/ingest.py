@@ -1,9 +1,14 @@
 """Discover the videos and still images of a corpus: a local dir, an S3 prefix, or a manifest.
 
 A manifest is a .parquet, .csv or .jsonl file with a ``uri`` column. Relative entries are
-resolved against the manifest's directory; entries that escape it with ``..`` or name a
-``file://`` path outside ``allowed_roots`` are rejected with a reason (never silently
-dropped). ``video_id`` is derived from the URI and the content fingerprint the listing
+resolved against the manifest's directory; entries that escape it (with ``..`` or through a
+symlink), name a ``file://`` path outside ``allowed_roots`` or use a scheme other than an
+object store's (``http://`` would let a manifest make workers fetch internal URLs) are
+rejected with a reason (never silently dropped); with ``allowed_roots`` set, every local and remote entry must lie
+under one of them. In a local directory, media-named entries that are not regular files
+(FIFOs, devices), symlinks that leave the directory or go nowhere, and names that are not
+valid UTF-8 (they cannot be stored in Parquet) are rejected the same way (``line`` 0);
+directory symlinks are not followed. ``video_id`` is derived from the URI and the content fingerprint the listing
 gives for free (size + ETag on S3, size + mtime locally), so it is stable for the same
 content at the same URI and changes when the file is replaced.
 """
@@ -20,6 +25,7 @@ from workflows import storage
 from workflows.decode import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 
 MANIFEST_SUFFIXES = (".parquet", ".csv", ".jsonl")
+OBJECT_STORE_SCHEMES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss")
 MEDIA_SUFFIXES = VIDEO_SUFFIXES + IMAGE_SUFFIXES
 
 
@@ -60,7 +66,7 @@ def _source(uri: str, info: dict | None = None) -> VideoSource:
     if info is None:
         try:
             info = storage.info(uri)
-        except FileNotFoundError:
+        except OSError:  # missing, unreadable, name too long: the decode stage reports it per video
             info = {}
     fp = _fingerprint(info) if info else "missing"
     return VideoSource(make_video_id(uri, fp), uri, info.get("size") if info else None, fp)
@@ -73,6 +79,8 @@ def discover(input_uri: str, allowed_roots: list[str] | None = None
     lower = root.lower()
     if lower.endswith(MANIFEST_SUFFIXES):
         return _from_manifest(root, allowed_roots)
+    if not storage.is_remote(root) and os.path.isdir(root):
+        return _from_local_dir(root)
     try:
         uris = storage.list_files(root, MEDIA_SUFFIXES)
     except FileNotFoundError as e:
@@ -81,6 +89,63 @@ def discover(input_uri: str, allowed_roots: list[str] | None = None
     except PermissionError as e:
         raise InputError(f"input is not readable: {input_uri} ({e})") from e
     return [_source(u) for u in uris], []
+
+
+def printable(name: str) -> str:
+    """``name`` with undecodable bytes (``surrogateescape``) shown as ``\\xNN``: safe to print and store."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _from_local_dir(root: str) -> tuple[list[VideoSource], list[RejectedEntry]]:
+    """Regular media files under a local directory; irregular media-named entries rejected."""
+    root = os.path.abspath(root)
+    real_root = os.path.realpath(root)
+    sources: list[VideoSource] = []
+    rejected: list[RejectedEntry] = []
+    found: list[tuple[str, str | None]] = []  # (path, reason to reject or None)
+
+    def walk_error(e: OSError) -> None:
+        if e.filename and os.path.abspath(e.filename) == root:
+            raise InputError(f"input is not readable: {root} ({e})") from e
+        found.append((str(e.filename or root), f"directory not readable ({e.strerror})"))
+
+    # followlinks=False: a directory symlink is never entered (no loops, no escape from root).
+    for dirpath, dirnames, filenames in os.walk(root, onerror=walk_error, followlinks=False):
+        for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+            path = os.path.join(dirpath, name)
+            if not name.lower().endswith(MEDIA_SUFFIXES):
+                continue
+            found.append((path, _local_entry_problem(path, real_root)))
+    for path, reason in sorted(found):
+        if reason is None:
+            sources.append(_source(path))
+        else:
+            rejected.append(RejectedEntry(printable(path), 0, reason))
+    return sources, rejected
+
+
+def _local_entry_problem(path: str, real_root: str) -> str | None:
+    import stat
+
+    if not _is_utf8(path):
+        return "the file name is not valid UTF-8 (it cannot be stored in Parquet); rename the file"
+    try:
+        st = os.stat(path)  # follows symlinks
+    except OSError as e:
+        return f"cannot stat ({e.strerror}): a dangling or looping symlink, or an unreadable entry"
+    if os.path.islink(path) and not _within(os.path.realpath(path), real_root):
+        return f"a symlink to {printable(os.path.realpath(path))}, outside the input directory"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file (directory, FIFO, socket or device)"
+    return None
 
 
 def _read_manifest_uris(uri: str) -> list[str]:
@@ -94,7 +159,8 @@ def _read_manifest_uris(uri: str) -> list[str]:
             if "uri" not in table.column_names:
                 raise InputError(f"manifest {uri} has no 'uri' column (columns: {table.column_names})")
             return [str(v) if v is not None else "" for v in table.column("uri").to_pylist()]
-        text = storage.read_text(uri)
+        # Undecodable bytes survive as surrogates so that one bad line is rejected, not the file.
+        text = storage.read_bytes(uri).decode("utf-8", "surrogateescape")
     except FileNotFoundError as e:
         raise InputError(f"manifest not found: {uri}") from e
     if lower.endswith(".csv"):
@@ -132,7 +198,7 @@ def _from_manifest(manifest: str, allowed_roots: list[str] | None
     if not remote_base:
         base = os.path.dirname(os.path.abspath(manifest))
     roots = [storage.strip_file_scheme(r) for r in (allowed_roots or [])]
-    roots = [r if storage.is_remote(r) else os.path.abspath(r) for r in roots]
+    roots = [r if storage.is_remote(r) else os.path.realpath(r) for r in roots]
     sources: list[VideoSource] = []
     rejected: list[RejectedEntry] = []
     seen: set[str] = set()
@@ -144,11 +210,24 @@ def _from_manifest(manifest: str, allowed_roots: list[str] | None
             rejected.append(RejectedEntry(entry, line, "empty uri"))
             continue
         if "\x00" in entry:
-            rejected.append(RejectedEntry(entry, line, "uri contains a NUL byte"))
+            rejected.append(RejectedEntry(printable(entry), line, "uri contains a NUL byte"))
+            continue
+        if not _is_utf8(entry):
+            rejected.append(RejectedEntry(printable(entry), line, "uri is not valid UTF-8"))
             continue
         raw = storage.strip_file_scheme(entry)
         if storage.is_remote(raw):
             uri = raw
+            scheme = raw.split("://", 1)[0].lower()
+            if scheme not in OBJECT_STORE_SCHEMES:
+                # http(s):// and the like would let a manifest make the workers fetch internal
+                # URLs (cloud metadata endpoints); mien reads files and object stores only.
+                rejected.append(RejectedEntry(entry, line, f"unsupported scheme {scheme!r}: entries are local "
+                                                           f"paths or {', '.join(OBJECT_STORE_SCHEMES)} URIs"))
+                continue
+            if roots and not any(_within(uri, r) for r in roots):
+                rejected.append(RejectedEntry(entry, line, f"outside the allowed roots {roots}"))
+                continue
         elif remote_base:
             if os.path.isabs(raw):
                 rejected.append(RejectedEntry(entry, line, "a local absolute path in a remote manifest"))
@@ -168,9 +247,13 @@ def _from_manifest(manifest: str, allowed_roots: list[str] | None
             else:
                 uri = os.path.normpath(raw)
             real = os.path.realpath(uri)
-            allowed = roots or [base] if entry.startswith("file://") or roots else None
+            allowed = roots or [os.path.realpath(base)] if entry.startswith("file://") or roots else None
             if allowed is not None and not any(_within(real, r) for r in allowed):
                 rejected.append(RejectedEntry(entry, line, f"outside the allowed roots {allowed}"))
+                continue
+            if allowed is None and not os.path.isabs(raw) and not _within(real, os.path.realpath(base)):
+                rejected.append(RejectedEntry(entry, line, "path escapes the manifest's directory through a "
+                                                           "symlink (list its target in ingest.allowed_roots)"))
                 continue
         if not uri.lower().endswith(MEDIA_SUFFIXES):
             rejected.append(RejectedEntry(entry, line, f"not a supported media suffix ({', '.join(MEDIA_SUFFIXES)})"))

@@ -3,6 +3,7 @@ plain stages onto Ray Data ``map_batches`` with resources from config."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -13,8 +14,8 @@ log = logging.getLogger(__name__)
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> dict[str, Any]:
-    """Connect to ``address`` (or ``RAY_ADDRESS``); with neither, start a local Ray whose
-    dashboard binds to 127.0.0.1. Returns the cluster's resources."""
+    """Connect to ``address`` (or ``RAY_ADDRESS``); with neither, start a local Ray that listens
+    on 127.0.0.1 only (no dashboard; token auth as Ray's default). Returns the cluster's resources."""
     import ray
 
     if not ray.is_initialized():
@@ -32,9 +33,37 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> dict[st
             log.info("connecting to Ray at %s", addr)
             ray.init(**kwargs)
         else:
-            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-                     dashboard_host="127.0.0.1", log_to_driver=True, configure_logging=False)
+            with _loopback_only():
+                ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+                         dashboard_host="127.0.0.1", log_to_driver=True, configure_logging=False)
     return ray.cluster_resources()
+
+
+@contextlib.contextmanager
+def _loopback_only() -> Iterator[None]:
+    """Keep an embedded single-node Ray off the network while it starts.
+
+    Ray has no public switch for this: its node IP is the host's address, and GCS, raylet,
+    workers and the dashboard/job agent listen on all interfaces or on that address. With
+    cluster mode off (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, Ray's laptop setting) the node
+    IP is 127.0.0.1 and every server binds to loopback; no other node can join, which an
+    embedded cluster does not need. Child processes read the variable at start-up; this
+    process imported ray already, so its cached flag is switched for the duration too.
+    """
+    from ray._private import ray_constants
+
+    key = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR
+    saved_env, saved_flag = os.environ.get(key), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[key] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        if saved_env is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = saved_env
 
 
 def stage_plan(cfg: Any, resources: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -64,6 +93,21 @@ def stage_plan(cfg: Any, resources: dict[str, Any]) -> dict[str, dict[str, Any]]
     }
 
 
+def _pool(stage: dict[str, Any]) -> Any:
+    """A fixed-size actor pool; ``max_tasks_in_flight`` 1 isolates videos from each other: a
+    worker that dies then takes only the one task it was running down with it."""
+    from ray.data import ActorPoolStrategy
+
+    return ActorPoolStrategy(size=stage["concurrency"], max_tasks_in_flight_per_actor=stage.get("max_tasks_in_flight"))
+
+
+def isolated(plan: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The plan for crash passes: one video per MLLM call and one task in flight per actor, so
+    a video that kills its worker again cannot take innocent videos with it."""
+    return {"faces": {**plan["faces"], "max_tasks_in_flight": 1},
+            "mllm": {**plan["mllm"], "batch_size": 1, "max_tasks_in_flight": 1}}
+
+
 def run_pipeline(sources: list[dict[str, str]], cfg: Any, run_id: str, plan: dict[str, dict[str, Any]],
                  progress: bool = True) -> Iterator[dict[str, Any]]:
     """Stream per-video result rows of the annotate pipeline as they finish."""
@@ -83,10 +127,10 @@ def run_pipeline(sources: list[dict[str, str]], cfg: Any, run_id: str, plan: dic
     ds = ray.data.from_items(sources, override_num_blocks=max(1, len(sources)))
     fp, mp = plan["faces"], plan["mllm"]
     ds = ds.map_batches(DecodeFacesStage, fn_constructor_args=(cfg,), batch_size=fp["batch_size"],
-                        concurrency=fp["concurrency"], num_cpus=fp["num_cpus"],
+                        compute=_pool(fp), num_cpus=fp["num_cpus"],
                         num_gpus=fp["num_gpus"] or None, batch_format="default", **retries)
     ds = ds.map_batches(MllmStage, fn_constructor_args=(cfg, run_id), batch_size=mp["batch_size"],
-                        concurrency=mp["concurrency"], num_cpus=mp["num_cpus"],
+                        compute=_pool(mp), num_cpus=mp["num_cpus"],
                         num_gpus=mp["num_gpus"] or None, batch_format="default", **retries)
     for batch in ds.iter_batches(batch_size=1, batch_format="pyarrow"):
         yield from batch.to_pylist()

@@ -8,9 +8,13 @@ arrays per face (no frames), packed per video into one ``npz`` blob.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import io
 import logging
 import math
+import os
+import tempfile
 import time
 import traceback
 from typing import Any
@@ -26,6 +30,59 @@ log = logging.getLogger(__name__)
 # Per-video columns the face stage emits and the MLLM stage passes through.
 VIDEO_FIELDS = ("video_id", "video_uri", "status", "error", "error_kind", "n_frames", "n_faces", "n_tracks",
                 "duration_s", "width", "height", "fps", "codec", "rotation", "sampling", "decode_faces_s")
+
+
+# -- chaos-testing hook ---------------------------------------------------------------------
+# MIEN_FAULT_INJECT="mllm_exit:<substring>" makes the MLLM actor's process die (os._exit, as a
+# segfault or the OOM killer would) on every video whose URI contains <substring>;
+# "faces_exit:" does the same in the face stage, and "<stage>_exit_once:<substring>" dies only
+# on the first such video (a marker file in MIEN_FAULT_STATE_DIR, default the temp dir,
+# remembers it across restarts). Several specs are separated by commas. The reliability
+# tests use it to prove that a crashed worker loses nothing but its own video. Unset, it
+# costs one environment lookup per actor.
+FAULT_ENV = "MIEN_FAULT_INJECT"
+FAULT_STATE_ENV = "MIEN_FAULT_STATE_DIR"
+FAULT_EXIT_CODE = 77
+
+
+@dataclasses.dataclass(frozen=True)
+class InjectedFault:
+    stage: str  # "faces" | "mllm"
+    substring: str
+    once: bool = False
+
+    def marker(self) -> str:
+        key = hashlib.sha256(f"{self.stage}\x00{self.substring}".encode()).hexdigest()[:16]
+        return os.path.join(os.environ.get(FAULT_STATE_ENV) or tempfile.gettempdir(), f"mien-fault-{key}")
+
+
+def injected_faults(stage: str) -> tuple[InjectedFault, ...]:
+    """The faults ``MIEN_FAULT_INJECT`` asks ``stage`` to inject (empty when unset)."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return ()
+    faults = []
+    for item in spec.split(","):
+        action, _, substring = item.strip().partition(":")
+        if action in (f"{stage}_exit", f"{stage}_exit_once") and substring:
+            faults.append(InjectedFault(stage, substring, once=action.endswith("_once")))
+    return tuple(faults)
+
+
+def _inject_fault(faults: tuple[InjectedFault, ...], uri: str) -> None:
+    for f in faults:
+        if f.substring not in uri:
+            continue
+        if f.once:
+            try:
+                os.close(os.open(f.marker(), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                continue  # already fired once
+        log.error("%s=%s: killing this %s worker (pid %d) on %s", FAULT_ENV, os.environ.get(FAULT_ENV),
+                  f.stage, os.getpid(), uri)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        os._exit(FAULT_EXIT_CODE)
 
 
 def _encode_jpeg(crop: np.ndarray, quality: int) -> bytes:
@@ -101,10 +158,13 @@ class DecodeFacesStage:
         self.cfg = cfg
         self.policy = cfg.decode.policy()
         self.extractor = FaceExtractor(cfg.faces, assets_dir=cfg.assets.dir)
+        self._faults = injected_faults("faces")
 
     def process_video(self, video_id: str, uri: str) -> dict[str, Any]:
         from workflows.decode import DecodeError, VideoReader
 
+        if self._faults:
+            _inject_fault(self._faults, uri)
         row: dict[str, Any] = {"video_id": video_id, "video_uri": uri, "status": "ok", "error": None,
                                "error_kind": None, "n_frames": 0, "n_faces": 0, "n_tracks": 0,
                                "sampling": str(self.policy), "faces_npz": b""}
@@ -169,6 +229,7 @@ class MllmStage:
         self.run_id = run_id
         self.model = load_model(cfg.model.uri, device=cfg.model.device)
         self.model_id = self.model.model_id
+        self._faults = injected_faults("mllm")
 
     def _score(self, faces: dict[str, Any], video_key: int) -> dict[str, Any]:
         n = len(faces["frame_index"])
@@ -193,6 +254,8 @@ class MllmStage:
         return {"fe": fe, "au": au, "description": desc}
 
     def process_video(self, row: dict[str, Any], video_key: int) -> dict[str, Any]:
+        if self._faults:
+            _inject_fault(self._faults, str(row.get("video_uri")))
         t0 = time.perf_counter()
         out = {k: row.get(k) for k in VIDEO_FIELDS}
         faces_t, tracks_t = schema.FACES.empty_table(), schema.TRACKS.empty_table()

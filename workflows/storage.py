@@ -34,6 +34,7 @@ _TRANSIENT_MARKERS = (
     "503", "500", "502", "504", "Connection reset", "Connection aborted", "timed out",
     "EndpointConnectionError", "ConnectionClosedError", "ReadTimeout", "IncompleteRead",
 )
+_TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
 
 
 def is_remote(uri: str) -> bool:
@@ -79,13 +80,29 @@ def _to_uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
 
 
 def is_transient(exc: BaseException) -> bool:
-    """True for errors worth retrying: throttling, 5xx, dropped connections, timeouts."""
+    """True for errors worth retrying: throttling, 5xx, dropped connections, timeouts.
+
+    s3fs turns botocore's ``ClientError`` into a plain ``OSError`` that keeps only the server's
+    message ("Please reduce your request rate."), so the cause chain is searched too: the
+    original error still carries the HTTP status and the S3 error code."""
     if isinstance(exc, FileNotFoundError | PermissionError | IsADirectoryError | NotADirectoryError):
         return False
-    if isinstance(exc, ConnectionError | TimeoutError):
-        return True
-    text = f"{type(exc).__name__}: {exc}"
-    return any(m in text for m in _TRANSIENT_MARKERS)
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, ConnectionError | TimeoutError):
+            return True
+        response = getattr(e, "response", None)
+        if isinstance(response, dict):
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if status in _TRANSIENT_STATUS or str(response.get("Error", {}).get("Code")) in _TRANSIENT_MARKERS:
+                return True
+        text = f"{type(e).__name__}: {e}"
+        if any(m in text for m in _TRANSIENT_MARKERS):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def with_retries(fn: Callable[..., T]) -> Callable[..., T]:
@@ -98,6 +115,10 @@ def with_retries(fn: Callable[..., T]) -> Callable[..., T]:
                 return fn(*args, **kwargs)
             except Exception as e:  # noqa: BLE001 - classified below
                 if attempt == RETRY_ATTEMPTS or not is_transient(e):
+                    target = next((a for a in args if isinstance(a, str)), None)
+                    if isinstance(e, PermissionError) and target and target not in str(e):
+                        # S3 says only "Access Denied": name what was denied.
+                        raise PermissionError(f"{e}: {target}") from e
                     raise
                 delay = RETRY_BASE_DELAY_S * (2 ** (attempt - 1)) * (0.5 + random.random())
                 log.warning("transient storage error (%s), retry %d/%d in %.2fs",

@@ -25,6 +25,18 @@ def face_batch(rows: int = 5, seed: int = 0, size: int = 32, tracks: list[int] |
     }
 
 
+@pytest.fixture(scope="package", autouse=True)
+def one_torch_thread():
+    """Tiny models are all overhead: one intra-op thread is ~10x faster than two on a busy CPU
+    (OpenMP threads spin against other processes). Restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def batch() -> dict:
     return face_batch()

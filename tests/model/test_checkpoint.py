@@ -194,3 +194,17 @@ def test_mlflow_models_alias_round_trip(saved, tmp_path, monkeypatch):
     assert uri == "models:/mien-tiny@champion"
     loaded = load_model(uri)
     assert loaded.model_id == json.loads((saved / MANIFEST).read_text())["model_id"]
+
+
+def test_cli_init_builds_a_loadable_directory(tmp_path, capsys):
+    from model.__main__ import main
+
+    config = Path(__file__).resolve().parents[2] / "jobs" / "configs" / "model" / "tiny_cpu.yaml"
+    assert main(["init", str(config), "--output", str(tmp_path / "m"), "--set", "seed=3"]) == 0
+    model_id = capsys.readouterr().out.strip().splitlines()[-1]  # deepspeed may log to stdout first
+    loaded = load_model(str(tmp_path / "m"))
+    assert loaded.model_id == model_id and loaded.config.seed == 3
+    assert loaded.annotate(face_batch(2))["fe_probs"].shape == (2, 7)
+    assert main(["inspect", str(tmp_path / "m")]) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out[out.index("{"):])["model_id"] == model_id

@@ -172,7 +172,7 @@ def test_training_steps_reduce_the_loss():
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     assert losses[-1] < losses[0] * 0.7, losses
 
 

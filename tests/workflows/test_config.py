@@ -61,3 +61,23 @@ def test_bad_override_syntax():
 def test_missing_config_file_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(Outer, tmp_path / "nope.yaml")
+
+
+@dataclasses.dataclass
+class Pools:
+    # Two fields of one class with different defaults, like ray.faces / ray.mllm.
+    cpu: Inner = dataclasses.field(default_factory=Inner)
+    gpu: Inner = dataclasses.field(default_factory=lambda: Inner(size=336, name="gpu"))
+
+
+def test_overriding_one_key_keeps_the_fields_own_defaults():
+    cfg = load_config(Pools, None, ["gpu.ratio=0.25"])
+    assert cfg.gpu == Inner(size=336, name="gpu", ratio=0.25)  # not Inner()'s size/name
+    assert cfg.cpu == Inner()
+
+
+def test_annotate_mllm_override_keeps_gpu_and_batch_defaults():
+    from workflows.annotate import AnnotateConfig
+
+    cfg = load_config(AnnotateConfig, None, ["ray.mllm.concurrency=2"])
+    assert (cfg.ray.mllm.concurrency, cfg.ray.mllm.num_gpus, cfg.ray.mllm.batch_size) == (2, -1.0, 4)

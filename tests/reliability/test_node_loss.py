@@ -1,0 +1,79 @@
+"""Node loss on a real multi-node Ray (``ray.cluster_utils.Cluster``: separate raylets and
+object stores in one machine): a worker node is killed while `annotate` runs on it."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.reliability.conftest import annotate_cfg, check_contract, faces_per_video, videos_table
+from workflows.annotate import annotate
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(480)]  # ~70 s on 2 cores: a 3-node cluster, two passes
+
+
+def _raylet_pid(node) -> int:
+    from ray._private import ray_constants
+
+    return node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
+
+
+def _node_running(nodes, title: str):
+    """The node whose raylet parents a live worker with ``title`` in its process title."""
+    import psutil
+
+    by_raylet = {_raylet_pid(n): n for n in nodes}
+    for p in psutil.process_iter(["cmdline", "ppid"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if title in cmd and p.info["ppid"] in by_raylet:
+            return by_raylet[p.info["ppid"]]
+    return None
+
+
+def test_worker_node_lost_mid_run(face_corpus, reference_faces, tmp_path):
+    """Head with no CPUs (driver only) + two 2-CPU workers. As soon as the first video is
+    committed, the worker hosting the MLLM actor is killed (no graceful shutdown): its
+    actors, in-flight tasks and object store vanish. The job must still finish with exactly
+    one ok row per video and the clean run's face counts."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    workers = [cluster.add_node(num_cpus=2) for _ in range(2)]
+    cluster.wait_for_nodes()
+    out = tmp_path / "out"
+    cfg = annotate_cfg(tmp_path, f"ray.address={cluster.address}", "output.flush_every_videos=1")
+    killed: dict[str, object] = {}
+
+    def kill_when_busy() -> None:
+        deadline = time.time() + 240
+        while time.time() < deadline and not list(Path(out, "videos").glob("*.parquet")):
+            time.sleep(0.1)
+        victim = _node_running(workers, "MllmStage") or _node_running(workers, "DecodeFacesStage")
+        if victim is not None:
+            killed["node"] = victim
+            killed["at"] = time.time()
+            cluster.remove_node(victim, allow_graceful=False)
+
+    killer = threading.Thread(target=kill_when_busy, daemon=True)
+    try:
+        killer.start()
+        t0 = time.time()
+        summary = annotate(str(face_corpus), str(out), cfg, progress=False)
+        killer.join(timeout=5)
+        assert "node" in killed, "no worker node was removed"
+        assert killed["at"] < time.time() - 0.5, "the node was removed after the run"
+        remaining = [n for n in ray.nodes() if n["Alive"]]
+        assert len(remaining) == 2  # head + the surviving worker
+        print(f"node loss run: {time.time() - t0:.1f} s; node removed {killed['at'] - t0:.1f} s in")
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    assert summary.videos_total == 10 and summary.videos_ok == 10 and summary.videos_error == 0, summary.render()
+    v = videos_table(str(out))
+    assert len(v) == 10 and (v.status == "ok").all() and v.video_id.is_unique
+    assert faces_per_video(str(out)) == reference_faces
+    check_contract(str(out))
