@@ -20,7 +20,7 @@ from pathlib import Path
 
 JOBS = ("annotate", "train", "evaluate", "retrain")
 REPO_ROOT = Path(__file__).resolve().parents[1]
-EXCLUDES = [".venv", ".cache", ".git", "demo-output", "mlruns", "*.db", "__pycache__", ".pytest_cache",
+EXCLUDES = [".venv", ".cache", ".git", "demo-output", "mlruns", "mlartifacts", "*.db", "__pycache__", ".pytest_cache",
             ".ruff_cache", "*.egg-info"]
 # Non-secret settings forwarded to the job; credentials stay with the cluster.
 FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION",

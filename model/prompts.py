@@ -198,13 +198,11 @@ def anchored_opening(fe: str, aus: Sequence[str]) -> str:
 
 
 def supporting_aus(fe: str, au_probs: np.ndarray, threshold: float = 0.5, limit: int = 3) -> list[str]:
-    """Active AUs that explain ``fe`` (its prototype AUs first, then the strongest others)."""
+    """Active AUs (probability >= ``threshold``) among ``fe``'s prototype AUs, strongest first;
+    empty when none is active - an active AU that does not belong to the expression is no reason."""
     p = np.nan_to_num(np.asarray(au_probs, dtype=np.float64), nan=-1.0)
-    active = [AU_NAMES[i] for i in np.argsort(-p, kind="stable") if p[i] >= threshold]
-    proto = [a for a in active if a in FE_PROTOTYPE_AUS.get(fe, ())]
-    if fe == "neutral":
-        return []
-    return (proto or active)[:limit]
+    proto = FE_PROTOTYPE_AUS.get(fe, ())
+    return [AU_NAMES[i] for i in np.argsort(-p, kind="stable") if p[i] >= threshold and AU_NAMES[i] in proto][:limit]
 
 
 def reasoning_answer(fe: str, aus: Sequence[str]) -> str:

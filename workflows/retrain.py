@@ -55,7 +55,6 @@ log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WATERMARK_TAG = "mien.data_watermark"
 RETRAIN_ID_TAG = "mien.retrain_id"
-STEPS = ("data", "train", "register", "evaluate", "decide")  # testing.fail_after points
 
 
 # ---------------------------------------------------------------------------------------------
@@ -450,6 +449,7 @@ def _store_exists(tracking: str) -> bool:
 def _client(tracking: str) -> Any:
     import mlflow
 
+    mlflow.set_tracking_uri(tracking)  # models:/ URIs (init_from, evaluation) resolve through the same store
     return mlflow.MlflowClient(tracking)
 
 
@@ -634,7 +634,7 @@ class _Cycle:
         self.client = _client(self.tracking)
         return aliased_version(self.client, self.cfg.model_name, self.cfg.promotion.alias)
 
-    def scan(self, champion: Any | None) -> tuple[list[SourcePlan], dict[str, Any], dict[str, int]]:
+    def scan(self, champion: Any | None) -> tuple[list[SourcePlan], dict[str, Any], dict[str, dict[str, int]]]:
         """Committed videos per output; the rows of the training window; the new watermark."""
         from workflows.config import ConfigError
 
@@ -650,9 +650,9 @@ class _Cycle:
             videos[root] = rows
             frm = old.get(root)
             new = rows[rows["finished_ms"] > frm] if frm is not None else rows
-            top = int(rows["finished_ms"].max()) if len(rows) else frm
-            if top is not None:
-                new_wm[root] = max(top, frm or top)
+            top = int(rows["finished_ms"].max()) if len(rows) else None
+            if top is not None or frm is not None:
+                new_wm[root] = max(t for t in (top, frm) if t is not None)
             plans.append(SourcePlan(root, _ms_to_iso(frm) if frm is not None else None,
                                     _ms_to_iso(new_wm[root]) if root in new_wm else None, len(new),
                                     sorted(new["run_id"].dropna().unique().tolist())))
@@ -791,7 +791,9 @@ class _Cycle:
         run = self.client.create_run(exp, run_name=f"retrain-{plan.retrain_id}", tags={
             "mien.job": "retrain", RETRAIN_ID_TAG: str(plan.retrain_id), "mien.model_name": self.cfg.model_name,
             "mien.work_uri": str(plan.work_uri), "mien.base_version": str(plan.champion_version)})
-        params = {k: str(v)[:6000] for k, v in flatten(to_dict(self.cfg)).items() if not k.startswith("testing")}
+        # never the tracking URI: a database URI may carry a password
+        params = {k: str(v)[:6000] for k, v in flatten(to_dict(self.cfg)).items()
+                  if not k.startswith(("testing.", "mlflow."))}
         params["data.sources"] = ",".join(self.sources)[:6000]
         items = [Param(k, v) for k, v in params.items()]
         for s in range(0, len(items), 100):
@@ -847,7 +849,9 @@ class _Cycle:
         runtime: dict[str, Any] = {
             "data": {"format": "instructions"},
             "checkpoint": {"storage_path": self.work, "name": "train"},
-            "mlflow": {"enabled": True, "tracking_uri": self.tracking, "registered_model": c.model_name,
+            # the configured value, not the resolved one: train resolves it the same way (the
+            # environment wins) and logs its config as params, where a database password must not go
+            "mlflow": {"enabled": True, "tracking_uri": c.mlflow.tracking_uri, "registered_model": c.model_name,
                        "alias": p.candidate_alias},
             "evaluate": {"enabled": False},  # scored below on the cycle's fixed holdout
         }
@@ -1009,8 +1013,7 @@ def _evaluate_model(model_uri: str, holdout_uri: str, ecfg: Any, output: str, tr
 
     from workflows.evaluate import evaluate
 
-    os.environ.setdefault("MLFLOW_TRACKING_URI", tracking)  # models:/ sources resolve through the registry
-    mlflow.set_tracking_uri(tracking)
+    mlflow.set_tracking_uri(tracking)  # a models:/ source resolves through this registry
     return evaluate(model_uri, holdout_uri, ecfg, output=output).report
 
 
@@ -1080,6 +1083,24 @@ def retrain(cfg: RetrainConfig, extra_sources: Sequence[str] = (), *, dry_run: b
     if selected is not None:
         cyc.write_json(plan.to_dict(), "plan.json")
     cyc.run_id = cyc.open_run(plan)
+    try:
+        decision = _execute(cyc, plan, selected, champion, train_cfg)
+    except RetrainInterrupted:
+        raise  # a simulated crash leaves everything as a real one would
+    except BaseException:
+        try:
+            cyc.client.set_terminated(cyc.run_id, "FAILED")  # the next attempt reopens it
+        except Exception as e:  # noqa: BLE001 - the original error matters more
+            log.warning("could not mark MLflow run %s failed: %s", cyc.run_id, e)
+        raise
+    status = cyc.move_alias(decision)
+    return _finished(cyc, plan, decision, status)
+
+
+def _execute(cyc: _Cycle, plan: RetrainPlan, selected: _Selected | None, champion: Any | None,
+             train_cfg: Any) -> Decision:
+    """Data → train → register → evaluate → decide and record; everything but the alias move."""
+    cfg = cyc.cfg
     if selected is not None:
         cyc.write_data(selected)
     else:
@@ -1100,7 +1121,7 @@ def retrain(cfg: RetrainConfig, extra_sources: Sequence[str] = (), *, dry_run: b
     cyc.checkpoint("evaluate")
 
     n_faces = int(reports["candidate"].get("n_faces") or 0)
-    decision = decide(reports["candidate"], reports["champion"], p, holdout_faces=n_faces,
+    decision = decide(reports["candidate"], reports["champion"], cfg.promotion, holdout_faces=n_faces,
                       min_faces=cfg.holdout.min_faces, candidate_version=version,
                       champion_version=plan.champion_version)
     decision.counts = {"new_runs": len(plan.new_runs), "new_videos": plan.new_videos,
@@ -1113,8 +1134,7 @@ def retrain(cfg: RetrainConfig, extra_sources: Sequence[str] = (), *, dry_run: b
     cyc.write_json(decision.to_dict(), "decision.json")
     cyc.client.set_terminated(cyc.run_id, "FINISHED")
     cyc.checkpoint("decide")
-    status = cyc.move_alias(decision)
-    return _finished(cyc, plan, decision, status)
+    return decision
 
 
 def _finished(cyc: _Cycle, plan: RetrainPlan, decision: Decision, status: str,

@@ -1111,6 +1111,9 @@ def train(cfg: TrainConfig, data_uri: str, output_uri: str) -> TrainResult:
 
     if staged.eval_faces:
         out.eval_report, out.eval_report_uri = _final_evaluation(cfg, staged, output_uri, run_uri, device)
+    elif cfg.evaluate.enabled:
+        log.warning("no faces in split %r: the final evaluation is skipped (evaluate later with "
+                    "`mien evaluate --model %s --data HELD_OUT_DATA`)", cfg.evaluate.split, output_uri)
     if run_id:
         _mlflow_finish(cfg, tracking, run_id, out)  # type: ignore[arg-type]
     out.wall_s = time.time() - t0

@@ -73,3 +73,14 @@ def test_builtin_tokenizer_covers_prompt_words_with_single_tokens():
     assert unk not in ids
     for word in list(FE_BASIC) + [prompts.YES, prompts.NO]:
         assert len(tok(prompts.answer_text(word), add_special_tokens=False).input_ids) == 1
+
+
+def test_anchored_opening_names_only_measured_prototype_aus():
+    au = np.full(len(AU_NAMES), 0.1)
+    au[AU_NAMES.index("AU12")] = 0.9
+    au[AU_NAMES.index("AU25")] = 0.95  # active, but no reason for happiness
+    au[AU_NAMES.index("AU06")] = np.nan  # prototype, but not measured
+    assert prompts.anchored_opening("happiness", prompts.supporting_aus("happiness", au)) == (
+        "The person shows happiness, because AU12 Lip Corner Puller is active:")
+    assert prompts.anchored_opening("surprise", prompts.supporting_aus("surprise", au)) == "The person shows surprise:"
+    assert prompts.anchored_opening("neutral", []) == "The person shows a neutral expression:"

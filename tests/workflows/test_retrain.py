@@ -306,7 +306,7 @@ def first_cycle(local_ray, tmp_path_factory) -> dict:
 
     with pytest.raises(RetrainInterrupted):
         retrain(retrain_config(tmp, "testing.fail_after=register", holdout=holdout), data)
-    (work,) = (tmp / "work").iterdir()
+    (work,) = [p for p in (tmp / "work").iterdir() if p.name.startswith("rt-")]
     state["after_register"] = {
         "train_json": (work / "train.json").exists(),
         "versions": [str(v.version) for v in client.search_model_versions("name='mien-test'")],
@@ -366,6 +366,27 @@ def test_first_cycle_survives_crashes_promotes_once_and_then_does_nothing(first_
     again = retrain(retrain_config(s["tmp"], holdout=s["holdout"]), s["data"])
     assert again.status == "no_new_data" and "no new data since the champion's watermark" in again.message
     assert (sha256(db), sorted(p.name for p in (s["tmp"] / "work").iterdir())) == before
+
+
+def test_registration_falls_back_when_training_did_not_register(first_cycle) -> None:
+    """`mien train` only warns when registering fails; the cycle then registers the model directory
+    itself, once: a second attempt finds that version by its run instead of adding another."""
+    import mlflow
+
+    from workflows.retrain import _client, _Cycle
+    from workflows.train import ensure_experiment
+
+    s = first_cycle
+    cfg = retrain_config(s["tmp"], "model_name=mien-fallback", holdout=s["holdout"])
+    cyc = _Cycle(cfg, [], dry_run=False, ray_address=None)
+    cyc.client = _client(cyc.tracking)
+    exp = ensure_experiment(cfg.mlflow.experiment, cyc.tracking, None)
+    cyc.run_id = cyc.client.create_run(exp).info.run_id
+    info = {"train_run_id": None, "output": str(s["work"] / "model")}
+    assert cyc.register(info) == "1" and cyc.register(info) == "1"
+    client = mlflow.MlflowClient(s["tracking"])
+    assert [str(v.version) for v in client.search_model_versions("name='mien-fallback'")] == ["1"]
+    assert str(client.get_model_version_by_alias("mien-fallback", "candidate").version) == "1"
 
 
 @pytest.mark.slow
