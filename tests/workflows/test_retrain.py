@@ -259,6 +259,31 @@ def test_labeled_holdout_images_are_never_trained_on(tmp_path) -> None:
     assert result.plan.data["train_rows"] == 48 - 16
 
 
+def test_pseudo_label_holdout_is_a_fixed_hash_split_of_videos(tmp_path) -> None:
+    """Without holdout.uri the holdout is the `holdout` split of every source's pseudo-labels: whole
+    videos, never in the training rows, and the same videos again once more data has arrived."""
+    from workflows.instructions import split_of
+    from workflows.retrain import retrain
+
+    splits = {"train": 0.8, "val": 0.1, "holdout": 0.1}
+    out = tmp_path / "out"
+    first = [f"v{i:02d}" for i in range(30)]
+    write_run(out, "r1", T0, first, per_class=1)
+    held = {v for v in first if split_of(v, splits) == "holdout"}
+    assert 0 < len(held) < len(first)
+    cfg = retrain_config(tmp_path, "data.window=all")
+    plan = retrain(cfg, [str(out)], dry_run=True).plan
+    assert plan.holdout["faces"] == 4 * len(held) and plan.holdout["label_models"] == ["annotator-v0"]
+    assert plan.data["train_rows"] + 4 * len(held) == 4 * len(first)  # one fe_category row per face
+
+    write_run(out, "r2", T0 + dt.timedelta(days=1), [f"w{i:02d}" for i in range(30)], per_class=1)
+    later = retrain(cfg, [str(out)], dry_run=True).plan
+    more = {v for v in [f"w{i:02d}" for i in range(30)] if split_of(v, splits) == "holdout"}
+    assert later.holdout["faces"] == 4 * (len(held) + len(more))  # the old holdout videos stay in it
+    assert later.new_runs == ["r1", "r2"] and later.data["faces_read"] == 240  # window: all
+    assert later.retrain_id != plan.retrain_id
+
+
 def test_too_little_new_data_trains_nothing(tmp_path) -> None:
     from workflows.retrain import retrain
 
@@ -387,6 +412,20 @@ def test_registration_falls_back_when_training_did_not_register(first_cycle) -> 
     client = mlflow.MlflowClient(s["tracking"])
     assert [str(v.version) for v in client.search_model_versions("name='mien-fallback'")] == ["1"]
     assert str(client.get_model_version_by_alias("mien-fallback", "candidate").version) == "1"
+
+
+def test_holdout_scoring_in_a_ray_task_matches_in_process(first_cycle) -> None:
+    """evaluate.ray_task (GPU clusters: the driver has no GPU) gives the report scored in-process."""
+    from workflows.retrain import _Cycle, load_candidate_train_config
+
+    s = first_cycle
+    cfg = retrain_config(s["tmp"], "evaluate.ray_task=true", "evaluate.num_cpus=0.5", holdout=s["holdout"])
+    cyc = _Cycle(cfg, [], dry_run=False, ray_address=None)
+    cyc.work = str(s["tmp"] / "ray-task-eval")
+    report = cyc.evaluate("candidate", str(s["work"] / "model"), s["holdout"], load_candidate_train_config(cfg))
+    in_process = json.loads((s["work"] / "eval" / "candidate.json").read_text())
+    assert report["fe"]["uar"] == pytest.approx(in_process["fe"]["uar"]) and report["n_faces"] == 24
+    assert (s["tmp"] / "ray-task-eval" / "eval" / "candidate.json").exists()
 
 
 @pytest.mark.slow
