@@ -165,7 +165,8 @@ class AnnotateSummary:
             where = f"manifest line {r['line']}" if r["line"] else "input"
             lines.append(f"  rejected {where} {r['entry']!r}: {r['reason']}")
         if len(self.rejected) > 20:
-            lines.append(f"  ... and {len(self.rejected) - 20} more rejected input(s) (runs/{self.run_id}.json)")
+            lines.append(f"  ... and {len(self.rejected) - 20} more rejected input(s) "
+                         f"(runs/{self.run_id}.json)")
         return "\n".join(lines)
 
 

@@ -4,13 +4,14 @@ A manifest is a .parquet, .csv or .jsonl file with a ``uri`` column. Relative en
 resolved against the manifest's directory; entries that escape it (with ``..`` or through a
 symlink), name a ``file://`` path outside ``allowed_roots`` or use a scheme other than an
 object store's (``http://`` would let a manifest make workers fetch internal URLs) are
-rejected with a reason (never silently dropped); with ``allowed_roots`` set, every local and remote entry must lie
-under one of them. In a local directory, media-named entries that are not regular files
-(FIFOs, devices), symlinks that leave the directory or go nowhere, and names that are not
-valid UTF-8 (they cannot be stored in Parquet) are rejected the same way (``line`` 0);
-directory symlinks are not followed. ``video_id`` is derived from the URI and the content fingerprint the listing
-gives for free (size + ETag on S3, size + mtime locally), so it is stable for the same
-content at the same URI and changes when the file is replaced.
+rejected with a reason (never silently dropped); with ``allowed_roots`` set, every local
+and remote entry must lie under one of them. In a local directory, media-named entries that
+are not regular files (FIFOs, devices), symlinks that leave the directory or go nowhere, and
+names that are not valid UTF-8 (they cannot be stored in Parquet) are rejected the same way
+(``line`` 0); directory symlinks are not followed. ``video_id`` is derived from the URI and
+the content fingerprint the listing gives for free (size + ETag on S3, size + mtime
+locally), so it is stable for the same content at the same URI and changes when the file is
+replaced.
 """
 
 from __future__ import annotations
@@ -222,8 +223,9 @@ def _from_manifest(manifest: str, allowed_roots: list[str] | None
             if scheme not in OBJECT_STORE_SCHEMES:
                 # http(s):// and the like would let a manifest make the workers fetch internal
                 # URLs (cloud metadata endpoints); mien reads files and object stores only.
-                rejected.append(RejectedEntry(entry, line, f"unsupported scheme {scheme!r}: entries are local "
-                                                           f"paths or {', '.join(OBJECT_STORE_SCHEMES)} URIs"))
+                reason = (f"unsupported scheme {scheme!r}: entries are local paths or "
+                          f"{', '.join(OBJECT_STORE_SCHEMES)} URIs")
+                rejected.append(RejectedEntry(entry, line, reason))
                 continue
             if roots and not any(_within(uri, r) for r in roots):
                 rejected.append(RejectedEntry(entry, line, f"outside the allowed roots {roots}"))
@@ -252,8 +254,9 @@ def _from_manifest(manifest: str, allowed_roots: list[str] | None
                 rejected.append(RejectedEntry(entry, line, f"outside the allowed roots {allowed}"))
                 continue
             if allowed is None and not os.path.isabs(raw) and not _within(real, os.path.realpath(base)):
-                rejected.append(RejectedEntry(entry, line, "path escapes the manifest's directory through a "
-                                                           "symlink (list its target in ingest.allowed_roots)"))
+                reason = ("path escapes the manifest's directory through a symlink (list its target in "
+                          "ingest.allowed_roots)")
+                rejected.append(RejectedEntry(entry, line, reason))
                 continue
         if not uri.lower().endswith(MEDIA_SUFFIXES):
             rejected.append(RejectedEntry(entry, line, f"not a supported media suffix ({', '.join(MEDIA_SUFFIXES)})"))

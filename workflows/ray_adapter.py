@@ -22,14 +22,19 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> dict[st
         addr = address or os.environ.get("RAY_ADDRESS")
         if addr:
             kwargs: dict[str, Any] = {"address": addr, "log_to_driver": True}
-            if not os.environ.get("RAY_JOB_SUBMISSION_ID"):
+            # Ray 2.60 marks a submitted job's driver with RAY_JOB_CONFIG_JSON_ENV_VAR (its
+            # runtime env) and no RAY_JOB_SUBMISSION_ID.
+            in_job = os.environ.get("RAY_JOB_SUBMISSION_ID") or os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+            if not in_job:
                 # A plain driver on a remote cluster ships our packages; inside a Ray job the
-                # job's working_dir already carries them.
+                # job's working_dir already carries them. Paths, not module objects: Ray
+                # deep-copies the runtime env when it merges it with a job's.
                 import jobs
                 import model
                 import workflows
 
-                kwargs["runtime_env"] = {"py_modules": [workflows, model, jobs]}
+                packages = [os.path.dirname(m.__file__) for m in (workflows, model, jobs)]
+                kwargs["runtime_env"] = {"py_modules": packages}
             log.info("connecting to Ray at %s", addr)
             ray.init(**kwargs)
         else:
@@ -98,7 +103,8 @@ def _pool(stage: dict[str, Any]) -> Any:
     worker that dies then takes only the one task it was running down with it."""
     from ray.data import ActorPoolStrategy
 
-    return ActorPoolStrategy(size=stage["concurrency"], max_tasks_in_flight_per_actor=stage.get("max_tasks_in_flight"))
+    return ActorPoolStrategy(size=stage["concurrency"],
+                             max_tasks_in_flight_per_actor=stage.get("max_tasks_in_flight"))
 
 
 def isolated(plan: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -96,7 +96,8 @@ def is_transient(exc: BaseException) -> bool:
         response = getattr(e, "response", None)
         if isinstance(response, dict):
             status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            if status in _TRANSIENT_STATUS or str(response.get("Error", {}).get("Code")) in _TRANSIENT_MARKERS:
+            code = str(response.get("Error", {}).get("Code"))
+            if status in _TRANSIENT_STATUS or code in _TRANSIENT_MARKERS:
                 return True
         text = f"{type(e).__name__}: {e}"
         if any(m in text for m in _TRANSIENT_MARKERS):

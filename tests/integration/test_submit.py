@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -42,7 +43,28 @@ def ray_head(tmp_path_factory):
         except OSError:
             time.sleep(0.5)
     yield address, env
-    subprocess.run([os.path.join(bindir, "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
+    _stop_cluster(str(temp))
+
+
+def _stop_cluster(temp_dir: str) -> None:
+    """Stop only this test's Ray: `ray stop` would kill every Ray process on the machine,
+    including other clusters (and the drivers attached to them)."""
+    import psutil
+
+    procs = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if any(temp_dir in part for part in (p.info["cmdline"] or [])):
+                procs.append(p)
+        except psutil.Error:
+            continue
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            p.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=15)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
 
 
 def test_submit_annotate_and_wait(ray_head, tmp_path, asset):

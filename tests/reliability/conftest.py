@@ -64,7 +64,8 @@ def face_corpus(tmp_path_factory, asset) -> Path:
     from tests.media import render_video
 
     d = tmp_path_factory.mktemp("face_corpus")
-    faces = [face_image(asset, n) for n in ("sample_single_face_jpg", "posed_happy_jpg", "posed_surprise_jpg")]
+    names = ("sample_single_face_jpg", "posed_happy_jpg", "posed_surprise_jpg")
+    faces = [face_image(asset, n) for n in names]
     for i in range(8):
         render_face_clip(d / f"clip{i:02d}.mp4", faces[i % 3], n_frames=10 + 2 * i, fps=5, seed=i)
     shutil.copyfile(asset("sample_single_face_jpg"), d / "still.jpg")

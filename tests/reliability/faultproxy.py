@@ -88,7 +88,8 @@ class FaultProxy:
             self._rng = random.Random(plan.seed)
             self._faults = 0
             self._due: str | None = None
-            self._deadline = time.monotonic() + plan.duration_s if math.isfinite(plan.duration_s) else math.inf
+            finite = math.isfinite(plan.duration_s)
+            self._deadline = time.monotonic() + plan.duration_s if finite else math.inf
 
     def start(self) -> FaultProxy:
         self._thread.start()
@@ -169,12 +170,13 @@ class FaultProxy:
             time.sleep(self.plan.delay_s)
         status, reason, headers, data = self._forward(h, body)
         if fault == "truncate" and len(data) > 1:
-            _reply(h, status, reason, headers, data[: len(data) // 2], content_length=len(data), flush_only=True)
+            _reply(h, status, reason, headers, data[: len(data) // 2], content_length=len(data))
             _reset(h)
             return
         _reply(h, status, reason, headers, data)
 
-    def _forward(self, h: BaseHTTPRequestHandler, body: bytes) -> tuple[int, str, list[tuple[str, str]], bytes]:
+    def _forward(self, h: BaseHTTPRequestHandler, body: bytes
+                 ) -> tuple[int, str, list[tuple[str, str]], bytes]:
         conn = http.client.HTTPConnection(*self.upstream, timeout=60)
         try:
             headers = {k: v for k, v in h.headers.items() if k.lower() not in HOP_BY_HOP}
@@ -204,7 +206,7 @@ def _read_body(h: BaseHTTPRequestHandler) -> bytes:
 
 
 def _reply(h: BaseHTTPRequestHandler, status: int, reason: str, headers, body: bytes,
-           content_length: int | None = None, flush_only: bool = False) -> None:
+           content_length: int | None = None) -> None:
     items = headers.items() if isinstance(headers, dict) else headers
     h.send_response_only(status, reason)
     head = h.command == "HEAD"
@@ -218,8 +220,6 @@ def _reply(h: BaseHTTPRequestHandler, status: int, reason: str, headers, body: b
     if not head and body:
         h.wfile.write(body)
     h.wfile.flush()
-    if flush_only:
-        return
 
 
 def _reset(h: BaseHTTPRequestHandler) -> None:

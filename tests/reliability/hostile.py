@@ -44,7 +44,8 @@ DECODE_FAIL = ("invalid_data", "open_failed", "decode_error", "no_frames", "trun
 
 # -- building blocks -------------------------------------------------------------------------
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
 
 
 def png_header_only(w: int, h: int, color_type: int = 2) -> bytes:

@@ -43,7 +43,7 @@ def test_crashing_actors_lose_only_their_own_video(face_corpus, reference_faces,
         summary = annotate(str(corpus), out, cfg, progress=False)
     wall = time.perf_counter() - t0
     assert list(state.iterdir()), "the once-fault on clip01 never fired"
-    assert summary.videos_total == 5 and summary.videos_ok == 4 and summary.videos_error == 1, summary.render()
+    assert (summary.videos_total, summary.videos_ok, summary.videos_error) == (5, 4, 1), summary.render()
     v = videos_table(out)
     assert len(v) == 5 and v.video_id.is_unique
     crashed = v[v.video_uri.str.endswith("clip03.mp4")].iloc[0]

@@ -158,8 +158,9 @@ def test_pickle_dropped_into_bundled_base_dir_is_refused(model_copy, tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.xfail(strict=True, reason="model/checkpoint.py ignores (never loads) a stray pickle next to a "
-                                       "valid mien_model.json instead of refusing the directory; owned by model/")
+@pytest.mark.xfail(strict=True, reason="model/checkpoint.py ignores (never loads) a stray pickle next to "
+                                       "a valid mien_model.json instead of refusing the directory; "
+                                       "owned by model/")
 def test_stray_pickle_next_to_a_valid_manifest_is_refused(model_copy, tmp_path):
     from model.checkpoint import UnsafeCheckpointError
 
@@ -182,9 +183,10 @@ def test_cli_refuses_a_pickled_model_before_starting_ray(tmp_path, asset):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     shutil.copyfile(asset("sample_single_face_jpg"), corpus / "face.jpg")
-    r = subprocess.run([sys.executable, "-m", "jobs.cli", "annotate", "--input", str(corpus), "--output",
-                        str(tmp_path / "out"), "--model", str(d), "--no-progress", "--set", "mlflow.enabled=false"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    args = ["annotate", "--input", str(corpus), "--output", str(tmp_path / "out"), "--model", str(d),
+            "--no-progress", "--set", "mlflow.enabled=false"]
+    r = subprocess.run([sys.executable, "-m", "jobs.cli", *args], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
     assert r.returncode == 2, r.stdout + r.stderr
     assert f"mien annotate: model {d}" in r.stderr and "never unpickles" in r.stderr
     assert "Traceback" not in r.stderr and not marker.exists()

@@ -68,7 +68,8 @@ def test_embedded_ray_binds_loopback_only_and_keeps_token_auth():
         exposed = sorted(s for s in sockets if not _is_loopback(s[1]))
         assert not exposed, f"listening beyond loopback: {exposed}"
         assert ray.nodes()[0]["NodeManagerAddress"] == "127.0.0.1"
-        assert not ray._private.worker._global_node.address_info.get("webui_url")  # no dashboard, no job server
+        # No dashboard, hence no job server.
+        assert not ray._private.worker._global_node.address_info.get("webui_url")
 
         # Token auth: GCS refuses a client without the token, accepts it with.
         assert os.environ.get("RAY_AUTH_MODE") == "token"

@@ -91,8 +91,8 @@ def test_bombs_are_refused_before_anything_is_allocated(corpus, name):
         "except DecodeError as e:\n"
         "    kind = e.kind\n"
         "print(kind, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)\n")
-    r = subprocess.run([sys.executable, "-c", code, str(media / name)], cwd=ROOT, capture_output=True, text=True,
-                       timeout=120)
+    r = subprocess.run([sys.executable, "-c", code, str(media / name)], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     kind, grown = r.stdout.split()
     assert kind in expect[name].kinds
@@ -174,7 +174,8 @@ def test_end_to_end_hostile_corpus_completes_with_bounded_memory(corpus, tmp_pat
     doc = json.loads((out / "runs" / f"{summary.run_id}.json").read_text())
     assert doc["counts"]["rejected_manifest_lines"] == len(entries) + 1
     peak_worker, name = rss.peak_worker
-    print(f"peak RSS: worker {peak_worker / GiB:.2f} GiB ({name}), all Ray workers {rss.peak_total / GiB:.2f} GiB")
+    print(f"peak RSS: worker {peak_worker / GiB:.2f} GiB ({name}), "
+          f"all Ray workers {rss.peak_total / GiB:.2f} GiB")
     # A face worker holds its models in ~0.5 GiB; the 12000x12000 bomb decoded would add
     # 0.55 GiB (grey + RGB copies) before any face detection, the 100000x100000 one 28 GiB.
     assert peak_worker < 1.0 * GiB, rss.peak_by_pid

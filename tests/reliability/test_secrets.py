@@ -39,7 +39,10 @@ def _scan(paths: list[Path], values: dict[str, str]) -> list[str]:
     hits = []
     needles = {k: v.encode() for k, v in values.items()}
     for root in paths:
-        files = [root] if root.is_file() else [p for p in root.rglob("*") if p.is_file() and not p.is_symlink()]
+        if root.is_file():
+            files = [root]
+        else:
+            files = [p for p in root.rglob("*") if p.is_file() and not p.is_symlink()]
         for f in files:
             try:
                 data = f.read_bytes()
@@ -51,15 +54,15 @@ def _scan(paths: list[Path], values: dict[str, str]) -> list[str]:
 
 def test_no_secret_reaches_outputs_logs_or_mlflow(s3_server, s3_bucket, asset, tmp_path):
     values = _secret_env()
-    for name in ("face.jpg", "broken.mp4"):
-        src = asset("sample_single_face_jpg") if name == "face.jpg" else None
-        storage.write_bytes(f"{s3_bucket}/in/{name}", src.read_bytes() if src else b"not a video")
+    storage.write_bytes(f"{s3_bucket}/in/face.jpg", asset("sample_single_face_jpg").read_bytes())
+    storage.write_bytes(f"{s3_bucket}/in/broken.mp4", b"not a video")
     work = tmp_path / "cwd"  # the CLI's working dir: MLflow's default artifact root lands here
     work.mkdir()
     ray_tmp = Path(tempfile.mkdtemp(prefix="r", dir="/tmp"))  # short: Ray's socket paths must fit
     db = tmp_path / "mlflow.db"
-    env = dict(os.environ, **values, MLFLOW_TRACKING_USERNAME="annotator", MLFLOW_TRACKING_URI=f"sqlite:///{db}", RAY_TMPDIR=str(ray_tmp),
-               PYTHONPATH=str(ROOT), AWS_ENDPOINT_URL=s3_server)
+    env = dict(os.environ, **values, MLFLOW_TRACKING_USERNAME="annotator",
+               MLFLOW_TRACKING_URI=f"sqlite:///{db}", RAY_TMPDIR=str(ray_tmp), PYTHONPATH=str(ROOT),
+               AWS_ENDPOINT_URL=s3_server)
     env.pop("RAY_ADDRESS", None)
     try:
         r = subprocess.run([sys.executable, "-m", "jobs.cli", "-v", "annotate", "--input", f"{s3_bucket}/in",
@@ -120,8 +123,8 @@ def test_submit_payload_carries_no_secret(monkeypatch):
     import io
 
     buf = io.StringIO()
-    assert submit.submit("annotate", "http://127.0.0.1:8265", ["--input", "s3://b/in", "--output", "s3://b/o"],
-                         out=buf) == 0
+    job_args = ["--input", "s3://b/in", "--output", "s3://b/o"]
+    assert submit.submit("annotate", "http://127.0.0.1:8265", job_args, out=buf) == 0
     payload = json.dumps(sent, default=str)
     assert "raysubmit_test" in buf.getvalue()
     forwarded = sent["runtime_env"]["env_vars"]
