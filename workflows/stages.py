@@ -8,6 +8,7 @@ arrays per face (no frames), packed per video into one ``npz`` blob.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import hashlib
 import io
@@ -17,6 +18,7 @@ import os
 import tempfile
 import time
 import traceback
+import warnings
 from typing import Any
 
 import numpy as np
@@ -158,6 +160,8 @@ class DecodeFacesStage:
         self.cfg = cfg
         self.policy = cfg.decode.policy()
         self.extractor = FaceExtractor(cfg.faces, assets_dir=cfg.assets.dir)
+        # Release native models before interpreter teardown (MediaPipe's finaliser fails late).
+        atexit.register(self.extractor.close)
         self._faults = injected_faults("faces")
 
     def process_video(self, video_id: str, uri: str) -> dict[str, Any]:
@@ -307,8 +311,9 @@ class MllmStage:
             idx = np.nonzero((f["track_id"] == tid) & (f["segment_id"] == seg))[0]
             p_fe = fe[idx].mean(axis=0)
             p_fe = p_fe / max(float(p_fe.sum()), 1e-9)
-            with np.errstate(invalid="ignore"):
-                p_au = np.nanmean(au[idx], axis=0) if np.isfinite(au[idx]).any() else au[idx][0]
+            with warnings.catch_warnings():  # an AU unavailable on every face stays NaN
+                warnings.simplefilter("ignore", RuntimeWarning)
+                p_au = np.nanmean(au[idx], axis=0)
             k = int(np.argmax(p_fe))
             descs = [s["description"][i] for i in idx if s["description"][i]]
             track_rows.append({
