@@ -8,7 +8,6 @@ arrays per face (no frames), packed per video into one ``npz`` blob.
 
 from __future__ import annotations
 
-import atexit
 import dataclasses
 import hashlib
 import io
@@ -160,8 +159,6 @@ class DecodeFacesStage:
         self.cfg = cfg
         self.policy = cfg.decode.policy()
         self.extractor = FaceExtractor(cfg.faces, assets_dir=cfg.assets.dir)
-        # Release native models before interpreter teardown (MediaPipe's finaliser fails late).
-        atexit.register(self.extractor.close)
         self._faults = injected_faults("faces")
 
     def process_video(self, video_id: str, uri: str) -> dict[str, Any]:

@@ -83,12 +83,16 @@ def test_embedded_ray_binds_loopback_only_and_keeps_token_auth():
         reply = stub.GetAllNodeInfo(gcs_service_pb2.GetAllNodeInfoRequest(), timeout=10,
                                     metadata=tuple(header.items()))
         assert len(reply.node_info_list) == 1
-        # The per-node job agent (what a job server talks to) wants the token too. Its HTTP port
-        # is 52365 unless another Ray on the machine holds that one: probe the agent's sockets.
-        agent_ports = sorted(port for name, _, port in sockets if name == "ray::DashboardAgent")
-        answers = [_http_status(f"http://127.0.0.1:{port}/api/job_agent/jobs/") for port in agent_ports]
-        assert 401 in answers, dict(zip(agent_ports, answers, strict=True))  # (the Prometheus metrics
-        # port answers anyone; loopback-only, as checked above)
+        # The per-node job agent (what a job server talks to) wants the token too. It has no HTTP
+        # port when another Ray on the host holds 52365; the Prometheus port answers anyone
+        # (loopback-only, as checked above).
+        node = ray.nodes()[0]
+        agent_ports = [port for name, _, port in sockets
+                       if name == "ray::DashboardAgent" and port != node["MetricsExportPort"]]
+        answers = {port: _http_status(f"http://127.0.0.1:{port}/api/job_agent/jobs/") for port in agent_ports}
+        assert all(a == 401 for a in answers.values() if a is not None), answers
+        if (node.get("DashboardAgentListenPort") or -1) > 0:  # -1: no HTTP port (52365 was taken)
+            assert answers.get(node["DashboardAgentListenPort"]) == 401, answers
     finally:
         ray.shutdown()
     assert os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") == before

@@ -97,14 +97,15 @@ def annotate_output(tmp_path: Path) -> Path:
 def test_ferid_category_and_feallm_reasoning_text():
     turns = fe_category_turns("happiness")
     assert turns == [{"from": "human", "value": FERID_QUESTION}, {"from": "gpt", "value": "happiness"}]
+    # label first (generation is forced to open with the scored label), then the AU evidence
     assert fe_au_reasoning_answer("happiness", ["AU06", "AU12"]) == (
-        "The cheeks are raised and the lip corners are pulled up. The person shows happiness, "
-        "because AU06 Cheek Raiser and AU12 Lip Corner Puller are active.")
+        "The person shows happiness, because AU06 Cheek Raiser and AU12 Lip Corner Puller are active: "
+        "the cheeks are raised and the lip corners are pulled up.")
     # only the AUs that explain the label are its reasons
     assert fe_au_reasoning_answer("happiness", ["AU12", "AU25", "AU06"]) == (
         fe_au_reasoning_answer("happiness", ["AU06", "AU12"]))
-    assert fe_au_reasoning_answer("sadness", ["AU15"]).endswith(
-        "The person shows sadness, because AU15 Lip Corner Depressor is active.")
+    assert fe_au_reasoning_answer("sadness", ["AU15"]).startswith(
+        "The person shows sadness, because AU15 Lip Corner Depressor is active")
     assert "no action unit is clearly active" in fe_au_reasoning_answer("neutral", [])
     # active AUs that contradict the label: no invented reason, no row
     assert fe_au_reasoning_answer("happiness", ["AU04"]) is None
@@ -158,8 +159,8 @@ def test_pseudo_labels_filtered_deduped_by_track(annotate_output):
     # AU25 at 0.55 is within the 0.1 margin of 0.5: neither asked about nor answered
     assert "AU25" not in v1.loc["au_detection", "au_labeled"]
     assert v1.loc["au_detection", "conversations"][1]["value"] == "AU06 Cheek Raiser, AU12 Lip Corner Puller"
-    assert v1.loc["fe_au_reasoning", "conversations"][1]["value"].endswith(
-        "The person shows happiness, because AU06 Cheek Raiser and AU12 Lip Corner Puller are active.")
+    assert v1.loc["fe_au_reasoning", "conversations"][1]["value"].startswith(
+        "The person shows happiness, because AU06 Cheek Raiser and AU12 Lip Corner Puller are active")
     assert v1.loc["fe_category", "image"] == jpeg() and v1.loc["fe_category", "media"] == "image"
     assert v1.loc["fe_category", "age"] == 31.0 and v1.loc["fe_category", "gender"] == "female"
     assert dict(v1.loc["fe_category", "au_evidence"])["AU06"] == pytest.approx(0.9)
