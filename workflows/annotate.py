@@ -360,19 +360,17 @@ def _write_run_json(output_uri: str, input_uri: str, cfg: AnnotateConfig, summar
                        json.dumps(doc, indent=2, default=str))
 
 
-def mlflow_tracking_uri(configured: str | None) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or configured or "sqlite:///mlflow.db"
-
-
 def _log_mlflow(cfg: AnnotateConfig, summary: AnnotateSummary, output_uri: str, input_uri: str) -> None:
     try:
         import mlflow
 
         from workflows.config import to_dict
+        from workflows.train import default_artifact_location, ensure_experiment, mlflow_tracking_uri
 
-        mlflow.set_tracking_uri(mlflow_tracking_uri(cfg.mlflow.tracking_uri))
-        mlflow.set_experiment(cfg.mlflow.experiment)
-        with mlflow.start_run(run_name=summary.run_id):
+        tracking = mlflow_tracking_uri(cfg.mlflow.tracking_uri)
+        mlflow.set_tracking_uri(tracking)
+        experiment_id = ensure_experiment(cfg.mlflow.experiment, tracking, default_artifact_location(tracking))
+        with mlflow.start_run(run_name=summary.run_id, experiment_id=experiment_id):
             flat = _flatten(to_dict(cfg))
             mlflow.log_params({k: str(v)[:500] for k, v in flat.items()})
             mlflow.set_tags({"mien.run_id": summary.run_id, "mien.output": output_uri, "mien.input": input_uri,
