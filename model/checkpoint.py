@@ -307,6 +307,11 @@ def read_manifest(directory: str) -> dict[str, Any]:
     path = Path(directory) / MANIFEST
     if not path.exists():
         raise MissingPartError(f"{directory} has no {MANIFEST}")
+    # A pickle anywhere in the directory means it did not come from save_model (or was tampered
+    # with): refuse the whole directory rather than trust that nothing will ever load it.
+    for f in sorted(Path(directory).rglob("*")):
+        if f.is_file():
+            _refuse_pickle_path(str(f))
     try:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as e:
