@@ -50,7 +50,7 @@ import os
 import posixpath
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 import pandas as pd
@@ -306,6 +306,21 @@ def _csv_rows(uri: str) -> list[tuple[int, list[str]]]:
     return out
 
 
+def _data_rows(col: _Collector, uri: str, rows: list[tuple[int, list[str]]], width: int
+               ) -> Iterator[tuple[int, list[str], str]]:
+    """``(line, cells, text)`` of each non-blank data row with ``width`` fields; a row of another
+    width is reported with its file and line and skipped."""
+    for n, cells in rows[1:]:
+        if not any(c.strip() for c in cells):
+            continue
+        col.row_read()
+        text = ",".join(cells)
+        if len(cells) != width:
+            col.problem(uri, n, f"expected {width} fields, got {len(cells)}", text)
+            continue
+        yield n, cells, text
+
+
 def _check_options(problems: list[str]) -> None:
     if problems:
         raise ValueError("; ".join(problems))
@@ -383,14 +398,7 @@ def parse_affectnet(csv_file: str, *, image_root: str | None = None, split: str 
         raise LabelFileError("affectnet", [LabelProblem(csv_file, rows[0][0], f"header lacks {missing}",
                                                         ",".join(header))], "not an AffectNet CSV")
     idx = {name: header.index(name) for name in AFFECTNET_COLUMNS}
-    for n, cells in rows[1:]:
-        if not any(c.strip() for c in cells):
-            continue
-        col.row_read()
-        text = ",".join(cells)
-        if len(cells) != len(header):
-            col.problem(csv_file, n, f"expected {len(header)} fields, got {len(cells)}", text)
-            continue
+    for n, cells, text in _data_rows(col, csv_file, rows, len(header)):
         get = {name: cells[i].strip() for name, i in idx.items()}
         try:
             expression = int(get["expression"])
@@ -662,14 +670,7 @@ def parse_bp4d(location: str, *, image_root: str | None = None,
             col.problem(uri, header_line, f"header cells are not AU numbers: {unknown_headers}",
                         ",".join(header))
         use = {i: name for i, name in columns.items() if name in wanted and name in AU_NAMES}
-        for n, cells in rows[1:]:
-            if not any(c.strip() for c in cells):
-                continue
-            col.row_read()
-            text = ",".join(cells)
-            if len(cells) != len(header):
-                col.problem(uri, n, f"expected {len(header)} fields, got {len(cells)}", text)
-                continue
+        for n, cells, text in _data_rows(col, uri, rows, len(header)):
             try:
                 frame = int(float(cells[0]))
                 values = {name: int(float(cells[i])) for i, name in use.items()}
