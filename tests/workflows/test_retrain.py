@@ -13,7 +13,6 @@ import datetime as dt
 import hashlib
 import io
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -296,21 +295,6 @@ def test_too_little_new_data_trains_nothing(tmp_path) -> None:
 
 
 # ------------------------------------------------------------------------------ real cycles
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    saved = os.environ.pop("MLFLOW_TRACKING_URI", None)
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False)
-    yield
-    if started:
-        ray.shutdown()
-    if saved is not None:
-        os.environ["MLFLOW_TRACKING_URI"] = saved
 
 
 @pytest.fixture(scope="module")

@@ -206,21 +206,6 @@ def test_cpu_shm_comm_op_is_not_jit_compiled() -> None:
 # ------------------------------------------------------------------------------ real training runs
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    saved = os.environ.pop("MLFLOW_TRACKING_URI", None)
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False)
-    yield
-    if started:
-        ray.shutdown()
-    if saved is not None:
-        os.environ["MLFLOW_TRACKING_URI"] = saved
-
-
 def _losses(tracking: str, run_id: str, key: str = "train/loss") -> dict[int, float]:
     import mlflow
 
