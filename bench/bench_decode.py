@@ -31,6 +31,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=int, default=30)
     ap.add_argument("--gop", type=int, default=60, help="key frame interval of the rendered clip")
     ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--json", default="", help="also write the rows here")
     a = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     with tempfile.TemporaryDirectory() as d:
@@ -50,6 +51,11 @@ def main() -> None:
     for p, m in rows.items():
         print(f"{p:10s} {m['sampled']:8d} {m['decoded']:8d} {m['seeks']:6d} {m['wall_s']:7.2f} "
               f"{m['decoded_fps']:12.1f} {m['s_per_video_min']:12.2f} {base / m['wall_s']:15.2f}x")
+    if a.json:
+        import json
+
+        with open(a.json, "w") as fh:
+            json.dump({"threads": os.environ.get("OMP_NUM_THREADS"), "rows": rows}, fh, indent=2)
 
 
 if __name__ == "__main__":

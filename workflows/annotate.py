@@ -143,6 +143,22 @@ class AnnotateSummary:
     fe_counts: dict[str, int] = dataclasses.field(default_factory=dict)
     au_counts: dict[str, int] = dataclasses.field(default_factory=dict)
     model_id: str | None = None
+    # Where the time went: seconds inside each stage summed over videos (busy time of the
+    # pools), seconds from pipeline start to the first finished video (actor start-up and
+    # model loads), and the pool sizes used.
+    decode_faces_s: float = 0.0
+    mllm_s: float = 0.0
+    first_result_s: float | None = None
+    plan: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def utilisation(self) -> dict[str, float | None]:
+        """Busy fraction of each stage's actor pool over the run's wall time (1.0 = every
+        actor busy all the time; low values mean start-up, stragglers or a starved stage)."""
+        out: dict[str, float | None] = {}
+        for stage, busy in (("faces", self.decode_faces_s), ("mllm", self.mllm_s)):
+            n = (self.plan.get(stage) or {}).get("concurrency")
+            out[stage] = busy / (self.wall_s * n) if n and self.wall_s else None
+        return out
 
     def render(self) -> str:
         lines = [f"run {self.run_id} -> {self.output}",
@@ -157,6 +173,15 @@ class AnnotateSummary:
             top = sorted(self.au_counts.items(), key=lambda kv: -kv[1])[:5]
             lines.append("top AUs (share of faces active): " +
                          ", ".join(f"{k} {v / self.faces:.0%}" for k, v in top))
+        if self.plan:
+            util = self.utilisation()
+            pools = "; ".join(
+                f"{stage} {p['concurrency']} actor(s) x {p['num_cpus']:g} CPU"
+                + (f" x {p['num_gpus']:g} GPU" if p.get("num_gpus") else "")
+                + (f", {util[stage]:.0%} busy" if util.get(stage) is not None else "")
+                for stage, p in self.plan.items())
+            first = f"; first video after {self.first_result_s:.1f} s" if self.first_result_s is not None else ""
+            lines.append(f"pools: {pools}{first}")
         for e in self.errors[:20]:
             lines.append(f"  error {e['video_uri']}: [{e['error_kind']}] {e['error']}")
         if len(self.errors) > 20:
@@ -236,8 +261,10 @@ def _run(todo: list, cfg: AnnotateConfig, run_id: str, sink: Any, summary: Annot
     from workflows import ray_adapter
 
     resources = ray_adapter.init_ray(cfg.ray.address, cfg.ray.num_cpus)
-    plan = ray_adapter.stage_plan(cfg, resources)
+    plan = ray_adapter.stage_plan(cfg, resources, len(todo))
+    summary.plan = plan
     log.info("stage plan: %s", plan)
+    t_start = time.perf_counter()
     fe_counts: collections.Counter[str] = collections.Counter()
     au_counts: collections.Counter[str] = collections.Counter()
     pending = {s.video_id: s for s in todo}
@@ -258,6 +285,8 @@ def _run(todo: list, cfg: AnnotateConfig, run_id: str, sink: Any, summary: Annot
                 log.warning("ignoring a second result for video %s", row["video_id"])
                 continue
             done += 1
+            if summary.first_result_s is None:
+                summary.first_result_s = time.perf_counter() - t_start
             last_log = _consume(row, run_id, sink, summary, fe_counts, au_counts, done, len(todo), last_log)
     for s in pending.values():  # still missing: every attempt crashed its worker
         row = {"video_id": s.video_id, "video_uri": s.uri, "status": "error", "error_kind": "worker_crash",
@@ -294,6 +323,10 @@ def _consume(row: dict[str, Any], run_id: str, sink: Any, summary: AnnotateSumma
     else:
         summary.videos_ok += 1
     summary.model_id = row.get("model_id") or summary.model_id
+    for key in ("decode_faces_s", "mllm_s"):
+        v = row.get(key)
+        if isinstance(v, int | float) and v == v:
+            setattr(summary, key, getattr(summary, key) + float(v))
     summary.faces += len(faces)
     summary.tracks += len(tracks)
     fe_counts.update(faces.column("fe_label").to_pylist())
@@ -350,7 +383,9 @@ def _write_run_json(output_uri: str, input_uri: str, cfg: AnnotateConfig, summar
         "timings": {"wall_s": summary.wall_s,
                     "videos_per_s": (summary.videos_ok + summary.videos_error) / summary.wall_s
                     if summary.wall_s else None,
-                    "faces_per_s": summary.faces / summary.wall_s if summary.wall_s else None},
+                    "faces_per_s": summary.faces / summary.wall_s if summary.wall_s else None,
+                    "decode_faces_s": summary.decode_faces_s, "mllm_s": summary.mllm_s,
+                    "first_result_s": summary.first_result_s, "utilisation": summary.utilisation()},
         "stage_plan": plan, "errors": summary.errors, "rejected": summary.rejected,
         "fe_counts": summary.fe_counts, "au_counts": summary.au_counts,
         "parts_written": sink.parts_written, "bytes_written": sink.bytes_written,

@@ -71,8 +71,9 @@ def _loopback_only() -> Iterator[None]:
             os.environ[key] = saved_env
 
 
-def stage_plan(cfg: Any, resources: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Concrete actor-pool sizes and per-actor resources for both stages.
+def stage_plan(cfg: Any, resources: dict[str, Any], n_videos: int | None = None) -> dict[str, dict[str, Any]]:
+    """Concrete actor-pool sizes and per-actor resources for both stages; auto-sized pools
+    never exceed ``n_videos`` (an actor that gets no video costs a process and model loads).
 
     On small machines Ray Data hangs silently when actor pools reserve every CPU, so auto
     sizing leaves headroom: face actors share the CPUs left after the MLLM actors and a
@@ -85,11 +86,18 @@ def stage_plan(cfg: Any, resources: dict[str, Any]) -> dict[str, dict[str, Any]]
     mllm_n = m.concurrency or (max(1, int(gpus // mllm_gpus)) if mllm_gpus > 0 else 1)
     mllm_cpus = m.num_cpus
     f = cfg.ray.faces
-    faces_n = f.concurrency or max(1, int(cpus - mllm_n * mllm_cpus))
+    free = cpus - mllm_n * mllm_cpus
+    # One face actor per CPU the MLLM actors leave (rounded: 2 CPUs minus a 0.25-CPU MLLM
+    # actor is 2 face actors, not 1 — truncating left one of two cores idle).
+    faces_n = f.concurrency or max(1, math.floor(free / max(f.num_cpus, 0.05) + 0.5))
     faces_cpus = f.num_cpus
     if not f.concurrency:
-        budget = cpus - mllm_n * mllm_cpus - 0.1
+        budget = free - 0.1
         faces_cpus = max(0.05, math.floor(min(f.num_cpus, budget / faces_n) * 100) / 100)
+        if n_videos:
+            faces_n = min(faces_n, n_videos)
+    if not m.concurrency and n_videos:
+        mllm_n = min(mllm_n, n_videos)
     return {
         "faces": {"concurrency": faces_n, "num_cpus": faces_cpus, "num_gpus": f.num_gpus,
                   "batch_size": f.batch_size},

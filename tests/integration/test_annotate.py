@@ -110,6 +110,11 @@ def test_run_json_and_mlflow(first_run):
         doc = json.load(fh)
     assert doc["counts"]["videos_ok"] == 4 and doc["model_id"] and doc["config"]["decode"]["sampling"] == "fps:2"
     assert doc["assets"]["yunet"]["sha256"]
+    # Where the time went: stage busy seconds and pool utilisation for capacity planning.
+    t = doc["timings"]
+    assert t["decode_faces_s"] > 0 and t["mllm_s"] > 0 and 0 < t["first_result_s"] <= t["wall_s"]
+    assert 0 < t["utilisation"]["faces"] <= 1.0 and doc["stage_plan"]["faces"]["concurrency"] == 2
+    assert "pools: faces 2 actor(s)" in summary.render()
     client = mlflow.MlflowClient(f"sqlite:///{tmp}/mlflow.db")
     exp = client.get_experiment_by_name("mien-annotate")
     runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`mien.run_id` = '{summary.run_id}'")

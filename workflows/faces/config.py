@@ -127,7 +127,7 @@ class FaceConfig:
     landmark_box_scale: float = 2.0  # detected box side x this = square region given to MediaPipe
     attributes: bool = True  # age + gender
     expression: bool = True  # facex FE prior
-    num_threads: int = 1  # per model (onnxruntime / LiteRT / OpenCV DNN); Ray gives 1 CPU per task
+    num_threads: int = 1  # per model (onnxruntime / LiteRT) and OpenCV's pool; a face actor owns one CPU
     num_gpus: float = 0.0  # GPUs the stage is scheduled with (insightface uses CUDA when > 0)
     track: TrackConfig = dataclasses.field(default_factory=TrackConfig)
     au: AUConfig = dataclasses.field(default_factory=AUConfig)

@@ -98,6 +98,11 @@ class FaceExtractor:
         self.video_stats: Counter[str] = Counter()
         self._mesh = self._attrs = self._fer = None
         t0 = time.perf_counter()
+        # OpenCV's own pool (YuNet, resize, warpAffine) defaults to every core of the node; a
+        # face actor owns one CPU, and N actors each spinning N threads thrash one another.
+        import cv2
+
+        cv2.setNumThreads(cfg.num_threads)
         if cfg.backend == "insightface":
             from workflows.faces.insightface_backend import InsightFaceDetector
 

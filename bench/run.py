@@ -1,0 +1,112 @@
+"""Every benchmark in one run, then one table of the figures that matter (``make bench``).
+
+    .venv/bin/python -m bench.run [--quick] [--gemma] [--json bench.json]
+
+Runs, one after another (each in its own process so one's memory does not colour the next):
+decode (``bench_decode``), face extraction (``bench_faces``), the model in scoring and
+generation mode (``bench_model``), and the end-to-end pipeline against a sequential loop and
+a no-seek pipeline (``bench_pipeline``). Each script's own output is printed as it runs; the
+table at the end collects the headline figures and ratios. The machine is noisy: compare the
+ratios printed within one run, not absolutes across runs. ``--quick`` shrinks every input
+(minutes instead of ~10 min on 2 cores); ``--gemma`` also loads the shipped Gemma-3-270M.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _run(name: str, args: list[str], out: Path) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", f"bench.{name}", *args, "--json", str(out)]
+    print(f"\n=== {' '.join(cmd[1:])}", flush=True)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, stdout=sys.stdout, stderr=subprocess.DEVNULL, check=False)
+    if proc.returncode != 0 or not out.exists():
+        print(f"!!! {name} failed (exit {proc.returncode}); rerun it alone to see its log", flush=True)
+        return {}
+    print(f"--- {name}: {time.perf_counter() - t0:.0f} s", flush=True)
+    return json.loads(out.read_text())
+
+
+def summary_rows(r: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
+    """(figure, value) pairs from the scripts' JSON; a missing script leaves its rows out."""
+    rows: list[tuple[str, str]] = []
+    dec = r.get("decode", {}).get("rows", {})
+    if dec:
+        rows.append(("decode all frames, 720p30", f"{dec['all']['decoded_fps']:.0f} frames/s"))
+        rows.append(("decode fps:2 (sampled / decoded)", f"{dec['fps:2']['sampled_fps']:.0f} / "
+                     f"{dec['fps:2']['decoded_fps']:.0f} frames/s, {dec['all']['wall_s'] / dec['fps:2']['wall_s']:.2f}x "
+                     f"vs all"))
+    faces = r.get("faces", {})
+    for run in faces.get("runs", []):
+        for clip, c in run["clips"].items():
+            rows.append((f"faces det_max_side={run.get('det_max_side', '-')} {clip}",
+                         f"{c['faces_per_s']:.1f} faces/s/core, {c['ms_per_frame']:.0f} ms/frame"))
+    m = r.get("model", {})
+    for key, label in (("tiny_scoring_faces_per_s", "MLLM tiny, scoring"),
+                       ("tiny_generation_faces_per_s", "MLLM tiny, generation"),
+                       ("tiny_prefix_reuse_speedup", "MLLM tiny, prefix reuse speed-up"),
+                       ("default_prior_scoring_faces_per_s", "default model (prior), scoring"),
+                       ("default_gemma_scoring_faces_per_s", "default Gemma-270M, scoring"),
+                       ("default_gemma_generation_faces_per_s", "default Gemma-270M, generation")):
+        if key in m:
+            unit = "x" if key.endswith("speedup") else " faces/s"
+            rows.append((label, f"{m[key]:,.1f}{unit}"))
+    p = r.get("pipeline", {})
+    if p:
+        seq, big = p["sequential"], p["pipeline_big"]
+        rows += [
+            ("sequential loop (1 process)", f"{seq['videos'] / seq['wall_s'] * 60:.1f} videos/min, "
+                                            f"{seq['faces'] / seq['wall_s']:.1f} faces/s"),
+            (f"pipeline x{p['scale']} corpus", f"{big['videos'] / big['wall_s'] * 60:.1f} videos/min, "
+                                               f"{big['faces'] / big['wall_s']:.1f} faces/s"),
+            ("  (a) vs sequential loop, x1 / x" + str(p["scale"]), f"{p['speedup']:.2f}x / {p['speedup_big']:.2f}x"),
+            ("  (b) seeking vs decoding every frame", f"{p['seek_speedup']:.2f}x"),
+            ("  decode+faces+MLLM vs decode-only ceiling", f"{p['decode_ceiling_ratio']:.3f}x"),
+            ("  first video after (actor start-up)", f"{big['first_s']:.1f} s"),
+            ("object store per face", f"{seq['bytes_per_face'] / 1024:.1f} KiB"),
+            (f"peak memory x1 -> x{p['scale']}", f"{p['pipeline']['peak_rss'] / 2**30:.2f} -> "
+                                                 f"{big['peak_rss'] / 2**30:.2f} GiB ({p['memory_ratio']:.2f}x)"),
+        ]
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small inputs: a smoke run of every benchmark")
+    ap.add_argument("--gemma", action="store_true", help="also score and generate with the shipped Gemma-3-270M")
+    ap.add_argument("--json", default="", help="write every script's figures here as one document")
+    a = ap.parse_args(argv)
+    q = a.quick
+    plan = {
+        "decode": ("bench_decode", ["--seconds", "6" if q else "20", "--repeat", "1" if q else "2"]),
+        "faces": ("bench_faces", ["--frames", "8" if q else "48", *(["--det-max-side", "640"] if q else [])]),
+        "model": ("bench_model", [*([] if a.gemma else ["--skip-gemma"]), "--reps", "1" if q else "3"]),
+        "pipeline": ("bench_pipeline", ["--copies", "1" if q else "2", "--scale", "2" if q else "10"]),
+    }
+    results: dict[str, dict[str, Any]] = {}
+    env_note = f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start"
+    with tempfile.TemporaryDirectory(prefix="mien-bench-") as d:
+        for key, (script, args) in plan.items():
+            results[key] = _run(script, args, Path(d) / f"{key}.json")
+    rows = summary_rows(results)
+    width = max(len(k) for k, _ in rows) if rows else 0
+    print(f"\n=== summary ({env_note}; load average now {os.getloadavg()[0]:.1f})")
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+    if a.json:
+        Path(a.json).write_text(json.dumps(results, indent=2, default=str))
+    failed = [k for k, v in results.items() if not v]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
