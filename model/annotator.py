@@ -178,8 +178,13 @@ class FacialAnnotator:
         rows = batch_rows(batch)
         keys = batch.get("track_key")
         keys = np.arange(rows) if keys is None else np.asarray(keys).reshape(-1)
+        groups = _track_groups(keys)
+        k = mllm.cfg.scoring.faces_per_segment
+        # The faces the LLM sees: all, or k evenly spaced ones per track segment.
+        picks = groups if k <= 0 else [g[np.unique(np.linspace(0, len(g) - 1, min(k, len(g))).round().astype(int))]
+                                       for g in groups]
         chunks: list[list[int]] = [[]]
-        for group in _track_groups(keys):  # micro-batches of whole track segments where possible
+        for group in picks:  # micro-batches of whole track segments where possible
             for r in group.tolist():
                 if len(chunks[-1]) >= mllm.cfg.scoring.micro_batch:
                     chunks.append([])
@@ -203,6 +208,14 @@ class FacialAnnotator:
                 if au is None:
                     au = np.full((rows, prior.au_probs.shape[1]), np.nan)
                 au[idx] = scores.au_yes.double().cpu().numpy()
+        if k > 0:  # share each segment's LLM scores with its unscored faces
+            for group, pick in zip(groups, picks, strict=True):
+                if len(pick) == len(group):
+                    continue
+                m = fe[pick].mean(axis=0)
+                fe[group] = m / max(float(m.sum()), 1e-12)
+                if au is not None:
+                    au[group] = au[pick].mean(axis=0)
         return fe, au
 
     def _describe(self, batch: Mapping[str, Any], prior: PriorScores, rows: list[int],

@@ -188,9 +188,18 @@ class ScoringConfig:
     tree_attention: bool | None = None
     kv_budget_mb: int = 1024  # memory for duplicated KV caches when queries run side by side
     micro_batch: int = 32
+    # LLM calls per track segment: 0 = every face; k = k evenly spaced faces of each segment
+    # are scored and the segment's faces share the mean of their LLM scores, each still
+    # blended with its own per-face prior. A segment is one person within a few seconds
+    # (docs/SCALING.md measures how often its faces disagree); k=2 cuts the LLM's GPU time
+    # by segment_length/2.
+    faces_per_segment: int = 0
 
     def validate(self) -> list[str]:
-        return ["micro_batch: must be positive"] if self.micro_batch <= 0 else []
+        p = ["micro_batch: must be positive"] if self.micro_batch <= 0 else []
+        if self.faces_per_segment < 0:
+            p.append("faces_per_segment: must be >= 0 (0 = score every face)")
+        return p
 
 
 @dataclasses.dataclass

@@ -147,6 +147,7 @@ class AnnotateSummary:
     # pools), seconds from pipeline start to the first finished video (actor start-up and
     # model loads), and the pool sizes used.
     decode_faces_s: float = 0.0
+    decode_faces_cpu_s: float = 0.0
     mllm_s: float = 0.0
     first_result_s: float | None = None
     plan: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -261,7 +262,7 @@ def _run(todo: list, cfg: AnnotateConfig, run_id: str, sink: Any, summary: Annot
     from workflows import ray_adapter
 
     resources = ray_adapter.init_ray(cfg.ray.address, cfg.ray.num_cpus)
-    plan = ray_adapter.stage_plan(cfg, resources, len(todo))
+    plan = ray_adapter.stage_plan(cfg, resources, len(todo), ray_adapter.node_resources())
     summary.plan = plan
     log.info("stage plan: %s", plan)
     t_start = time.perf_counter()
@@ -323,7 +324,7 @@ def _consume(row: dict[str, Any], run_id: str, sink: Any, summary: AnnotateSumma
     else:
         summary.videos_ok += 1
     summary.model_id = row.get("model_id") or summary.model_id
-    for key in ("decode_faces_s", "mllm_s"):
+    for key in ("decode_faces_s", "decode_faces_cpu_s", "mllm_s"):
         v = row.get(key)
         if isinstance(v, int | float) and v == v:
             setattr(summary, key, getattr(summary, key) + float(v))
@@ -384,7 +385,8 @@ def _write_run_json(output_uri: str, input_uri: str, cfg: AnnotateConfig, summar
                     "videos_per_s": (summary.videos_ok + summary.videos_error) / summary.wall_s
                     if summary.wall_s else None,
                     "faces_per_s": summary.faces / summary.wall_s if summary.wall_s else None,
-                    "decode_faces_s": summary.decode_faces_s, "mllm_s": summary.mllm_s,
+                    "decode_faces_s": summary.decode_faces_s, "decode_faces_cpu_s": summary.decode_faces_cpu_s,
+                    "mllm_s": summary.mllm_s,
                     "first_result_s": summary.first_result_s, "utilisation": summary.utilisation()},
         "stage_plan": plan, "errors": summary.errors, "rejected": summary.rejected,
         "fe_counts": summary.fe_counts, "au_counts": summary.au_counts,

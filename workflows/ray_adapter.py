@@ -71,13 +71,23 @@ def _loopback_only() -> Iterator[None]:
             os.environ[key] = saved_env
 
 
-def stage_plan(cfg: Any, resources: dict[str, Any], n_videos: int | None = None) -> dict[str, dict[str, Any]]:
+def node_resources() -> list[dict[str, float]]:
+    """Resources of each alive node of the connected cluster (for per-node pool packing)."""
+    import ray
+
+    return [dict(n.get("Resources") or {}) for n in ray.nodes() if n.get("Alive")]
+
+
+def stage_plan(cfg: Any, resources: dict[str, Any], n_videos: int | None = None,
+               nodes: list[dict[str, float]] | None = None) -> dict[str, dict[str, Any]]:
     """Concrete actor-pool sizes and per-actor resources for both stages; auto-sized pools
     never exceed ``n_videos`` (an actor that gets no video costs a process and model loads).
 
-    On small machines Ray Data hangs silently when actor pools reserve every CPU, so auto
-    sizing leaves headroom: face actors share the CPUs left after the MLLM actors and a
-    0.1-CPU reserve.
+    Face actors are packed node by node (``nodes``: each alive node's resources; default one
+    node holding ``resources``): on every node that could host an MLLM actor its CPUs are kept
+    free, plus a 0.1-CPU reserve, because Ray Data waits forever, silently, for an actor that
+    fits on no node. The face actors' CPU share is the smallest a node affords, so that on
+    identical nodes exactly the planned number lands on each.
     """
     cpus = float(resources.get("CPU", 1.0))
     gpus = float(resources.get("GPU", 0.0))
@@ -86,16 +96,27 @@ def stage_plan(cfg: Any, resources: dict[str, Any], n_videos: int | None = None)
     mllm_n = m.concurrency or (max(1, int(gpus // mllm_gpus)) if mllm_gpus > 0 else 1)
     mllm_cpus = m.num_cpus
     f = cfg.ray.faces
-    free = cpus - mllm_n * mllm_cpus
-    # One face actor per CPU the MLLM actors leave (rounded: 2 CPUs minus a 0.25-CPU MLLM
-    # actor is 2 face actors, not 1 — truncating left one of two cores idle).
-    faces_n = f.concurrency or max(1, math.floor(free / max(f.num_cpus, 0.05) + 0.5))
-    faces_cpus = f.num_cpus
+    nodes = [n for n in (nodes or [{"CPU": cpus, "GPU": gpus}]) if float(n.get("CPU", 0)) > 0] or [{"CPU": cpus}]
+    faces_n, faces_cpus, shares = 0, f.num_cpus, []
+    for node in nodes:
+        if mllm_gpus > 0:
+            hosts = min(mllm_n, int(float(node.get("GPU", 0.0)) // mllm_gpus))
+        else:
+            hosts = mllm_n
+        free = float(node["CPU"]) - hosts * mllm_cpus
+        # One face actor per CPU left (rounded: 2 CPUs minus a 0.25-CPU MLLM actor is 2 face
+        # actors, not 1 — truncating left one of two cores idle).
+        n = math.floor(free / max(f.num_cpus, 0.05) + 0.5) if free > 0.1 else 0
+        if n:
+            faces_n += n
+            shares.append((free - 0.1) / n)
     if not f.concurrency:
-        budget = free - 0.1
-        faces_cpus = max(0.05, math.floor(min(f.num_cpus, budget / faces_n) * 100) / 100)
+        faces_n = max(1, faces_n)
+        faces_cpus = max(0.05, math.floor(min([f.num_cpus, *shares]) * 100) / 100)
         if n_videos:
             faces_n = min(faces_n, n_videos)
+    else:
+        faces_n = f.concurrency
     if not m.concurrency and n_videos:
         mllm_n = min(mllm_n, n_videos)
     return {

@@ -29,6 +29,7 @@ VIDEOS = pa.schema([
     ("rotation", pa.int32()),
     ("sampling", pa.string()),
     ("decode_faces_s", pa.float64()),   # wall seconds in decode + face extraction
+    ("decode_faces_cpu_s", pa.float64()),  # CPU seconds of the same (below wall: CPU-starved actor)
     ("mllm_s", pa.float64()),           # wall seconds in the MLLM stage
     ("model_id", pa.string()),
     ("run_id", pa.string()),

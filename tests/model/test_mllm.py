@@ -36,6 +36,28 @@ def test_prior_weight_mixes_prior_and_llm(tiny_mllm, batch):
     np.testing.assert_allclose(mixed, 0.25 * prior + 0.75 * llm_only, atol=1e-5)
 
 
+def test_faces_per_segment_scores_k_faces_and_shares_them(tiny_mllm, monkeypatch):
+    # Two segments of 5 and 3 faces: with k=2 the LLM sees 2 + 2 faces, and every face of a
+    # segment carries the mean of its segment's scored faces.
+    batch = face_batch(8, seed=3, tracks=[7, 7, 7, 7, 7, 9, 9, 9])
+    ann = FacialAnnotator.from_mllm(tiny_mllm)
+    every = ann.annotate(batch)
+    seen = []
+    real_score = tiny_mllm.score
+    monkeypatch.setattr(tiny_mllm, "score", lambda faces, **kw: seen.append(len(faces.crops))
+                        or real_score(faces, **kw))
+    monkeypatch.setattr(tiny_mllm.cfg.scoring, "faces_per_segment", 2)
+    shared = ann.annotate(batch)
+    assert sum(seen) == 4
+    fe, au = shared["fe_probs"], shared["au_probs"]
+    for seg, picked in ((slice(0, 5), [0, 4]), (slice(5, 8), [5, 7])):
+        np.testing.assert_allclose(fe[seg], np.broadcast_to(fe[seg][0], fe[seg].shape), atol=1e-6)
+        want = every["fe_probs"][picked].mean(0)
+        np.testing.assert_allclose(fe[seg][0], want / want.sum(), atol=1e-5)
+        np.testing.assert_allclose(au[seg][0], every["au_probs"][picked].mean(0), atol=1e-5)
+    np.testing.assert_allclose(fe.sum(1), 1.0, atol=1e-5)
+
+
 @pytest.mark.parametrize("tree", [True, False], ids=["tree-mask", "cache-copies"])
 def test_prefix_reuse_gives_the_same_scores(tiny_mllm, batch, monkeypatch, tree):
     monkeypatch.setattr(tiny_mllm.cfg.scoring, "tree_attention", tree)

@@ -48,3 +48,33 @@ def test_auto_pools_never_outnumber_the_videos():
     assert p["faces"]["concurrency"] == 3 and p["mllm"]["concurrency"] == 3
     p = stage_plan(load_config(AnnotateConfig, None, ["ray.faces.concurrency=5"]), {"CPU": 16.0}, n_videos=1)
     assert p["faces"]["concurrency"] == 5, "an explicit size is the user's choice"
+
+
+@pytest.mark.parametrize("nodes", [[1, 1], [16, 16, 16, 16], [0, 8, 8]], ids=["2x1cpu", "4x16cpu", "cpu-less-head"])
+def test_every_pool_fits_on_some_node(nodes):
+    # Ray Data waits forever for an actor no node can hold: after each node takes its face
+    # actors, some node must still fit the MLLM actor.
+    res = [{"CPU": float(c)} for c in nodes]
+    total = {"CPU": float(sum(nodes))}
+    p = stage_plan(load_config(AnnotateConfig, None, []), total, nodes=res)
+    c, need = p["faces"]["num_cpus"], p["mllm"]["num_cpus"]
+    left = []
+    placed = 0
+    for n in nodes:  # Ray packs face actors wherever they fit; fill each node up
+        k = int((n + 1e-9) // c) if c else 0
+        k = min(k, p["faces"]["concurrency"] - placed)
+        placed += k
+        left.append(n - k * c)
+    assert placed == p["faces"]["concurrency"]
+    assert max(left) >= need, (p, left)
+    assert p["faces"]["concurrency"] == sum(nodes)  # one per CPU, the head's none
+
+
+def test_gpu_nodes_keep_cpu_for_their_mllm_actors():
+    nodes = [{"CPU": 8.0, "GPU": 1.0}, {"CPU": 8.0}]
+    p = stage_plan(load_config(AnnotateConfig, None, []), {"CPU": 16.0, "GPU": 1.0}, nodes=nodes)
+    assert p["mllm"]["concurrency"] == 1 and p["mllm"]["num_gpus"] == 1.0
+    c = p["faces"]["num_cpus"]
+    assert p["faces"]["concurrency"] == 16
+    # the GPU node, full of face actors, still holds the MLLM actor's CPUs
+    assert 8 - min(int(8 // c), 16) * c >= p["mllm"]["num_cpus"]
