@@ -46,6 +46,7 @@ class PeakRSS:
 
     def __init__(self) -> None:
         self.peak = 0
+        self.at_peak: dict[str, int] = {}
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
 
@@ -56,14 +57,27 @@ class PeakRSS:
         except (AttributeError, psutil.AccessDenied):
             return p.memory_info().rss
 
+    @staticmethod
+    def _kind(p: psutil.Process, me: psutil.Process) -> str:
+        if p.pid == me.pid:
+            return "driver"
+        name = " ".join(p.cmdline()[:1])
+        for key in ("DecodeFacesStage", "MllmStage", "raylet", "gcs_server"):
+            if key in name:
+                return key
+        return "other"
+
     def _run(self) -> None:
         me = psutil.Process()
         while not self._stop.is_set():
-            total = 0
+            by_kind: dict[str, int] = {}
             for p in [me, *me.children(recursive=True)]:
                 with contextlib.suppress(psutil.Error):
-                    total += self._mem(p)
-            self.peak = max(self.peak, total)
+                    k = self._kind(p, me)
+                    by_kind[k] = by_kind.get(k, 0) + self._mem(p)
+            total = sum(by_kind.values())
+            if total > self.peak:
+                self.peak, self.at_peak = total, by_kind
             time.sleep(0.5)
 
     def __enter__(self) -> PeakRSS:
@@ -122,7 +136,9 @@ def pipeline(corpus: Path, cfg, out: Path) -> dict:
         s = annotate(str(corpus), str(out), cfg, progress=False)
         wall = time.perf_counter() - t0
     return {"videos": s.videos_ok + s.videos_error, "faces": s.faces, "wall_s": wall, "peak_rss": rss.peak,
-            "first_s": s.first_result_s, "util": s.utilisation(), "plan": s.plan}
+            "peak_by_process": {k: round(v / 2**20) for k, v in sorted(rss.at_peak.items())},
+            "first_s": s.first_result_s, "util": s.utilisation(), "plan": s.plan,
+            "cpu_share": s.decode_faces_cpu_s / s.decode_faces_s if s.decode_faces_s else None}
 
 
 def main() -> None:
@@ -156,6 +172,13 @@ def main() -> None:
         par = pipeline(small, cfg, d / "out1")
         par_noseek = pipeline(small, noseek, d / "out1b")
         par_big = pipeline(big, cfg, d / "out10")
+        # A one-file job: the pool sized to the work (1 face actor) vs a fixed 2-actor pool.
+        one = d / "one"
+        one.mkdir()
+        shutil.copyfile(assets.resolve("posed_happy_jpg"), one / "a.jpg")
+        one_auto = pipeline(one, cfg, d / "out-one-a")
+        one_fixed = pipeline(one, load_config(AnnotateConfig, None, [*base, "ray.faces.concurrency=2"]),
+                             d / "out-one-b")
         ray.shutdown()
 
     def rate(r: dict) -> str:
@@ -163,7 +186,8 @@ def main() -> None:
 
     def pools(r: dict) -> str:
         return ", ".join(f"{k} {p['concurrency']}x{p['num_cpus']:g} CPU {r['util'][k] or 0:.0%} busy"
-                         for k, p in r["plan"].items()) + f"; first video after {r['first_s'] or 0:.1f} s"
+                         for k, p in r["plan"].items()) + f"; first video after {r['first_s'] or 0:.1f} s; " \
+            f"face actors got {r['cpu_share'] or 0:.0%} of a CPU while busy"
 
     cpus = os.cpu_count() or 1
     print(f"corpus x1: {seq['videos']} media files ({a.copies} copies of {len(MEDIA)}), {seq['frames']} sampled "
@@ -184,9 +208,12 @@ def main() -> None:
     print(f"decode-only ceiling {dec['frames'] / dec['wall_s']:8.1f} sampled frames/s per core ({dec['decoded']} decoded "
           f"for {dec['frames']} sampled), x{cpus} cores = {ceiling:.0f}/s; decode+faces+MLLM x{a.scale}: "
           f"{staged:.1f} sampled frames/s = {staged / ceiling:.3f}x the ceiling")
+    print(f"one-file job: {one_auto['wall_s']:.1f} s with the pool sized to it (1 face actor), "
+          f"{one_fixed['wall_s']:.1f} s with 2 face actors ({one_fixed['wall_s'] / one_auto['wall_s']:.2f}x)")
     print(f"object store: {seq['bytes_per_face'] / 1024:.1f} KiB per face between stages (JPEG crop + arrays)")
     print(f"peak memory (PSS) driver+Ray: x1 {par['peak_rss'] / 2**30:.2f} GiB, x{a.scale} "
           f"{par_big['peak_rss'] / 2**30:.2f} GiB (ratio {par_big['peak_rss'] / par['peak_rss']:.2f})")
+    print(f"    MiB at the peak, x1: {par['peak_by_process']}\n    x{a.scale}: {par_big['peak_by_process']}")
     if a.json:
         import json
 
@@ -194,7 +221,8 @@ def main() -> None:
                "sequential_threaded": seq_mt, "decode_only": dec, "pipeline": par, "pipeline_noseek": par_noseek,
                "pipeline_big": par_big, "speedup": seq["wall_s"] / par["wall_s"], "speedup_big": big_speedup,
                "seek_speedup": par_noseek["wall_s"] / par["wall_s"], "decode_ceiling_ratio": staged / ceiling,
-               "memory_ratio": par_big["peak_rss"] / par["peak_rss"]}
+               "memory_ratio": par_big["peak_rss"] / par["peak_rss"], "one_file_auto": one_auto,
+               "one_file_two_actors": one_fixed}
         Path(a.json).write_text(json.dumps(doc, indent=2, default=str))
 
 

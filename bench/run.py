@@ -4,8 +4,10 @@
 
 Runs, one after another (each in its own process so one's memory does not colour the next):
 decode (``bench_decode``), face extraction (``bench_faces``), the model in scoring and
-generation mode (``bench_model``), and the end-to-end pipeline against a sequential loop and
-a no-seek pipeline (``bench_pipeline``). Each script's own output is printed as it runs; the
+generation mode (``bench_model``), the end-to-end pipeline against a sequential loop and
+a no-seek pipeline (``bench_pipeline``), the driver's ceiling (``bench_sink``) and what
+per-segment LLM calls change on real video (``bench_segments``). ``bench_cluster`` (a
+multi-node ``Cluster``) and the GPU runs of ``bench_model``/``bench_train`` are run alone. Each script's own output is printed as it runs; the
 table at the end collects the headline figures and ratios. The machine is noisy: compare the
 ratios printed within one run, not absolutes across runs. ``--quick`` shrinks every input
 (minutes instead of ~10 min on 2 cores); ``--gemma`` also loads the shipped Gemma-3-270M.
@@ -72,10 +74,21 @@ def summary_rows(r: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
             ("  (b) seeking vs decoding every frame", f"{p['seek_speedup']:.2f}x"),
             ("  decode+faces+MLLM vs decode-only ceiling", f"{p['decode_ceiling_ratio']:.3f}x"),
             ("  first video after (actor start-up)", f"{big['first_s']:.1f} s"),
+            ("  one-file job, pool sized to it / 2 actors", f"{p['one_file_auto']['wall_s']:.1f} s / "
+                                                          f"{p['one_file_two_actors']['wall_s']:.1f} s"),
             ("object store per face", f"{seq['bytes_per_face'] / 1024:.1f} KiB"),
             (f"peak memory x1 -> x{p['scale']}", f"{p['pipeline']['peak_rss'] / 2**30:.2f} -> "
                                                  f"{big['peak_rss'] / 2**30:.2f} GiB ({p['memory_ratio']:.2f}x)"),
         ]
+    sink = r.get("sink", {})
+    if sink:
+        rows.append(("driver ceiling (results folded + Parquet)", f"{sink['videos_per_s']:.0f} videos/s, "
+                                                               f"{sink['faces_per_s']:,.0f} faces/s"))
+    seg = r.get("segments", {}).get("sample_smiling_video", {})
+    if seg:
+        rows.append(("LLM on 2 faces per 16-frame segment", f"{seg['k2_llm_calls_saved']:.0%} calls saved, "
+                     f"{seg['k2_label_changed']:.0%} labels changed "
+                     f"({seg['k2_confident_label_changed']:.0%} of confident ones)"))
     return rows
 
 
@@ -91,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         "faces": ("bench_faces", ["--frames", "8" if q else "48", *(["--det-max-side", "640"] if q else [])]),
         "model": ("bench_model", [*([] if a.gemma else ["--skip-gemma"]), "--reps", "1" if q else "3"]),
         "pipeline": ("bench_pipeline", ["--copies", "1" if q else "2", "--scale", "2" if q else "10"]),
+        "sink": ("bench_sink", ["--videos", "100" if q else "400"]),
+        "segments": ("bench_segments", []),
     }
     results: dict[str, dict[str, Any]] = {}
     env_note = f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start"
