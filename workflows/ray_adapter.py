@@ -72,9 +72,12 @@ def _loopback_only() -> Iterator[None]:
 
 
 def node_resources() -> list[dict[str, float]]:
-    """Resources of each alive node of the connected cluster (for per-node pool packing)."""
+    """Resources of each alive node of the connected cluster (for per-node pool packing);
+    empty when Ray is not connected (the plan then treats the totals as one node)."""
     import ray
 
+    if not ray.is_initialized():
+        return []
     return [dict(n.get("Resources") or {}) for n in ray.nodes() if n.get("Alive")]
 
 
