@@ -1,0 +1,53 @@
+"""The benchmark harness's own logic: capacity arithmetic, the one-run summary, the driver bench."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+
+from bench import capacity, run
+from bench.bench_segments import shared
+
+
+def _args(**kw) -> argparse.Namespace:
+    base = {"hours": 1e6, "fps": 2.0, "faces_per_frame": 1.0, "core_faces_per_s": 8.0, "gpu_faces_per_s": 20.0,
+            "driver_faces_per_s": 20000.0, "cross_node": 1.0}
+    return argparse.Namespace(**{**base, **kw})
+
+
+def test_capacity_bottleneck_moves_from_gpu_to_cpu_to_driver():
+    a = _args()
+    assert capacity.plan(1, 16, 1, a, 1.0)["bottleneck"] == "GPU MLLM"  # 128 CPU vs 20 GPU faces/s
+    assert capacity.plan(1, 16, 1, a, 1 / 8)["bottleneck"] == "CPU faces"  # 160 GPU faces/s
+    big = capacity.plan(1000, 16, 800, a, 1 / 8)
+    assert big["bottleneck"] == "driver" and big["rate"] == 20000.0
+    assert big["hours"] == pytest.approx(1e6 * 3600 * 2 / 20000 / 3600)
+    assert capacity.plan(1, 2, 0, a, 1.0)["GPU MLLM"] == float("inf")  # no GPU: MLLM on the CPUs
+
+
+def test_summary_rows_skip_missing_scripts_and_report_ratios():
+    assert run.summary_rows({}) == []
+    sink = {"videos_per_s": 500.0, "faces_per_s": 20000.0}
+    rows = dict(run.summary_rows({"sink": sink, "decode": {}}))
+    assert rows == {"driver ceiling (results folded + Parquet)": "500 videos/s, 20,000 faces/s"}
+
+
+def test_segment_sharing_keeps_fully_scored_segments():
+    fe = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.1, 0.9]])
+    keys = np.array([1, 1, 1, 2])
+    out = shared(fe, keys, 2)  # segment 1: faces 0 and 2 scored, mean shared; segment 2: whole
+    np.testing.assert_allclose(out[:3], np.tile([0.75, 0.25], (3, 1)))
+    np.testing.assert_allclose(out[3], fe[3])
+
+
+def test_driver_bench_folds_real_results_into_parquet(tmp_path, capsys):
+    from bench import bench_sink
+
+    out = tmp_path / "sink.json"
+    assert bench_sink.main(["--videos", "20", "--faces-per-video", "5", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["videos"] == 20 and r["faces_per_s"] > 0 and r["parquet_bytes_per_face"] > 0
+    assert "driver folds" in capsys.readouterr().out
