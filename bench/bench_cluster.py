@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     one, many = results["single_node"], results["cluster"]
     for name, r in results.items():
         pools = ", ".join(f"{k} {p['concurrency']}x{p['num_cpus']:g} CPU {r['util'][k] or 0:.0%} busy"
-                          for k, p in r["plan"].items())
+                          for k, p in r["plan"].items() if p["concurrency"])
         print(f"{name:12s} {r['videos'] / r['wall_s'] * 60:7.1f} videos/min  wall {r['wall_s']:6.1f} s  "
               f"first video {r['first_s'] or 0:5.1f} s  pools: {pools}")
     print(f"{a.nodes} nodes x {per_node:g} CPU + CPU-less head vs 1 node x {cpus} CPU: "

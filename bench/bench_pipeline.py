@@ -7,6 +7,7 @@ Prints, from one run on one machine (noisy machines: compare the ratios, not the
 - the Ray pipeline (decode+faces actors overlapping with the MLLM actor): videos/min, faces/s,
   and the speed-up over the sequential loop;
 - the same pipeline with seeking disabled (every frame decoded; sampled ones converted);
+- the x``scale`` corpus with the MLLM in its own pool instead of inside the face actors;
 - bytes per face that cross the object store between stages (the packed npz blob);
 - peak memory (PSS) of driver + Ray processes for the corpus x1 and x``scale``.
 """
@@ -172,6 +173,9 @@ def main() -> None:
         par = pipeline(small, cfg, d / "out1")
         par_noseek = pipeline(small, noseek, d / "out1b")
         par_big = pipeline(big, cfg, d / "out10")
+        # The same with the MLLM in its own actor pool (what fusing saves, side by side).
+        par_big_two = pipeline(big, load_config(AnnotateConfig, None, [*base, "ray.fuse_stages=never"]),
+                               d / "out10b")
         # A one-file job: the pool sized to the work (1 face actor) vs a fixed 2-actor pool.
         one = d / "one"
         one.mkdir()
@@ -186,7 +190,7 @@ def main() -> None:
 
     def pools(r: dict) -> str:
         return ", ".join(f"{k} {p['concurrency']}x{p['num_cpus']:g} CPU {r['util'][k] or 0:.0%} busy"
-                         for k, p in r["plan"].items()) + f"; first video after {r['first_s'] or 0:.1f} s; " \
+                         for k, p in r["plan"].items() if p["concurrency"]) + f"; first video after {r['first_s'] or 0:.1f} s; " \
             f"face actors got {r['cpu_share'] or 0:.0%} of a CPU while busy"
 
     cpus = os.cpu_count() or 1
@@ -203,6 +207,8 @@ def main() -> None:
     big_speedup = (par_big["videos"] / par_big["wall_s"]) / (seq["videos"] / seq["wall_s"])
     print(f"ray pipeline x{a.scale:<4d}{rate(par_big)}   wall {par_big['wall_s']:.1f} s   "
           f"speed-up {big_speedup:.2f}x vs sequential\n    pools: {pools(par_big)}")
+    print(f"  same, 2 pools   {rate(par_big_two)}   wall {par_big_two['wall_s']:.1f} s   "
+          f"fused/2 pools {par_big_two['wall_s'] / par_big['wall_s']:.2f}x\n    pools: {pools(par_big_two)}")
     ceiling = dec["frames"] / dec["wall_s"] * cpus
     staged = seq["frames"] * a.scale / par_big["wall_s"]
     print(f"decode-only ceiling {dec['frames'] / dec['wall_s']:8.1f} sampled frames/s per core ({dec['decoded']} decoded "
@@ -222,7 +228,8 @@ def main() -> None:
                "pipeline_big": par_big, "speedup": seq["wall_s"] / par["wall_s"], "speedup_big": big_speedup,
                "seek_speedup": par_noseek["wall_s"] / par["wall_s"], "decode_ceiling_ratio": staged / ceiling,
                "memory_ratio": par_big["peak_rss"] / par["peak_rss"], "one_file_auto": one_auto,
-               "one_file_two_actors": one_fixed}
+               "one_file_two_actors": one_fixed, "pipeline_big_two_pools": par_big_two,
+               "fused_speedup": par_big_two["wall_s"] / par_big["wall_s"]}
         Path(a.json).write_text(json.dumps(doc, indent=2, default=str))
 
 

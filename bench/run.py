@@ -72,6 +72,7 @@ def summary_rows(r: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
                                                f"{big['faces'] / big['wall_s']:.1f} faces/s"),
             ("  (a) vs sequential loop, x1 / x" + str(p["scale"]), f"{p['speedup']:.2f}x / {p['speedup_big']:.2f}x"),
             ("  (b) seeking vs decoding every frame", f"{p['seek_speedup']:.2f}x"),
+            ("  MLLM fused into face actors vs own pool", f"{p['fused_speedup']:.2f}x"),
             ("  decode+faces+MLLM vs decode-only ceiling", f"{p['decode_ceiling_ratio']:.3f}x"),
             ("  first video after (actor start-up)", f"{big['first_s']:.1f} s"),
             ("  one-file job, pool sized to it / 2 actors", f"{p['one_file_auto']['wall_s']:.1f} s / "

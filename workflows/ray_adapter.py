@@ -98,6 +98,11 @@ def stage_plan(cfg: Any, resources: dict[str, Any], n_videos: int | None = None,
     mllm_gpus = m.num_gpus if m.num_gpus >= 0 else (1.0 if gpus >= 1 else 0.0)
     mllm_n = m.concurrency or (max(1, int(gpus // mllm_gpus)) if mllm_gpus > 0 else 1)
     mllm_cpus = m.num_cpus
+    fuse = cfg.ray.fuse_stages
+    fused = mllm_gpus == 0 and not m.concurrency and (
+        fuse == "always" or (fuse == "auto" and cfg.model.uri == "default"))
+    if fused:  # no MLLM actors: the face actors run it
+        mllm_n = 0
     f = cfg.ray.faces
     nodes = [n for n in (nodes or [{"CPU": cpus, "GPU": gpus}]) if float(n.get("CPU", 0)) > 0] or [{"CPU": cpus}]
     faces_n, faces_cpus, shares = 0, f.num_cpus, []
@@ -126,7 +131,7 @@ def stage_plan(cfg: Any, resources: dict[str, Any], n_videos: int | None = None,
         "faces": {"concurrency": faces_n, "num_cpus": faces_cpus, "num_gpus": f.num_gpus,
                   "batch_size": f.batch_size},
         "mllm": {"concurrency": mllm_n, "num_cpus": mllm_cpus, "num_gpus": mllm_gpus,
-                 "batch_size": m.batch_size},
+                 "batch_size": m.batch_size, "fused": fused},
     }
 
 
@@ -151,7 +156,7 @@ def run_pipeline(sources: list[dict[str, str]], cfg: Any, run_id: str, plan: dic
     """Stream per-video result rows of the annotate pipeline as they finish."""
     import ray.data
 
-    from workflows.stages import DecodeFacesStage, MllmStage
+    from workflows.stages import DecodeFacesStage, FusedStage, MllmStage
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = progress
@@ -164,11 +169,16 @@ def run_pipeline(sources: list[dict[str, str]], cfg: Any, run_id: str, plan: dic
     retries = {"max_restarts": -1, "max_task_retries": cfg.ray.max_task_retries}
     ds = ray.data.from_items(sources, override_num_blocks=max(1, len(sources)))
     fp, mp = plan["faces"], plan["mllm"]
-    ds = ds.map_batches(DecodeFacesStage, fn_constructor_args=(cfg,), batch_size=fp["batch_size"],
-                        compute=_pool(fp), num_cpus=fp["num_cpus"],
-                        num_gpus=fp["num_gpus"] or None, batch_format="default", **retries)
-    ds = ds.map_batches(MllmStage, fn_constructor_args=(cfg, run_id), batch_size=mp["batch_size"],
-                        compute=_pool(mp), num_cpus=mp["num_cpus"],
-                        num_gpus=mp["num_gpus"] or None, batch_format="default", **retries)
+    if mp.get("fused"):
+        ds = ds.map_batches(FusedStage, fn_constructor_args=(cfg, run_id), batch_size=fp["batch_size"],
+                            compute=_pool(fp), num_cpus=fp["num_cpus"],
+                            num_gpus=fp["num_gpus"] or None, batch_format="default", **retries)
+    else:
+        ds = ds.map_batches(DecodeFacesStage, fn_constructor_args=(cfg,), batch_size=fp["batch_size"],
+                            compute=_pool(fp), num_cpus=fp["num_cpus"],
+                            num_gpus=fp["num_gpus"] or None, batch_format="default", **retries)
+        ds = ds.map_batches(MllmStage, fn_constructor_args=(cfg, run_id), batch_size=mp["batch_size"],
+                            compute=_pool(mp), num_cpus=mp["num_cpus"],
+                            num_gpus=mp["num_gpus"] or None, batch_format="default", **retries)
     for batch in ds.iter_batches(batch_size=1, batch_format="pyarrow"):
         yield from batch.to_pylist()

@@ -342,3 +342,19 @@ def _scalar(v: Any) -> Any:
     if isinstance(v, np.generic):
         return v.item()
     return v
+
+
+class FusedStage:
+    """Both stages in one actor, video by video: where the MLLM needs no GPU this saves an
+    actor process, its CPU share and an object-store hop, and a video's result no longer
+    waits for an MLLM batch to fill. A crash in either part loses only this actor's videos,
+    as with separate pools."""
+
+    def __init__(self, cfg: Any, run_id: str):
+        self.faces = DecodeFacesStage(cfg)
+        self.mllm = MllmStage(cfg, run_id)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
+        outs = [self.mllm.process_video(self.faces.process_video(str(v), str(u)), i)
+                for i, (v, u) in enumerate(zip(batch["video_id"], batch["uri"], strict=True))]
+        return _columns(outs, VIDEO_FIELDS + ("mllm_s", "model_id", "faces_ipc", "tracks_ipc"))

@@ -114,7 +114,8 @@ def test_run_json_and_mlflow(first_run):
     t = doc["timings"]
     assert t["decode_faces_s"] > 0 and t["mllm_s"] > 0 and 0 < t["first_result_s"] <= t["wall_s"]
     assert 0 < t["utilisation"]["faces"] <= 1.0 and doc["stage_plan"]["faces"]["concurrency"] == 2
-    assert "pools: faces 2 actor(s)" in summary.render()
+    assert doc["stage_plan"]["mllm"]["fused"] and t["utilisation"]["mllm"] is None  # default model, no GPU
+    assert "pools: faces 2 actor(s)" in summary.render() and "inside the face actors" in summary.render()
     client = mlflow.MlflowClient(f"sqlite:///{tmp}/mlflow.db")
     exp = client.get_experiment_by_name("mien-annotate")
     runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`mien.run_id` = '{summary.run_id}'")
@@ -209,8 +210,11 @@ def test_s3_in_and_out_with_manifest(corpus, s3_bucket, tmp_path, local_ray):
     storage.write_text(f"{s3_bucket}/in/manifest.jsonl",
                        '{"uri": "single_face.jpg"}\n{"uri": "broken_text.mp4"}\n{"uri": "../escape.mp4"}\n')
     out = f"{s3_bucket}/out"
-    summary = annotate(f"{s3_bucket}/in/manifest.jsonl", out, _cfg(tmp_path), progress=False)
+    # Two pools here (the MLLM in its own actor), fused in the other tests: both shapes run.
+    summary = annotate(f"{s3_bucket}/in/manifest.jsonl", out, _cfg(tmp_path, "ray.fuse_stages=never"),
+                       progress=False)
     assert summary.videos_ok == 1 and summary.videos_error == 1 and len(summary.rejected) == 1
+    assert summary.plan["mllm"]["concurrency"] == 1 and not summary.plan["mllm"]["fused"]
     fs, path = storage.filesystem(out)
     faces = pads.dataset(f"{path}/faces", filesystem=fs, format="parquet").to_table()
     videos = pads.dataset(f"{path}/videos", filesystem=fs, format="parquet").to_table().to_pandas()

@@ -10,7 +10,7 @@ from workflows.ray_adapter import stage_plan
 
 
 def _plan(resources, *overrides):
-    return stage_plan(load_config(AnnotateConfig, None, list(overrides)), resources)
+    return stage_plan(load_config(AnnotateConfig, None, ["ray.fuse_stages=never", *overrides]), resources)
 
 
 @pytest.mark.parametrize("cpus", [1, 2, 4, 16])
@@ -45,6 +45,7 @@ def test_half_cpu_face_actors_double_the_pool():
 
 def test_auto_pools_never_outnumber_the_videos():
     p = stage_plan(load_config(AnnotateConfig, None, []), {"CPU": 16.0, "GPU": 4.0}, n_videos=3)
+    assert not p["mllm"]["fused"], "a GPU MLLM keeps its own pool"
     assert p["faces"]["concurrency"] == 3 and p["mllm"]["concurrency"] == 3
     p = stage_plan(load_config(AnnotateConfig, None, ["ray.faces.concurrency=5"]), {"CPU": 16.0}, n_videos=1)
     assert p["faces"]["concurrency"] == 5, "an explicit size is the user's choice"
@@ -56,7 +57,7 @@ def test_every_pool_fits_on_some_node(nodes):
     # actors, some node must still fit the MLLM actor.
     res = [{"CPU": float(c)} for c in nodes]
     total = {"CPU": float(sum(nodes))}
-    p = stage_plan(load_config(AnnotateConfig, None, []), total, nodes=res)
+    p = stage_plan(load_config(AnnotateConfig, None, ["ray.fuse_stages=never"]), total, nodes=res)
     c, need = p["faces"]["num_cpus"], p["mllm"]["num_cpus"]
     left = []
     placed = 0
@@ -78,3 +79,21 @@ def test_gpu_nodes_keep_cpu_for_their_mllm_actors():
     assert p["faces"]["concurrency"] == 16
     # the GPU node, full of face actors, still holds the MLLM actor's CPUs
     assert 8 - min(int(8 // c), 16) * c >= p["mllm"]["num_cpus"]
+
+
+def test_cpu_mllm_of_the_default_model_runs_inside_the_face_actors():
+    p = stage_plan(load_config(AnnotateConfig, None, []), {"CPU": 2.0})
+    assert p["mllm"]["fused"] and p["mllm"]["concurrency"] == 0
+    assert p["faces"]["concurrency"] == 2 and p["faces"]["num_cpus"] == 0.95  # no CPU kept for an MLLM actor
+    # a model directory may load an LLM into every actor: own pool unless asked
+    assert not stage_plan(load_config(AnnotateConfig, None, ["model.uri=/m"]), {"CPU": 2.0})["mllm"]["fused"]
+    assert stage_plan(load_config(AnnotateConfig, None, ["model.uri=/m", "ray.fuse_stages=always"]),
+                      {"CPU": 2.0})["mllm"]["fused"]
+    assert not stage_plan(load_config(AnnotateConfig, None, ["ray.mllm.concurrency=1"]), {"CPU": 2.0})["mllm"]["fused"]
+
+
+def test_fuse_stages_is_checked():
+    from workflows.config import ConfigError
+
+    with pytest.raises(ConfigError, match="fuse_stages"):
+        load_config(AnnotateConfig, None, ["ray.fuse_stages=yes"])
