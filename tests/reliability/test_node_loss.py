@@ -54,7 +54,9 @@ def test_worker_node_lost_mid_run(face_corpus, reference_faces, tmp_path):
     workers = [cluster.add_node(num_cpus=2) for _ in range(2)]
     cluster.wait_for_nodes()
     out = tmp_path / "out"
-    cfg = annotate_cfg(tmp_path, f"ray.address={cluster.address}", "output.flush_every_videos=1")
+    # Two pools, so the MLLM actor has a node of its own to lose.
+    cfg = annotate_cfg(tmp_path, f"ray.address={cluster.address}", "output.flush_every_videos=1",
+                       "ray.fuse_stages=never")
     killed: dict[str, object] = {}
 
     def kill_when_busy() -> None:
