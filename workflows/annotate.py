@@ -88,7 +88,8 @@ class RayConfig:
     # Run the MLLM inside the face actors (one pool, no MLLM actor) when it needs no GPU:
     # "auto" = only for the default model (its scoring is a light numpy prior; a model
     # directory may load an LLM into every face actor); "always" = whenever no GPU is asked;
-    # "never" = two pools. Measured +5% videos/min and the first video 2x sooner on 2 CPUs.
+    # "never" = two pools. Measured on 2 CPUs: the first video 2x sooner, throughput the same
+    # within noise (docs/PERFORMANCE.md).
     fuse_stages: str = "auto"
 
     def validate(self) -> list[str]:
