@@ -29,7 +29,7 @@ def run(corpus: Path, out: Path, overrides: list[str]) -> dict:
     s = annotate(str(corpus), str(out), cfg, progress=False)
     wall = time.perf_counter() - t0
     return {"videos": s.videos_ok + s.videos_error, "faces": s.faces, "wall_s": wall, "plan": s.plan,
-            "util": s.utilisation(), "first_s": s.first_result_s}
+            "util": s.utilisation(), "first_s": s.first_result_s, "pools": s.pools_line()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,10 +68,8 @@ def main(argv: list[str] | None = None) -> int:
             cluster.shutdown()
     one, many = results["single_node"], results["cluster"]
     for name, r in results.items():
-        pools = ", ".join(f"{k} {p['concurrency']}x{p['num_cpus']:g} CPU {r['util'][k] or 0:.0%} busy"
-                          for k, p in r["plan"].items() if p["concurrency"])
         print(f"{name:12s} {r['videos'] / r['wall_s'] * 60:7.1f} videos/min  wall {r['wall_s']:6.1f} s  "
-              f"first video {r['first_s'] or 0:5.1f} s  pools: {pools}")
+              f"pools: {r['pools']}")
     print(f"{a.nodes} nodes x {per_node:g} CPU + CPU-less head vs 1 node x {cpus} CPU: "
           f"{one['wall_s'] / many['wall_s']:.2f}x the single node's rate ({len(os.sched_getaffinity(0))} cores shared)")
     if a.json:

@@ -138,7 +138,7 @@ def pipeline(corpus: Path, cfg, out: Path) -> dict:
         wall = time.perf_counter() - t0
     return {"videos": s.videos_ok + s.videos_error, "faces": s.faces, "wall_s": wall, "peak_rss": rss.peak,
             "peak_by_process": {k: round(v / 2**20) for k, v in sorted(rss.at_peak.items())},
-            "first_s": s.first_result_s, "util": s.utilisation(), "plan": s.plan,
+            "first_s": s.first_result_s, "util": s.utilisation(), "plan": s.plan, "pools": s.pools_line(),
             "cpu_share": s.decode_faces_cpu_s / s.decode_faces_s if s.decode_faces_s else None}
 
 
@@ -194,9 +194,7 @@ def main() -> None:
         return f"{r['videos'] / r['wall_s'] * 60:8.1f} videos/min {r['faces'] / r['wall_s']:7.1f} faces/s"
 
     def pools(r: dict) -> str:
-        return ", ".join(f"{k} {p['concurrency']}x{p['num_cpus']:g} CPU {r['util'][k] or 0:.0%} busy"
-                         for k, p in r["plan"].items() if p["concurrency"]) + f"; first video after {r['first_s'] or 0:.1f} s; " \
-            f"face actors got {r['cpu_share'] or 0:.0%} of a CPU while busy"
+        return f"{r['pools']}; face actors got {r['cpu_share'] or 0:.0%} of a CPU while busy"
 
     cpus = os.cpu_count() or 1
     print(f"corpus x1: {seq['videos']} media files ({a.copies} copies of {len(MEDIA)}), {seq['frames']} sampled "

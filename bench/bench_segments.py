@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from model.annotator import segment_picks
+
 VIDEOS = ["sample_smiling_video", "sample_single_face_video", "sample_no_face_video"]
 
 
@@ -43,7 +45,7 @@ def shared(fe: np.ndarray, keys: np.ndarray, k: int) -> np.ndarray:
     out = fe.copy()
     for key in np.unique(keys):
         idx = np.flatnonzero(keys == key)
-        pick = idx[np.unique(np.linspace(0, len(idx) - 1, min(k, len(idx))).round().astype(int))]
+        pick = segment_picks(idx, k)
         if len(pick) == len(idx):  # every face scored: nothing shared (as in the model)
             continue
         m = fe[pick].mean(0)
@@ -81,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
             r[f"k{k}_label_changed"] = float(changed.mean())
             r[f"k{k}_confident_label_changed"] = float(changed[sure].mean()) if sure.any() else float("nan")
             r[f"k{k}_mean_tv"] = float(0.5 * np.abs(s - fe).sum(1).mean())
-            r[f"k{k}_llm_calls_saved"] = 1 - sum(min(k, int((keys == u).sum())) for u in np.unique(keys)) / len(fe)
+            r[f"k{k}_llm_calls_saved"] = 1 - sum(len(segment_picks(np.flatnonzero(keys == u), k))
+                                                 for u in np.unique(keys)) / len(fe)
         results[name] = r
         cells = "\n  ".join(f"k={k}: {r[f'k{k}_label_changed']:.1%} labels changed "
                           f"({r[f'k{k}_confident_label_changed']:.1%} of the confident), TV {r[f'k{k}_mean_tv']:.3f}, "

@@ -66,6 +66,14 @@ def _track_groups(keys: np.ndarray) -> list[np.ndarray]:
     return [np.flatnonzero(inverse == g) for g in order]
 
 
+def segment_picks(group: np.ndarray, k: int) -> np.ndarray:
+    """The rows of one track segment the LLM scores under ``scoring.faces_per_segment = k``:
+    all of them for k <= 0, else k evenly spaced ones (first and last included)."""
+    if k <= 0 or k >= len(group):
+        return group
+    return group[np.unique(np.linspace(0, len(group) - 1, k).round().astype(int))]
+
+
 def _unit_hash(seed: int, key: int) -> float:
     h = hashlib.sha256(f"{seed}:{int(key)}".encode()).digest()
     return int.from_bytes(h[:8], "big") / 2.0 ** 64
@@ -181,8 +189,7 @@ class FacialAnnotator:
         groups = _track_groups(keys)
         k = mllm.cfg.scoring.faces_per_segment
         # The faces the LLM sees: all, or k evenly spaced ones per track segment.
-        picks = groups if k <= 0 else [g[np.unique(np.linspace(0, len(g) - 1, min(k, len(g))).round().astype(int))]
-                                       for g in groups]
+        picks = [segment_picks(g, k) for g in groups]
         chunks: list[list[int]] = [[]]
         for group in picks:  # micro-batches of whole track segments where possible
             for r in group.tolist():

@@ -174,6 +174,19 @@ class AnnotateSummary:
             out[stage] = busy / (self.wall_s * n) if n and self.wall_s else None
         return out
 
+    def pools_line(self) -> str:
+        """Actor pools, how busy they were, and the first result's latency, in one line."""
+        util = self.utilisation()
+        pools = "; ".join(
+            f"{stage} {p['concurrency']} actor(s) x {p['num_cpus']:g} CPU"
+            + (f" x {p['num_gpus']:g} GPU" if p.get("num_gpus") else "")
+            + (f", {util[stage]:.0%} busy" if util.get(stage) is not None else "")
+            for stage, p in self.plan.items() if p.get("concurrency"))
+        if (self.plan.get("mllm") or {}).get("fused"):
+            pools += " (the MLLM runs inside the face actors)"
+        first = f"; first video after {self.first_result_s:.1f} s" if self.first_result_s is not None else ""
+        return pools + first
+
     def render(self) -> str:
         lines = [f"run {self.run_id} -> {self.output}",
                  f"videos: {self.videos_ok} ok, {self.videos_error} error, {self.videos_skipped} already done "
@@ -188,16 +201,7 @@ class AnnotateSummary:
             lines.append("top AUs (share of faces active): " +
                          ", ".join(f"{k} {v / self.faces:.0%}" for k, v in top))
         if self.plan:
-            util = self.utilisation()
-            pools = "; ".join(
-                f"{stage} {p['concurrency']} actor(s) x {p['num_cpus']:g} CPU"
-                + (f" x {p['num_gpus']:g} GPU" if p.get("num_gpus") else "")
-                + (f", {util[stage]:.0%} busy" if util.get(stage) is not None else "")
-                for stage, p in self.plan.items() if p.get("concurrency"))
-            if (self.plan.get("mllm") or {}).get("fused"):
-                pools += " (the MLLM runs inside the face actors)"
-            first = f"; first video after {self.first_result_s:.1f} s" if self.first_result_s is not None else ""
-            lines.append(f"pools: {pools}{first}")
+            lines.append(f"pools: {self.pools_line()}")
         for e in self.errors[:20]:
             lines.append(f"  error {e['video_uri']}: [{e['error_kind']}] {e['error']}")
         if len(self.errors) > 20:

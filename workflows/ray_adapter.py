@@ -169,16 +169,15 @@ def run_pipeline(sources: list[dict[str, str]], cfg: Any, run_id: str, plan: dic
     retries = {"max_restarts": -1, "max_task_retries": cfg.ray.max_task_retries}
     ds = ray.data.from_items(sources, override_num_blocks=max(1, len(sources)))
     fp, mp = plan["faces"], plan["mllm"]
-    if mp.get("fused"):
-        ds = ds.map_batches(FusedStage, fn_constructor_args=(cfg, run_id), batch_size=fp["batch_size"],
-                            compute=_pool(fp), num_cpus=fp["num_cpus"],
-                            num_gpus=fp["num_gpus"] or None, batch_format="default", **retries)
+
+    def stage(ds: Any, cls: type, args: tuple, p: dict[str, Any]) -> Any:
+        return ds.map_batches(cls, fn_constructor_args=args, batch_size=p["batch_size"], compute=_pool(p),
+                              num_cpus=p["num_cpus"], num_gpus=p["num_gpus"] or None, batch_format="default",
+                              **retries)
+
+    if mp.get("fused"):  # the face pool runs both stages
+        ds = stage(ds, FusedStage, (cfg, run_id), fp)
     else:
-        ds = ds.map_batches(DecodeFacesStage, fn_constructor_args=(cfg,), batch_size=fp["batch_size"],
-                            compute=_pool(fp), num_cpus=fp["num_cpus"],
-                            num_gpus=fp["num_gpus"] or None, batch_format="default", **retries)
-        ds = ds.map_batches(MllmStage, fn_constructor_args=(cfg, run_id), batch_size=mp["batch_size"],
-                            compute=_pool(mp), num_cpus=mp["num_cpus"],
-                            num_gpus=mp["num_gpus"] or None, batch_format="default", **retries)
+        ds = stage(stage(ds, DecodeFacesStage, (cfg,), fp), MllmStage, (cfg, run_id), mp)
     for batch in ds.iter_batches(batch_size=1, batch_format="pyarrow"):
         yield from batch.to_pylist()

@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 VIDEO_FIELDS = ("video_id", "video_uri", "status", "error", "error_kind", "n_frames", "n_faces", "n_tracks",
                 "duration_s", "width", "height", "fps", "codec", "rotation", "sampling", "decode_faces_s",
                 "decode_faces_cpu_s")
+# Per-video columns the MLLM stage (or the fused stage) emits: the driver's input.
+RESULT_FIELDS = VIDEO_FIELDS + ("mllm_s", "model_id", "faces_ipc", "tracks_ipc")
 
 
 # -- chaos-testing hook ---------------------------------------------------------------------
@@ -330,7 +332,7 @@ class MllmStage:
         n = len(batch["video_id"])
         rows = [{k: _scalar(batch[k][i]) for k in batch} for i in range(n)]
         outs = [self.process_video(r, i) for i, r in enumerate(rows)]
-        return _columns(outs, VIDEO_FIELDS + ("mllm_s", "model_id", "faces_ipc", "tracks_ipc"))
+        return _columns(outs, RESULT_FIELDS)
 
 
 def _opt(v: Any) -> float | None:
@@ -357,4 +359,4 @@ class FusedStage:
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
         outs = [self.mllm.process_video(self.faces.process_video(str(v), str(u)), i)
                 for i, (v, u) in enumerate(zip(batch["video_id"], batch["uri"], strict=True))]
-        return _columns(outs, VIDEO_FIELDS + ("mllm_s", "model_id", "faces_ipc", "tracks_ipc"))
+        return _columns(outs, RESULT_FIELDS)
