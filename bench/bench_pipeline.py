@@ -9,7 +9,9 @@ Prints, from one run on one machine (noisy machines: compare the ratios, not the
 - the same pipeline with seeking disabled (every frame decoded; sampled ones converted);
 - the x``scale`` corpus with the MLLM in its own pool instead of inside the face actors;
 - bytes per face that cross the object store between stages (the packed npz blob);
-- peak memory (PSS) of driver + Ray processes for the corpus x1 and x``scale``.
+- peak memory (PSS) of driver + Ray processes for the corpus x1 and x``scale``;
+- with ``--pairs K``: K back-to-back (sequential, pipeline) pairs on the x``scale`` corpus, each
+  pair's ratio and the median (the end-to-end figure least disturbed by the machine's drift).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import argparse
 import contextlib
 import os
 import shutil
+import statistics
 import tempfile
 import threading
 import time
@@ -142,11 +145,26 @@ def pipeline(corpus: Path, cfg, out: Path) -> dict:
             "cpu_share": s.decode_faces_cpu_s / s.decode_faces_s if s.decode_faces_s else None}
 
 
+def paired_runs(corpus: Path, cfg, d: Path, pairs: int) -> list[dict]:
+    """``pairs`` back-to-back (sequential loop, pipeline) runs on the same corpus: each ratio
+    compares two runs a minute apart, so slow drifts of the machine cancel within a pair."""
+    out = []
+    for i in range(pairs):
+        seq = sequential(corpus, cfg)
+        par = pipeline(corpus, cfg, d / f"out-pair{i}")
+        out.append({"seq_s": seq["wall_s"], "pipe_s": par["wall_s"], "ratio": seq["wall_s"] / par["wall_s"],
+                    "util": par["util"], "cpu_share": par["cpu_share"]})
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--copies", type=int, default=3, help="copies of the sample media in the x1 corpus")
     ap.add_argument("--scale", type=int, default=10, help="the large corpus is this many times the x1 corpus")
     ap.add_argument("--sampling", default="fps:2")
+    ap.add_argument("--pairs", type=int, default=0,
+                    help="then alternate the sequential loop and the pipeline on the large corpus this many "
+                         "times and report each pair's ratio and the median (the machine's speed drifts)")
     ap.add_argument("--json", default="", help="also write every figure here")
     a = ap.parse_args()
     import ray
@@ -183,6 +201,7 @@ def main() -> None:
         one_auto = pipeline(one, cfg, d / "out-one-a")
         one_fixed = pipeline(one, load_config(AnnotateConfig, None, [*base, "ray.faces.concurrency=2"]),
                              d / "out-one-b")
+        paired = paired_runs(big, cfg, d, a.pairs)
         ray.shutdown()
         # The machine's speed drifts over minutes: time the sequential loop again after the
         # pipeline runs and compare against the mean of both.
@@ -223,6 +242,12 @@ def main() -> None:
     print(f"peak memory (PSS) driver+Ray: x1 {par['peak_rss'] / 2**30:.2f} GiB, x{a.scale} "
           f"{par_big['peak_rss'] / 2**30:.2f} GiB (ratio {par_big['peak_rss'] / par['peak_rss']:.2f})")
     print(f"    MiB at the peak, x1: {par['peak_by_process']}\n    x{a.scale}: {par_big['peak_by_process']}")
+    if paired:
+        ratios = [p["ratio"] for p in paired]
+        print(f"paired on the x{a.scale} corpus ({par_big['videos']} files), sequential then pipeline, "
+              f"{len(paired)} time(s): " + ", ".join(f"{p['seq_s']:.1f}/{p['pipe_s']:.1f} s = {p['ratio']:.2f}x"
+                                                     for p in paired)
+              + f"; median {statistics.median(ratios):.2f}x, min {min(ratios):.2f}x")
     if a.json:
         import json
 
@@ -232,7 +257,8 @@ def main() -> None:
                "seek_speedup": par_noseek["wall_s"] / par["wall_s"], "decode_ceiling_ratio": staged / ceiling,
                "memory_ratio": par_big["peak_rss"] / par["peak_rss"], "one_file_auto": one_auto,
                "one_file_two_actors": one_fixed, "pipeline_big_two_pools": par_big_two,
-               "fused_speedup": par_big_two["wall_s"] / par_big["wall_s"]}
+               "fused_speedup": par_big_two["wall_s"] / par_big["wall_s"], "paired": paired,
+               "paired_median": statistics.median([p["ratio"] for p in paired]) if paired else None}
         Path(a.json).write_text(json.dumps(doc, indent=2, default=str))
 
 

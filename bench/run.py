@@ -71,6 +71,9 @@ def summary_rows(r: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
             (f"pipeline x{p['scale']} corpus", f"{big['videos'] / big['wall_s'] * 60:.1f} videos/min, "
                                                f"{big['faces'] / big['wall_s']:.1f} faces/s"),
             ("  (a) vs sequential loop, x1 / x" + str(p["scale"]), f"{p['speedup']:.2f}x / {p['speedup_big']:.2f}x"),
+            *([("  (a) paired runs, median (min)", f"{p['paired_median']:.2f}x "
+                                                 f"({min(x['ratio'] for x in p['paired']):.2f}x) over "
+                                                 f"{len(p['paired'])} pairs")] if p.get("paired") else []),
             ("  (b) seeking vs decoding every frame", f"{p['seek_speedup']:.2f}x"),
             ("  MLLM fused into face actors vs own pool", f"{p['fused_speedup']:.2f}x"),
             ("  decode+faces+MLLM vs decode-only ceiling", f"{p['decode_ceiling_ratio']:.3f}x"),
@@ -104,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         "decode": ("bench_decode", ["--seconds", "6" if q else "20", "--repeat", "1" if q else "2"]),
         "faces": ("bench_faces", ["--frames", "8" if q else "48", *(["--det-max-side", "640"] if q else [])]),
         "model": ("bench_model", [*([] if a.gemma else ["--skip-gemma"]), "--reps", "1" if q else "3"]),
-        "pipeline": ("bench_pipeline", ["--copies", "1" if q else "2", "--scale", "2" if q else "10"]),
+        "pipeline": ("bench_pipeline", ["--copies", "1" if q else "2", "--scale", "2" if q else "10",
+                                        "--pairs", "1" if q else "3"]),
         "sink": ("bench_sink", ["--videos", "100" if q else "400"]),
         "segments": ("bench_segments", []),
     }

@@ -124,7 +124,7 @@ def materialize(uri: str) -> str:
     base = uri.rstrip("/")
     for file_uri in storage.list_files(base):
         rel = file_uri[len(base):].lstrip("/")
-        target = dest / rel
+        target = inside(str(dest), rel, f"object {file_uri}")  # an S3 key may hold '..'
         size = storage.info(file_uri).get("size")
         if target.exists() and (size is None or target.stat().st_size == size):
             continue
@@ -326,15 +326,27 @@ def read_manifest(directory: str) -> dict[str, Any]:
     return manifest
 
 
+def inside(directory: str, rel: str, what: str) -> Path:
+    """``directory / rel``, refused unless it stays inside ``directory`` once ``..`` and
+    symlinks are resolved: a manifest from an untrusted place must not point the loader at
+    files elsewhere on the machine (``../../x``, ``/abs/path``, a symlink out)."""
+    root = Path(directory).resolve()
+    path = (root / rel).resolve()
+    if not rel or Path(rel).is_absolute() or not path.is_relative_to(root) or path == root:
+        raise UnsafeCheckpointError(f"{what} is {rel!r}, which is not a path inside the model directory "
+                                    f"{directory}; a model directory must be self-contained")
+    return path
+
+
 def verify_parts(directory: str, manifest: Mapping[str, Any]) -> dict[str, bytes]:
-    """Every part file's bytes, after checking presence, suffix and sha256."""
+    """Every part file's bytes, after checking presence, suffix, confinement and sha256."""
     out = {}
     for name, meta in manifest.get("parts", {}).items():
         rel = meta.get("file", "")
         _refuse_pickle_path(rel)
         if not rel.endswith(".safetensors"):
             raise UnsafeCheckpointError(f"part {name!r} is {rel!r}; only .safetensors parts are loaded")
-        path = Path(directory) / rel
+        path = inside(directory, rel, f"part {name!r}")
         if not path.exists():
             raise MissingPartError(f"part {name!r}: {rel} is missing from {directory} "
                                    f"(the manifest lists it; copy the complete directory)")
@@ -360,7 +372,10 @@ def verify_component(name: str, meta: Mapping[str, Any], directory: str) -> str 
             raise ChecksumError(f"component {name!r}: manifest pins sha256 {meta.get('sha256')} for {source}, "
                                 f"this mien ships {pinned}")
         return None
-    local = str(Path(directory) / source.split(":", 1)[1]) if source.startswith("bundled:") else materialize(source)
+    if source.startswith("bundled:"):
+        local = str(inside(directory, source.split(":", 1)[1], f"component {name!r}"))
+    else:
+        local = materialize(source)
     if not Path(local).is_dir():
         raise MissingPartError(f"component {name!r}: {source} not found (looked in {local})")
     got = tree_sha256(local)

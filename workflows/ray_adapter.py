@@ -7,6 +7,7 @@ import contextlib
 import logging
 import math
 import os
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -171,9 +172,15 @@ def run_pipeline(sources: list[dict[str, str]], cfg: Any, run_id: str, plan: dic
     fp, mp = plan["faces"], plan["mllm"]
 
     def stage(ds: Any, cls: type, args: tuple, p: dict[str, Any]) -> Any:
-        return ds.map_batches(cls, fn_constructor_args=args, batch_size=p["batch_size"], compute=_pool(p),
-                              num_cpus=p["num_cpus"], num_gpus=p["num_gpus"] or None, batch_format="default",
-                              **retries)
+        # Ray 2.60 deprecates the free-form remote args but has no named parameter for actor
+        # restarts / task retries, and its default (retry forever) would let one video that
+        # kills its worker stall the job. The warning would print on every job; Ray 2.64 removes
+        # the form, so an upgrade fails here, loudly, in tests/integration/test_annotate.py.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+            return ds.map_batches(cls, fn_constructor_args=args, batch_size=p["batch_size"], compute=_pool(p),
+                                  num_cpus=p["num_cpus"], num_gpus=p["num_gpus"] or None,
+                                  batch_format="default", **retries)
 
     if mp.get("fused"):  # the face pool runs both stages
         ds = stage(ds, FusedStage, (cfg, run_id), fp)

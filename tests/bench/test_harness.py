@@ -51,3 +51,18 @@ def test_driver_bench_folds_real_results_into_parquet(tmp_path, capsys):
     r = json.loads(out.read_text())
     assert r["videos"] == 20 and r["faces_per_s"] > 0 and r["parquet_bytes_per_face"] > 0
     assert "driver folds" in capsys.readouterr().out
+
+
+def test_summary_reports_the_paired_end_to_end_ratio():
+    seq = {"videos": 12, "faces": 100, "wall_s": 10.0, "bytes_per_face": 15000.0}
+    big = {"videos": 120, "faces": 1000, "wall_s": 60.0, "first_s": 5.0, "peak_rss": 2**31}
+    p = {"scale": 10, "sequential": seq, "pipeline_big": big, "pipeline": {"peak_rss": 2**31},
+         "speedup": 0.8, "speedup_big": 1.67, "seek_speedup": 1.0, "fused_speedup": 1.0,
+         "decode_ceiling_ratio": 0.09, "memory_ratio": 1.0, "one_file_auto": {"wall_s": 2.5},
+         "one_file_two_actors": {"wall_s": 3.0},
+         "paired": [{"ratio": 1.5}, {"ratio": 1.7}, {"ratio": 1.6}], "paired_median": 1.6}
+    rows = dict(run.summary_rows({"pipeline": p}))
+    assert rows["  (a) paired runs, median (min)"] == "1.60x (1.50x) over 3 pairs"
+    assert rows["  (a) vs sequential loop, x1 / x10"] == "0.80x / 1.67x"
+    del p["paired"]
+    assert "  (a) paired runs, median (min)" not in dict(run.summary_rows({"pipeline": p}))

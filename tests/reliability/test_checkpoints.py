@@ -187,3 +187,33 @@ def test_cli_refuses_a_pickled_model_before_starting_ray(tmp_path, asset):
     assert r.returncode == 2, r.stdout + r.stderr
     assert f"mien annotate: model {d}" in r.stderr and "never unpickles" in r.stderr
     assert "Traceback" not in r.stderr and not marker.exists()
+
+
+@pytest.mark.parametrize("file", ["../outside.safetensors", "{abs}", "sub/../../outside.safetensors",
+                                  "link.safetensors"])
+def test_part_paths_are_confined_to_the_model_directory(model_copy, tmp_path, file):
+    """A manifest may only name files inside its own directory: '..', absolute paths and
+    symlinks out are refused before anything is read, even with a matching checksum."""
+    from model.checkpoint import UnsafeCheckpointError, sha256_bytes
+
+    outside = tmp_path / "outside.safetensors"
+    shutil.copyfile(model_copy / "fim.safetensors", outside)
+    (model_copy / "sub").mkdir()
+    (model_copy / "link.safetensors").symlink_to(outside)
+    m = _manifest(model_copy)
+    m["parts"]["fim"].update(file=file.format(abs=outside), sha256=sha256_bytes(outside.read_bytes()))
+    _write_manifest(model_copy, m)
+    with pytest.raises(UnsafeCheckpointError, match="not a path inside the model directory"):
+        _load(model_copy)
+
+
+def test_bundled_component_paths_are_confined_to_the_model_directory(model_copy, tmp_path):
+    from model.checkpoint import UnsafeCheckpointError, tree_sha256
+
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(model_copy / "base" / "llm", elsewhere)
+    m = _manifest(model_copy)
+    m["components"]["llm"].update(source="bundled:../elsewhere", sha256=tree_sha256(elsewhere))
+    _write_manifest(model_copy, m)
+    with pytest.raises(UnsafeCheckpointError, match="component 'llm'.*not a path inside"):
+        _ = _load(model_copy).mllm
