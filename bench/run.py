@@ -6,11 +6,13 @@ Runs, one after another (each in its own process so one's memory does not colour
 decode (``bench_decode``), face extraction (``bench_faces``), the model in scoring and
 generation mode (``bench_model``), the end-to-end pipeline against a sequential loop and
 a no-seek pipeline (``bench_pipeline``), the driver's ceiling (``bench_sink``) and what
-per-segment LLM calls change on real video (``bench_segments``). ``bench_cluster`` (a
-multi-node ``Cluster``) and the GPU runs of ``bench_model``/``bench_train`` are run alone. Each script's own output is printed as it runs; the
-table at the end collects the headline figures and ratios. The machine is noisy: compare the
-ratios printed within one run, not absolutes across runs. ``--quick`` shrinks every input
-(minutes instead of ~10 min on 2 cores); ``--gemma`` also loads the shipped Gemma-3-270M.
+per-segment LLM calls change on real video (``bench_segments``) and what dispatching the
+largest files first does to a job's tail (``bench_order``). ``bench_cluster`` (a multi-node
+``Cluster``) and the GPU runs of ``bench_model``/``bench_train`` are run alone. Each script's
+own output is printed as it runs; the table at the end collects the headline figures and
+ratios. The machine is noisy: compare the ratios printed within one run, not absolutes across
+runs; the end-to-end ratio is also taken over back-to-back pairs. ``--quick`` shrinks every
+input (minutes instead of ~25 min on 2 cores); ``--gemma`` also loads the shipped Gemma-3-270M.
 """
 
 from __future__ import annotations
@@ -93,6 +95,12 @@ def summary_rows(r: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
         rows.append(("LLM on 2 faces per 16-frame segment", f"{seg['k2_llm_calls_saved']:.0%} calls saved, "
                      f"{seg['k2_label_changed']:.0%} labels changed "
                      f"({seg['k2_confident_label_changed']:.0%} of confident ones)"))
+    order = r.get("order", {})
+    if order:
+        worst = max(order["simulated"], key=lambda x: x["listing"])
+        rows.append(("largest file first vs listing order (skewed corpus)",
+                     f"{order['speedup']:.2f}x; simulated worst tail {worst['listing']:.2f}x the bound "
+                     f"({worst['workers']} actors) vs {worst['largest_first']:.2f}x"))
     return rows
 
 
@@ -111,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                                         "--pairs", "1" if q else "3"]),
         "sink": ("bench_sink", ["--videos", "100" if q else "400"]),
         "segments": ("bench_segments", []),
+        "order": ("bench_order", ["--short", "2" if q else "4", "--loops", "2" if q else "6", "--repeat", "1" if q else "2"]),
     }
     results: dict[str, dict[str, Any]] = {}
     env_note = f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start"

@@ -14,6 +14,7 @@ import os
 import platform
 import time
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 from workflows import storage
@@ -297,7 +298,7 @@ def _run(todo: list, cfg: AnnotateConfig, run_id: str, sink: Any, summary: Annot
             log.warning("%d video(s) lost to crashed workers; retrying them one at a time (pass %d/%d)",
                         len(pending), attempt, cfg.ray.crash_passes)
             plan = ray_adapter.isolated(plan)
-        rows = [{"video_id": s.video_id, "uri": s.uri} for s in pending.values()]
+        rows = [{"video_id": s.video_id, "uri": s.uri} for s in largest_first(pending.values())]
         for row in ray_adapter.run_pipeline(rows, cfg, run_id, plan, progress):
             if pending.pop(row["video_id"], None) is None:
                 # A block re-executed after a node or object loss can deliver a video twice;
@@ -319,6 +320,15 @@ def _run(todo: list, cfg: AnnotateConfig, run_id: str, sink: Any, summary: Annot
     summary.fe_counts = dict(fe_counts)
     summary.au_counts = dict(au_counts)
     return plan
+
+
+def largest_first(sources: Iterable[Any]) -> list[Any]:
+    """Dispatch order: largest file first, unknown sizes last, listing order among equals.
+
+    Actors take videos in this order, so a long video listed last would otherwise run alone at
+    the end of the job while every other actor idles (`bench/bench_order.py` measures it). File
+    size stands in for decode+face work, which grows with duration."""
+    return sorted(sources, key=lambda s: -(s.size or 0))
 
 
 def _consume(row: dict[str, Any], run_id: str, sink: Any, summary: AnnotateSummary,

@@ -66,3 +66,22 @@ def test_summary_reports_the_paired_end_to_end_ratio():
     assert rows["  (a) vs sequential loop, x1 / x10"] == "0.80x / 1.67x"
     del p["paired"]
     assert "  (a) paired runs, median (min)" not in dict(run.summary_rows({"pipeline": p}))
+
+
+def test_largest_first_scheduling_reaches_the_bound_where_listing_order_does_not():
+    from bench.bench_order import makespan, simulate
+
+    d = np.array([1.0, 1.0, 1.0, 1.0, 4.0])  # the long video listed last
+    assert makespan(d, 2) == 6.0  # it starts after the short ones: 2 + 4
+    assert makespan(np.sort(d)[::-1], 2) == 4.0  # first: the bound max(8 / 2, 4)
+    r = simulate(128, 50, 1.0)
+    assert r["largest_first"] < 1.01 < r["listing"]
+
+
+def test_summary_reports_the_dispatch_order_figure():
+    order = {"speedup": 1.24, "simulated": [
+        {"workers": 2, "listing": 1.0, "largest_first": 1.0},
+        {"workers": 128, "listing": 1.59, "largest_first": 1.0}]}
+    rows = dict(run.summary_rows({"order": order}))
+    assert rows == {"largest file first vs listing order (skewed corpus)":
+                    "1.24x; simulated worst tail 1.59x the bound (128 actors) vs 1.00x"}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import environ
 from workflows.annotate import AnnotateConfig
 from workflows.config import load_config
 
@@ -78,24 +78,6 @@ def annotate_cfg(tmp_path: Path, *extra: str) -> AnnotateConfig:
     return load_config(AnnotateConfig, None, ["mlflow.enabled=false", "ray.faces.concurrency=2",
                                               "ray.faces.num_cpus=0.5", "ray.mllm.num_cpus=0.25",
                                               "output.crops=false", *extra])
-
-
-@contextlib.contextmanager
-def environ(**values: str | None) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in values}
-    for k, v in values.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @contextlib.contextmanager

@@ -15,11 +15,11 @@ import sys
 
 import pytest
 
+from tests.conftest import environ
 from tests.reliability.conftest import (
     ROOT,
     annotate_cfg,
     check_contract,
-    environ,
     faces_per_video,
     local_ray,
     videos_table,

@@ -85,3 +85,14 @@ def test_s3_prefix_and_manifest(s3_bucket):
     assert [s.uri for s in srcs] == [f"{s3_bucket}/corpus/a.mp4", f"{s3_bucket}/corpus/b.png"]
     srcs, rej = discover(f"{s3_bucket}/corpus/list.jsonl")
     assert [s.uri for s in srcs] == [f"{s3_bucket}/corpus/a.mp4"] and "escapes" in rej[0].reason
+
+
+def test_videos_are_dispatched_largest_first():
+    """A long video listed last would run alone at the end of the job: the largest files go
+    first, unknown sizes last, listing order among equal sizes."""
+    from workflows.annotate import largest_first
+    from workflows.ingest import VideoSource
+
+    srcs = [VideoSource(str(i), f"/d/{i}.mp4", size, "fp") for i, size in
+            enumerate([10, None, 300, 10, 5000, 0])]
+    assert [s.video_id for s in largest_first(srcs)] == ["4", "2", "0", "3", "1", "5"]
