@@ -8,8 +8,12 @@ the one that overlaps the detection is kept; none → no landmarks (the record g
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import dataclasses
 import math
+import threading
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +89,7 @@ class MeshLandmarker:
             min_face_detection_confidence=min_confidence, min_face_presence_confidence=min_confidence,
             output_face_blendshapes=True, output_facial_transformation_matrixes=True)
         self._landmarker = vision.FaceLandmarker.create_from_options(opts)
+        _close_before_exit(self)
 
     def close(self) -> None:
         self._landmarker.close()
@@ -125,6 +130,28 @@ class MeshLandmarker:
             pose = pose_from_matrix(np.asarray(res.facial_transformation_matrixes[i]))
         return MeshResult(landmarks=xy.astype(np.float32), depth=depth.astype(np.float32),
                           blendshapes=blend, pose=pose)
+
+
+def _close_before_exit(mesh: MeshLandmarker) -> None:
+    """Close ``mesh`` when the process exits, if nothing closed it before.
+
+    MediaPipe's finaliser otherwise first runs during interpreter teardown (every Ray actor
+    exit) and prints a traceback; an ``atexit`` hook is too late as well, because MediaPipe
+    closes through a ``concurrent.futures`` executor that has shut down by then. The hook runs
+    where that executor's own shutdown does (threading's exit hooks, newest first) and holds
+    only a weak reference, so it never keeps a graph alive.
+    """
+    ref = weakref.ref(mesh)
+
+    def close() -> None:
+        obj = ref()
+        if obj is not None:
+            with contextlib.suppress(Exception):
+                obj.close()
+
+    register = getattr(threading, "_register_atexit", atexit.register)
+    with contextlib.suppress(RuntimeError):  # registering while the interpreter is exiting
+        register(close)
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:

@@ -170,3 +170,17 @@ def test_a_failing_model_flags_the_face_and_a_failing_detector_skips_the_frame(e
     monkeypatch.setattr(extractor._detector, "detect", boom)
     recs = extractor.process_video([_frame(astronaut, 0, 0.0), _frame(astronaut, 1, 0.5)])
     assert recs == [] and extractor.video_stats["frames_detector_error"] == 2
+
+
+def test_an_extractor_left_open_exits_quietly():
+    """A Ray actor exits without closing its extractor; MediaPipe's own finaliser would then
+    print a traceback into the job's log at every exit. The process must exit silently."""
+    import subprocess
+    import sys
+
+    code = ("from workflows.faces import FaceConfig, FaceExtractor\n"
+            "x = FaceExtractor(FaceConfig())\n"
+            "print('loaded')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "loaded" in r.stdout, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr and "Exception ignored" not in r.stderr, r.stderr[-2000:]
