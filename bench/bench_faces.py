@@ -157,7 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cores", type=int, default=1, help="pin to this many CPU cores (0 = no pinning)")
     p.add_argument("--jpeg-quality", type=int, default=90)
     p.add_argument("--det-max-side", type=int, action="append", default=None,
-                   help="faces.det_max_side values to compare (repeatable; default 1280 and 640)")
+                   help="faces.det_max_side values to compare (repeatable; default 1280)")
+    p.add_argument("--det-min-face", type=float, action="append", default=None,
+                   help="faces.det_min_face_px values to compare (repeatable; default 24, the default, "
+                        "and 0: detection at det_max_side, as before det_min_face_px existed)")
     p.add_argument("--insightface-pack", default="", help="a real buffalo_l-layout pack dir to bench too")
     p.add_argument("--json", default="", help="also write the results here")
     args = p.parse_args(argv)
@@ -178,10 +181,11 @@ def main(argv: list[str] | None = None) -> int:
         decode_ms[name] = round(1000 * dt / len(frames), 1)
     results = {"cpu_cores": len(os.sched_getaffinity(0)), "decode_ms_per_frame": decode_ms,
                "resolution": f"{W}x{H}", "runs": []}
-    for side in args.det_max_side or [1280, 640]:
-        run = bench_backend(FaceConfig(det_max_side=side), clips, args.jpeg_quality)
-        run["det_max_side"] = side
-        results["runs"].append(run)
+    for side in args.det_max_side or [1280]:
+        for min_face in args.det_min_face or [24.0, 0.0]:
+            run = bench_backend(FaceConfig(det_max_side=side, det_min_face_px=min_face), clips, args.jpeg_quality)
+            run["det_max_side"], run["det_min_face_px"] = side, min_face
+            results["runs"].append(run)
     if args.insightface_pack:
         from workflows.faces import InsightFaceConfig
 

@@ -5,7 +5,7 @@
 Runs, one after another (each in its own process so one's memory does not colour the next):
 decode (``bench_decode``), face extraction (``bench_faces``), the model in scoring and
 generation mode (``bench_model``), the end-to-end pipeline against a sequential loop and
-a no-seek pipeline (``bench_pipeline``), the driver's ceiling (``bench_sink``) and what
+a no-seek pipeline (``bench_pipeline``), detection cost vs small-face recall (``bench_detect``), the driver's ceiling (``bench_sink``) and what
 per-segment LLM calls change on real video (``bench_segments``) and what dispatching the
 largest files first does to a job's tail (``bench_order``). ``bench_cluster`` (a multi-node
 ``Cluster``) and the GPU runs of ``bench_model``/``bench_train`` are run alone. Each script's
@@ -40,6 +40,31 @@ def _run(name: str, args: list[str], out: Path) -> dict[str, Any]:
     return json.loads(out.read_text())
 
 
+def detect_rows(det: dict[str, Any]) -> list[tuple[str, str]]:
+    """Per frame size: detection ms at the full frame vs at the default's scale, and the
+    smallest face size the default still finds every face of."""
+    import statistics
+
+    out = []
+    for frame, side in det["default_detect_side"].items():
+        rows = [x for x in det["rows"] if x["frame"] == frame]
+        if not rows:
+            continue
+        full = max(x["det_max_side"] for x in rows)
+
+        def ms(s: int, rows: list = rows) -> float:
+            return statistics.median(x["ms"] for x in rows if x["det_max_side"] == s)
+
+        at = [x for x in rows if x["det_max_side"] == side]
+        if not at:
+            continue
+        full_recall = sorted(x["face_px"] for x in at if x["recall"] >= 1.0)
+        out.append((f"detection {frame}, default at {side} px vs {full} px",
+                    f"{ms(side):.0f} vs {ms(full):.0f} ms/frame ({ms(full) / ms(side):.1f}x); every face "
+                    f">= {full_recall[0]:g} px found" if full_recall else "no size fully found"))
+    return out
+
+
 def summary_rows(r: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
     """(figure, value) pairs from the scripts' JSON; a missing script leaves its rows out."""
     rows: list[tuple[str, str]] = []
@@ -52,8 +77,12 @@ def summary_rows(r: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
     faces = r.get("faces", {})
     for run in faces.get("runs", []):
         for clip, c in run["clips"].items():
-            rows.append((f"faces det_max_side={run.get('det_max_side', '-')} {clip}",
+            rows.append((f"faces det_max_side={run.get('det_max_side', '-')} "
+                         f"det_min_face_px={run.get('det_min_face_px', '-')} {clip}",
                          f"{c['faces_per_s']:.1f} faces/s/core, {c['ms_per_frame']:.0f} ms/frame"))
+    det = r.get("detect", {})
+    if det:
+        rows += detect_rows(det)
     m = r.get("model", {})
     for key, label in (("tiny_scoring_faces_per_s", "MLLM tiny, scoring"),
                        ("tiny_generation_faces_per_s", "MLLM tiny, generation"),
@@ -113,8 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     q = a.quick
     plan = {
         "decode": ("bench_decode", ["--seconds", "6" if q else "20", "--repeat", "1" if q else "2"]),
-        "faces": ("bench_faces", ["--frames", "8" if q else "48", *(["--det-max-side", "640"] if q else [])]),
+        "faces": ("bench_faces", ["--frames", "8" if q else "48", *(["--det-min-face", "24"] if q else [])]),
         "model": ("bench_model", [*([] if a.gemma else ["--skip-gemma"]), "--reps", "1" if q else "3"]),
+        "detect": ("bench_detect", ["--reps", "1" if q else "3", *(["--sizes", "16,24,48"] if q else [])]),
         "pipeline": ("bench_pipeline", ["--copies", "1" if q else "2", "--scale", "2" if q else "10",
                                         "--pairs", "1" if q else "3"]),
         "sink": ("bench_sink", ["--videos", "100" if q else "400"]),

@@ -85,3 +85,12 @@ def test_summary_reports_the_dispatch_order_figure():
     rows = dict(run.summary_rows({"order": order}))
     assert rows == {"largest file first vs listing order (skewed corpus)":
                     "1.24x; simulated worst tail 1.59x the bound (128 actors) vs 1.00x"}
+
+
+def test_summary_reports_detection_cost_and_the_smallest_face_fully_found():
+    rows = [{"frame": "1280x720", "det_max_side": side, "face_px": px, "ms": ms, "recall": rec}
+            for side, ms in ((1280, 100.0), (640, 25.0))
+            for px, rec in ((16, 1.0 if side == 1280 else 0.3), (24, 1.0), (48, 1.0))]
+    out = dict(run.detect_rows({"rows": rows, "default_detect_side": {"1280x720": 640, "3840x2160": 1280}}))
+    assert out == {"detection 1280x720, default at 640 px vs 1280 px":
+                   "25 vs 100 ms/frame (4.0x); every face >= 24 px found"}

@@ -7,6 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
+# YuNet finds every face whose box is at least this many pixels at the scale it runs at
+# (recall 1.00 at 12 px, 0.85-0.89 at 10 px, 0.33 at 8 px: bench/bench_detect.py).
+YUNET_MIN_FACE_PX = 12.0
+# Frames are never downscaled for detection below this long side: smaller frames cost little.
+MIN_DETECT_SIDE = 640
+
 
 @dataclasses.dataclass(slots=True)
 class Detection:
@@ -48,16 +54,30 @@ def as_rgb(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(img)
 
 
+def detect_scale(h: int, w: int, max_side: int = 0, min_face_px: float = 0.0) -> float:
+    """Scale (<= 1) a ``h`` x ``w`` frame is resized by for detection: the smallest that still
+    finds every face of ``min_face_px`` (0: no such limit), never below a long side of
+    ``MIN_DETECT_SIDE``, and never above a long side of ``max_side`` (0: no cap)."""
+    long = max(h, w)
+    scale = 1.0
+    if max_side and long > max_side:
+        scale = max_side / long
+    if min_face_px > 0:
+        scale = min(scale, max(YUNET_MIN_FACE_PX / min_face_px, MIN_DETECT_SIDE / long))
+    return scale
+
+
 class YuNetDetector:
-    """YuNet face detector (OpenCV DNN). Frames larger than ``max_side`` are downscaled for
-    detection only; results are in source pixels."""
+    """YuNet face detector (OpenCV DNN). Frames are downscaled for detection only (see
+    :func:`detect_scale`); results are in source pixels."""
 
     def __init__(self, model_path: str | Path, score_threshold: float = 0.6, nms_threshold: float = 0.3,
-                 max_side: int = 1280, top_k: int = 5000):
+                 max_side: int = 1280, min_face_px: float = 0.0, top_k: int = 5000):
         import cv2
 
         self._cv2 = cv2
         self.max_side = max_side
+        self.min_face_px = min_face_px
         self._det = cv2.FaceDetectorYN.create(str(model_path), "", (320, 320), score_threshold,
                                               nms_threshold, top_k)
         self._size: tuple[int, int] | None = None
@@ -67,9 +87,7 @@ class YuNetDetector:
         h, w = image.shape[:2]
         if h < 8 or w < 8:
             return []
-        scale = 1.0
-        if self.max_side and max(h, w) > self.max_side:
-            scale = self.max_side / max(h, w)
+        scale = detect_scale(h, w, self.max_side, self.min_face_px)
         bgr = image[:, :, ::-1]
         if scale != 1.0:
             bgr = self._cv2.resize(bgr, (max(1, round(w * scale)), max(1, round(h * scale))),

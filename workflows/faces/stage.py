@@ -114,7 +114,7 @@ class FaceExtractor:
             from workflows.faces.detect import YuNetDetector
 
             self._detector = YuNetDetector(resolve("yunet", assets_dir), cfg.det_score_threshold,
-                                           cfg.det_nms_threshold, cfg.det_max_side)
+                                           cfg.det_nms_threshold, cfg.det_max_side, cfg.det_min_face_px)
             has_genderage = False
         if cfg.landmarks:
             from workflows.faces.landmarks import MeshLandmarker

@@ -184,3 +184,29 @@ def test_an_extractor_left_open_exits_quietly():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "loaded" in r.stdout, r.stderr[-2000:]
     assert "Traceback" not in r.stderr and "Exception ignored" not in r.stderr, r.stderr[-2000:]
+
+
+def test_detection_scale_follows_the_smallest_face_asked_for():
+    from workflows.faces.detect import detect_scale
+
+    assert detect_scale(720, 1280, 1280, 24) == 0.5  # 720p detected at 640
+    assert detect_scale(1080, 1920, 1280, 24) == 0.5  # 1080p at 960
+    assert detect_scale(2160, 3840, 1280, 24) == 1280 / 3840  # the cap wins on 4K
+    assert detect_scale(360, 640, 1280, 24) == 1.0  # small frames stay as they are
+    assert detect_scale(720, 1280, 1280, 0) == 1.0  # off: only the cap applies
+    assert detect_scale(1080, 1920, 0, 12) == 1.0  # 12 px faces need the native frame
+
+
+@pytest.mark.parametrize("face_px,min_face,found", [(28, 24, True), (16, 24, False), (16, 12, True)])
+def test_faces_down_to_det_min_face_px_are_all_found_on_hd_frames(multi_face, face_px, min_face, found):
+    """Real faces tiled over a 1280x720 frame: the default (24 px) finds every face of 28 px
+    while detecting at half size; 16 px faces need det_min_face_px=12 (the native frame)."""
+    from bench.bench_detect import recall, tiled
+    from workflows import assets
+    from workflows.faces.detect import YuNetDetector
+
+    det = YuNetDetector(assets.resolve("yunet"), max_side=1280, min_face_px=min_face)
+    boxes = np.array([d.bbox for d in YuNetDetector(assets.resolve("yunet"), max_side=0).detect(multi_face)])
+    canvas, gt = tiled(multi_face, boxes, face_px, 1280, 720)
+    r = recall(det.detect(canvas), gt)
+    assert (r == 1.0) if found else (r < 0.6), r
