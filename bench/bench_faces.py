@@ -156,11 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", type=int, default=48, help="frames per clip (default 48)")
     p.add_argument("--cores", type=int, default=1, help="pin to this many CPU cores (0 = no pinning)")
     p.add_argument("--jpeg-quality", type=int, default=90)
-    p.add_argument("--det-max-side", type=int, action="append", default=None,
-                   help="faces.det_max_side values to compare (repeatable; default 1280)")
-    p.add_argument("--det-min-face", type=float, action="append", default=None,
-                   help="faces.det_min_face_px values to compare (repeatable; default 24, the default, "
-                        "and 0: detection at det_max_side, as before det_min_face_px existed)")
+    p.add_argument("--variant", action="append", default=None, metavar="KEY=VAL[,KEY=VAL]",
+                   help="faces.* settings of one run, or 'default' (repeatable). Default: the defaults, "
+                        "det_min_face_px=0 (detection at det_max_side, as before det_min_face_px) and "
+                        "expression_fp32=false (facex as shipped, 8-bit hybrid kernels)")
     p.add_argument("--insightface-pack", default="", help="a real buffalo_l-layout pack dir to bench too")
     p.add_argument("--json", default="", help="also write the results here")
     args = p.parse_args(argv)
@@ -181,11 +180,10 @@ def main(argv: list[str] | None = None) -> int:
         decode_ms[name] = round(1000 * dt / len(frames), 1)
     results = {"cpu_cores": len(os.sched_getaffinity(0)), "decode_ms_per_frame": decode_ms,
                "resolution": f"{W}x{H}", "runs": []}
-    for side in args.det_max_side or [1280]:
-        for min_face in args.det_min_face or [24.0, 0.0]:
-            run = bench_backend(FaceConfig(det_max_side=side, det_min_face_px=min_face), clips, args.jpeg_quality)
-            run["det_max_side"], run["det_min_face_px"] = side, min_face
-            results["runs"].append(run)
+    for variant in args.variant or ["default", "det_min_face_px=0", "expression_fp32=false"]:
+        run = bench_backend(face_config(variant), clips, args.jpeg_quality)
+        run["variant"] = variant
+        results["runs"].append(run)
     if args.insightface_pack:
         from workflows.faces import InsightFaceConfig
 
@@ -195,6 +193,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0
+
+
+def face_config(variant: str):
+    """``FaceConfig`` for ``default`` or ``key=value[,key=value]`` over ``faces.*`` keys."""
+    from workflows.config import load_config
+    from workflows.faces import FaceConfig
+
+    keys = [] if variant == "default" else variant.split(",")
+    return load_config(FaceConfig, None, keys)
 
 
 def logging_quiet() -> None:

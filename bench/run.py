@@ -77,8 +77,7 @@ def summary_rows(r: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
     faces = r.get("faces", {})
     for run in faces.get("runs", []):
         for clip, c in run["clips"].items():
-            rows.append((f"faces det_max_side={run.get('det_max_side', '-')} "
-                         f"det_min_face_px={run.get('det_min_face_px', '-')} {clip}",
+            rows.append((f"faces {run.get('variant', '-')}, {clip}",
                          f"{c['faces_per_s']:.1f} faces/s/core, {c['ms_per_frame']:.0f} ms/frame"))
     det = r.get("detect", {})
     if det:
@@ -142,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     q = a.quick
     plan = {
         "decode": ("bench_decode", ["--seconds", "6" if q else "20", "--repeat", "1" if q else "2"]),
-        "faces": ("bench_faces", ["--frames", "8" if q else "48", *(["--det-min-face", "24"] if q else [])]),
+        "faces": ("bench_faces", ["--frames", "8" if q else "48", *(["--variant", "default"] if q else [])]),
         "model": ("bench_model", [*([] if a.gemma else ["--skip-gemma"]), "--reps", "1" if q else "3"]),
         "detect": ("bench_detect", ["--reps", "1" if q else "3", *(["--sizes", "16,24,48"] if q else [])]),
         "pipeline": ("bench_pipeline", ["--copies", "1" if q else "2", "--scale", "2" if q else "10",

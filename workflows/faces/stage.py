@@ -128,7 +128,7 @@ class FaceExtractor:
         if cfg.expression:
             from workflows.faces.expression import FacexClassifier
 
-            self._fer = FacexClassifier(resolve("facex_tflite", assets_dir), cfg.num_threads)
+            self._fer = FacexClassifier(resolve("facex_tflite", assets_dir), cfg.num_threads, cfg.expression_fp32)
         log.info("face extractor (%s) ready in %.1fs", cfg.backend, time.perf_counter() - t0)
 
     # -- lifecycle -------------------------------------------------------------------------

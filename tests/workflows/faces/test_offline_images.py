@@ -210,3 +210,61 @@ def test_faces_down_to_det_min_face_px_are_all_found_on_hd_frames(multi_face, fa
     canvas, gt = tiled(multi_face, boxes, face_px, 1280, 720)
     r = recall(det.detect(canvas), gt)
     assert (r == 1.0) if found else (r < 0.6), r
+
+
+@pytest.fixture(scope="module")
+def facex_pair():
+    from workflows import assets
+    from workflows.faces.expression import FacexClassifier
+
+    path = assets.resolve("facex_tflite")
+    return FacexClassifier(path), FacexClassifier(path, float32=False)
+
+
+def test_facex_float32_rewrite_agrees_with_the_shipped_model_on_real_faces(facex_pair, posed, extractor):
+    fast, shipped = facex_pair
+    assert fast.float32 and not shipped.float32
+    for name in ("happy", "surprise", "anger", "disgust"):
+        image = posed(name)
+        (rec,) = extractor.process_frame(_frame(image))
+        a = fast.predict(image, rec.bbox, rec.landmarks)
+        b = shipped.predict(image, rec.bbox, rec.landmarks)
+        assert int(a.argmax()) == int(b.argmax()), (name, a, b)
+        assert float(np.abs(a - b).max()) < 0.05, (name, a, b)
+
+
+def test_facex_float32_rewrite_leaves_no_8bit_weights_or_dequantize_ops():
+    from ai_edge_litert import schema_py_generated as tfl
+
+    from workflows import assets
+    from workflows.faces.expression import float_weights
+
+    shipped = open(assets.resolve("facex_tflite"), "rb").read()
+
+    def ops(model: bytes) -> tuple[list[int], list]:
+        m = tfl.ModelT.InitFromPackedBuf(model, 0)
+        g = m.subgraphs[0]
+        codes = [max(m.operatorCodes[op.opcodeIndex].builtinCode, m.operatorCodes[op.opcodeIndex].deprecatedBuiltinCode)
+                 for op in g.operators]
+        return codes, [g.tensors[i] for op in g.operators for i in op.inputs[1:] if i >= 0]
+
+    before, _ = ops(shipped)
+    after, weights = ops(float_weights(shipped))
+    assert before.count(tfl.BuiltinOperator.DEQUANTIZE) == 15
+    assert tfl.BuiltinOperator.DEQUANTIZE not in after and len(after) == len(before) - 15
+    eight_bit = (tfl.TensorType.UINT8, tfl.TensorType.INT8)
+    assert len(weights) > 50 and not [t.name for t in weights if t.type in eight_bit]
+
+
+def test_facex_falls_back_to_the_shipped_model_when_the_rewrite_fails(monkeypatch, caplog):
+    from workflows import assets
+    from workflows.faces import expression
+
+    def broken(model: bytes) -> bytes:
+        raise ValueError("unsupported layout")
+
+    monkeypatch.setattr(expression, "float_weights", broken)
+    clf = expression.FacexClassifier(assets.resolve("facex_tflite"))
+    assert not clf.float32 and "as shipped (unsupported layout)" in caplog.text
+    p = clf.predict(np.full((240, 240, 3), 128, np.uint8), np.array([40, 40, 200, 200], np.float32), None)
+    assert p.shape == (7,) and abs(float(p.sum()) - 1) < 1e-5
