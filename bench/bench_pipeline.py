@@ -126,7 +126,8 @@ def decode_only(corpus: Path, cfg) -> dict:
     frames = decoded = 0
     for s in sources:
         with contextlib.suppress(DecodeError), VideoReader(s.uri, policy, cfg.decode.limits,
-                                                           seek_min_gap_s=cfg.decode.seek_min_gap_s) as r:
+                                                           seek_min_gap_s=cfg.decode.seek_min_gap_s,
+                                                           threads=cfg.decode.threads) as r:
             frames += sum(1 for _ in r.frames())
             decoded += r.decoded_frames
     return {"frames": frames, "decoded": decoded, "wall_s": time.perf_counter() - t0}

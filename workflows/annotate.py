@@ -28,17 +28,21 @@ log = logging.getLogger(__name__)
 class DecodeConfig:
     sampling: str = "fps:2"  # all | keyframes | fps:N | uniform:K
     seek_min_gap_s: float = 1.0  # seek when the next sampled frame is at least this far ahead
+    # Decoder threads per video. A face actor owns one CPU; FFmpeg's default (0) starts one
+    # thread per core of the node in every actor, N actors x N threads on N cores.
+    threads: int = 1
     limits: DecodeLimits = dataclasses.field(default_factory=DecodeLimits)
 
     def policy(self) -> SamplingPolicy:
         return SamplingPolicy.parse(self.sampling)
 
     def validate(self) -> list[str]:
+        problems = [] if self.threads >= 0 else [f"threads: must be >= 0 (0 = one per core), got {self.threads}"]
         try:
             self.policy()
         except ValueError as e:
-            return [f"sampling: {e}"]
-        return []
+            problems.append(f"sampling: {e}")
+        return problems
 
 
 @dataclasses.dataclass

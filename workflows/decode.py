@@ -176,11 +176,12 @@ class VideoReader:
     """
 
     def __init__(self, uri: str, policy: SamplingPolicy, limits: DecodeLimits | None = None,
-                 seek_min_gap_s: float = 1.0):
+                 seek_min_gap_s: float = 1.0, threads: int = 0):
         self.uri = uri
         self.policy = policy
         self.limits = limits or DecodeLimits()
         self.seek_min_gap_s = seek_min_gap_s
+        self.threads = threads  # decoder threads; 0 = FFmpeg's choice (one per core)
         self._container: Any = None
         self._source: Any = None
         self._image: np.ndarray | None = None
@@ -330,6 +331,8 @@ class VideoReader:
     def _sampled(self) -> Iterator[Frame]:
         stream = self._container.streams.video[0]
         stream.thread_type = "AUTO"
+        if self.threads:
+            stream.codec_context.thread_count = self.threads
         start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
         kind = self.policy.kind
         if kind == "keyframes":

@@ -182,7 +182,7 @@ class DecodeFacesStage:
 
         try:
             with VideoReader(uri, self.policy, self.cfg.decode.limits,
-                             seek_min_gap_s=self.cfg.decode.seek_min_gap_s) as reader:
+                             seek_min_gap_s=self.cfg.decode.seek_min_gap_s, threads=self.cfg.decode.threads) as reader:
                 p = reader.probe
                 row.update(duration_s=p.duration_s, fps=p.fps, codec=p.codec)
                 records = self.extractor.process_video(counted(reader.frames()))
