@@ -1,5 +1,6 @@
 """Decoding real video rendered with PyAV: exact frame indices and timestamps per policy."""
 
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -38,6 +39,40 @@ def test_sampling_policies_exact(clip, policy, expected):
     assert [round(f.timestamp_s, 3) for f in frames] == [i / 10 for i in expected]
     assert r.probe.width == 256 and r.probe.height == 144 and r.probe.fps == 10
     assert r.probe.duration_s == pytest.approx(10.0)
+
+
+@pytest.mark.parametrize("policy", ["all", "fps:2", "fps:0.5"])
+def test_single_threaded_decoding_gives_the_same_frames(clip, policy):
+    """A face actor decodes on one thread (decode.threads=1): same frames, same pixels."""
+    _, auto = _read(clip, policy)
+    _, one = _read(clip, policy, threads=1)
+    assert [f.index for f in one] == [f.index for f in auto]
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(one, auto, strict=True))
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="FFmpeg starts one thread per core: needs 2+")
+def test_one_decoder_thread_starts_no_thread_pool(clip):
+    """FFmpeg's default starts a decoder thread per core in every reader; threads=1 starts none."""
+    import psutil
+
+    def threads_while_decoding(**kw) -> int:
+        with VideoReader(clip, SamplingPolicy.parse("all"), **kw) as r:
+            frames = r.frames()
+            next(frames)
+            n = psutil.Process().num_threads()
+            list(frames)
+            return n
+
+    assert threads_while_decoding(threads=1) < threads_while_decoding()
+
+
+def test_decode_threads_must_not_be_negative():
+    from workflows.annotate import AnnotateConfig
+    from workflows.config import ConfigError, load_config
+
+    assert load_config(AnnotateConfig, None, []).decode.threads == 1
+    with pytest.raises(ConfigError, match="decode.threads: must be >= 0"):
+        load_config(AnnotateConfig, None, ["decode.threads=-1"])
 
 
 def test_sparse_sampling_seeks_instead_of_decoding_everything(clip):

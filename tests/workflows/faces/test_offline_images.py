@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -239,7 +241,7 @@ def test_facex_float32_rewrite_leaves_no_8bit_weights_or_dequantize_ops():
     from workflows import assets
     from workflows.faces.expression import float_weights
 
-    shipped = open(assets.resolve("facex_tflite"), "rb").read()
+    shipped = Path(assets.resolve("facex_tflite")).read_bytes()
 
     def ops(model: bytes) -> tuple[list[int], list]:
         m = tfl.ModelT.InitFromPackedBuf(model, 0)
