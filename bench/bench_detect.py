@@ -23,14 +23,6 @@ from pathlib import Path
 import numpy as np
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def tiled(photo: np.ndarray, boxes: np.ndarray, face_px: float, w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
     """``photo`` scaled so its faces' mean size is ``face_px``, tiled over a ``w`` x ``h`` grey
     canvas: (canvas RGB, ground-truth boxes in canvas pixels)."""
@@ -57,7 +49,9 @@ def tiled(photo: np.ndarray, boxes: np.ndarray, face_px: float, w: int, h: int) 
 
 
 def recall(found: list, gt: np.ndarray) -> float:
-    hit = sum(any(_iou(g, d.bbox) >= 0.3 for d in found) for g in gt)
+    from workflows.faces.tracking import box_iou
+
+    hit = sum(any(box_iou(g, d.bbox) >= 0.3 for d in found) for g in gt)
     return hit / len(gt) if len(gt) else float("nan")
 
 
