@@ -21,8 +21,8 @@ from pathlib import Path
 
 
 def run(corpus: Path, out: Path, overrides: list[str]) -> dict:
-    from workflows.annotate import AnnotateConfig, annotate
-    from workflows.config import load_config
+    from workflows.annotate.pipeline import AnnotateConfig, annotate
+    from workflows.core.config import load_config
 
     cfg = load_config(AnnotateConfig, None, ["mlflow.enabled=false", *overrides])
     t0 = time.perf_counter()

@@ -13,7 +13,7 @@ import tempfile
 import time
 
 from tests.media import render_video
-from workflows.decode import SamplingPolicy, VideoReader
+from workflows.annotate.decode import SamplingPolicy, VideoReader
 
 
 def measure(path: str, policy: str) -> dict:

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     import cv2
 
-    from workflows import assets
+    from workflows.core import assets
     from workflows.faces import FaceConfig
     from workflows.faces.detect import YuNetDetector, detect_scale
 

@@ -79,7 +79,7 @@ def render_group_pan(src: Path, dst: Path, n_frames: int, fps: int = 24) -> Path
 def decode(path: Path, limit: int) -> tuple[list, float]:
     import av
 
-    from workflows.decode import Frame
+    from workflows.annotate.decode import Frame
 
     frames = []
     t0 = time.perf_counter()
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cores:
         os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:args.cores]))
     logging_quiet()
-    from workflows.assets import resolve
+    from workflows.core.assets import resolve
     from workflows.faces import FaceConfig
 
     tmp = Path(tempfile.mkdtemp(prefix="mien-bench-"))
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def face_config(variant: str):
     """``FaceConfig`` for ``default`` or ``key=value[,key=value]`` over ``faces.*`` keys."""
-    from workflows.config import load_config
+    from workflows.core.config import load_config
     from workflows.faces import FaceConfig
 
     keys = [] if variant == "default" else variant.split(",")

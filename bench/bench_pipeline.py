@@ -28,7 +28,7 @@ from pathlib import Path
 
 import psutil
 
-from workflows import assets
+from workflows.core import assets
 
 MEDIA = ["sample_smiling_video", "sample_single_face_video", "sample_no_face_video", "sample_single_face_jpg",
          "sample_multi_face_jpg", "posed_happy_jpg"]
@@ -94,8 +94,8 @@ class PeakRSS:
 
 
 def sequential(corpus: Path, cfg) -> dict:
-    from workflows.ingest import discover
-    from workflows.stages import DecodeFacesStage, MllmStage
+    from workflows.annotate.ingest import discover
+    from workflows.annotate.stages import DecodeFacesStage, MllmStage
 
     t_load = time.perf_counter()
     faces_stage, mllm = DecodeFacesStage(cfg), MllmStage(cfg, "bench")
@@ -117,8 +117,8 @@ def sequential(corpus: Path, cfg) -> dict:
 
 def decode_only(corpus: Path, cfg) -> dict:
     """The decode-only ceiling: the same files, sampling and reader, no face work (one process)."""
-    from workflows.decode import DecodeError, VideoReader
-    from workflows.ingest import discover
+    from workflows.annotate.decode import DecodeError, VideoReader
+    from workflows.annotate.ingest import discover
 
     sources, _ = discover(str(corpus))
     policy = cfg.decode.policy()
@@ -134,7 +134,7 @@ def decode_only(corpus: Path, cfg) -> dict:
 
 
 def pipeline(corpus: Path, cfg, out: Path) -> dict:
-    from workflows.annotate import annotate
+    from workflows.annotate.pipeline import annotate
 
     with PeakRSS() as rss:
         t0 = time.perf_counter()
@@ -170,8 +170,8 @@ def main() -> None:
     a = ap.parse_args()
     import ray
 
-    from workflows.annotate import AnnotateConfig
-    from workflows.config import load_config
+    from workflows.annotate.pipeline import AnnotateConfig
+    from workflows.core.config import load_config
 
     base = ["mlflow.enabled=false", f"decode.sampling={a.sampling}"]
     cfg = load_config(AnnotateConfig, None, base)

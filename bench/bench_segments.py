@@ -26,8 +26,8 @@ VIDEOS = ["sample_smiling_video", "sample_single_face_video", "sample_no_face_vi
 
 def per_face_scores(name: str, cfg) -> tuple[np.ndarray, np.ndarray]:
     """(faces, 7) FE probabilities and (faces,) segment keys for one sample video."""
-    from workflows import assets
-    from workflows.stages import DecodeFacesStage, MllmStage, unpack_faces
+    from workflows.annotate.stages import DecodeFacesStage, MllmStage, unpack_faces
+    from workflows.core import assets
 
     stage, mllm = DecodeFacesStage(cfg), MllmStage(cfg, "bench")
     row = stage.process_video(name, str(assets.resolve(name)))
@@ -62,8 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--confident", type=float, default=0.8, help="a face's top probability counted as confident")
     ap.add_argument("--json", default="")
     a = ap.parse_args(argv)
-    from workflows.annotate import AnnotateConfig
-    from workflows.config import load_config
+    from workflows.annotate.pipeline import AnnotateConfig
+    from workflows.core.config import load_config
 
     cfg = load_config(AnnotateConfig, None, ["mlflow.enabled=false", f"decode.sampling={a.sampling}",
                                              f"faces.track.segment_max_frames={a.segment_frames}",

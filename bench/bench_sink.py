@@ -4,7 +4,7 @@
 
 Every finished video crosses the driver once: its faces/tracks tables (Arrow IPC) are read,
 counted into the summary and buffered into the Parquet sink, which writes committed parts
-every 64 videos. This times exactly that path (``workflows.annotate._consume`` into a real
+every 64 videos. This times exactly that path (``workflows.annotate.pipeline._consume`` into a real
 ``AnnotationSink`` on local disk) with result rows built by the MLLM stage's own table code,
 so the figure is the cluster-wide rate above which the driver, not the workers, is the
 bottleneck (docs/SCALING.md).
@@ -26,7 +26,7 @@ import numpy as np
 def result_row(video_id: str, n_faces: int, crops: bool, rng: np.random.Generator, cfg) -> dict:
     """A finished video as the MLLM stage emits it, with random but well-formed values."""
     from model.taxonomy import AU_NAMES, FE_BASIC
-    from workflows.stages import MllmStage, _ipc
+    from workflows.annotate.stages import MllmStage, _ipc
 
     tracks = max(1, n_faces // 16)
     f = {
@@ -58,9 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--crops", action="store_true", help="keep JPEG crops in the faces table (output.crops)")
     ap.add_argument("--json", default="")
     a = ap.parse_args(argv)
-    from workflows.annotate import AnnotateConfig, AnnotateSummary, _consume
-    from workflows.config import load_config
-    from workflows.sink import AnnotationSink
+    from workflows.annotate.pipeline import AnnotateConfig, AnnotateSummary, _consume
+    from workflows.core.config import load_config
+    from workflows.corpus.writer import AnnotationSink
 
     cfg = load_config(AnnotateConfig, None, ["mlflow.enabled=false"])
     rng = np.random.default_rng(0)

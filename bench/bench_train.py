@@ -104,7 +104,7 @@ def wrap_optimizer(mllm: Any, lr: float, micro_batch: int, bf16: bool, stage: in
     except ImportError:
         return None, optimizer, "torch (deepspeed not installed: plain AdamW, no ZeRO)"
     try:
-        from workflows.train import skip_cpu_shm_comm_build
+        from workflows.training.train import skip_cpu_shm_comm_build
 
         skip_cpu_shm_comm_build()
     except ImportError:
@@ -219,9 +219,9 @@ def run_ray(args: argparse.Namespace) -> dict[str, Any]:
     import pandas as pd
     from PIL import Image
 
-    from workflows.config import load_config
-    from workflows.instructions import instructions_from_records, write_instructions
-    from workflows.train import TrainConfig, train
+    from workflows.core.config import load_config
+    from workflows.training.instructions import instructions_from_records, write_instructions
+    from workflows.training.train import TrainConfig, train
 
     tmp = Path(tempfile.mkdtemp(prefix="mien-bench-train-"))
     rng = np.random.default_rng(0)

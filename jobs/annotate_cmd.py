@@ -9,9 +9,9 @@ import sys
 
 def run_annotate(args: argparse.Namespace) -> int:
     from model.checkpoint import ModelDirError
-    from workflows.annotate import AnnotateConfig, annotate
-    from workflows.config import load_config
-    from workflows.ingest import InputError
+    from workflows.annotate.ingest import InputError
+    from workflows.annotate.pipeline import AnnotateConfig, annotate
+    from workflows.core.config import load_config
 
     overrides = list(args.overrides)
     if args.model:

@@ -120,8 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001 - turned into a message and exit code below
-        from workflows.assets import AssetError
-        from workflows.config import ConfigError
+        from workflows.core.assets import AssetError
+        from workflows.core.config import ConfigError
 
         if isinstance(e, ConfigError | AssetError):
             print(f"mien {args.command}: {e}", file=sys.stderr)
@@ -150,7 +150,7 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _assets(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from workflows import assets
+    from workflows.core import assets
 
     if args.assets_command == "fetch":
         unknown = [n for n in args.names if n not in assets.ASSETS]

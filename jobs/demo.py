@@ -12,7 +12,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from workflows import assets
+from workflows.core import assets
 
 DEMO_MEDIA = ["sample_smiling_video", "sample_single_face_video", "sample_no_face_video",
               "sample_single_face_jpg", "sample_multi_face_jpg", "posed_happy_jpg", "posed_surprise_jpg"]

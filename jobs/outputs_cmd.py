@@ -92,7 +92,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the parsed output subcommand; returns the exit code (2 for a problem the user can fix)."""
-    from workflows.outputs.annotations import OutputError
+    from workflows.corpus.reader import OutputError
 
     try:
         return _dispatch(args)

@@ -57,13 +57,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``mien retrain`` from parsed arguments; returns the exit status."""
-    from workflows.config import ConfigError
+    from workflows.core.config import ConfigError
 
     if args.command != "retrain":
         raise ValueError(f"not a retrain command: {args.command}")
     from model.checkpoint import ModelDirError
-    from workflows.retrain import load_retrain_config, retrain
-    from workflows.train import TrainingError
+    from workflows.retrain.cycle import load_retrain_config, retrain
+    from workflows.training.train import TrainingError
 
     try:
         cfg = load_retrain_config(args.config, args.overrides)

@@ -92,7 +92,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``train`` / ``evaluate`` from parsed arguments; returns the exit status."""
-    from workflows.config import ConfigError
+    from workflows.core.config import ConfigError
 
     try:
         if args.command == "train":
@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from workflows.train import TrainingError, load_train_config, train
+    from workflows.training.train import TrainingError, load_train_config, train
 
     overrides = list(args.overrides)
     if args.address:
@@ -126,8 +126,8 @@ def _train(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from model.checkpoint import ModelDirError
-    from workflows.config import load_config
-    from workflows.evaluate import EvaluateConfig, evaluate
+    from workflows.core.config import load_config
+    from workflows.evaluation.evaluate import EvaluateConfig, evaluate
 
     overrides = list(args.overrides)
     if args.split:

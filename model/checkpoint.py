@@ -74,7 +74,7 @@ def sha256_bytes(data: bytes) -> str:
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
-    from workflows.assets import sha256_file as _sha
+    from workflows.core.assets import sha256_file as _sha
 
     return _sha(path)
 
@@ -108,7 +108,7 @@ def compute_model_id(manifest: Mapping[str, Any], overrides: Mapping[str, Any] |
 # ---------------------------------------------------------------------- resolution
 
 def _cache_root() -> Path:
-    from workflows.assets import cache_dir
+    from workflows.core.assets import cache_dir
 
     return cache_dir() / "models"
 
@@ -116,7 +116,7 @@ def _cache_root() -> Path:
 def materialize(uri: str) -> str:
     """A local directory with the contents of ``uri`` (local paths are returned as they are;
     ``s3://`` prefixes are downloaded once into the mien cache, file by file)."""
-    from workflows import storage
+    from workflows.core import storage
 
     if not storage.is_remote(uri):
         return storage.strip_file_scheme(uri)
@@ -233,7 +233,7 @@ def save_model(m: FacialAnnotator | FacialMLLM, uri: str, metrics: Mapping[str, 
     from model.annotator import FacialAnnotator
     from model.config import GEMMA_ASSET
     from model.llm import lora_state_dict, save_base_pretrained
-    from workflows import storage
+    from workflows.core import storage
 
     ann = m if isinstance(m, FacialAnnotator) else FacialAnnotator.from_mllm(m)
     cfg = ann.config
@@ -260,7 +260,7 @@ def save_model(m: FacialAnnotator | FacialMLLM, uri: str, metrics: Mapping[str, 
                 save_base_pretrained(mllm.llm, tmp / "base" / "llm")
                 components["llm"] = {"source": "bundled:base/llm", "sha256": tree_sha256(tmp / "base" / "llm")}
             elif cfg.llm.source == GEMMA_ASSET:
-                from workflows.assets import MULTIPART_ASSETS
+                from workflows.core.assets import MULTIPART_ASSETS
 
                 components["llm"] = {"source": GEMMA_ASSET, "sha256": MULTIPART_ASSETS["gemma3_270m_gguf"].sha256}
             else:
@@ -365,7 +365,7 @@ def verify_component(name: str, meta: Mapping[str, Any], directory: str) -> str 
 
     source = meta.get("source", "")
     if source == GEMMA_ASSET:
-        from workflows.assets import MULTIPART_ASSETS
+        from workflows.core.assets import MULTIPART_ASSETS
 
         pinned = MULTIPART_ASSETS["gemma3_270m_gguf"].sha256
         if meta.get("sha256") != pinned:
@@ -442,7 +442,7 @@ def load_parts_into(mllm: FacialMLLM, blobs: Mapping[str, bytes]) -> None:
 
 def apply_overrides(arch: Mapping[str, Any], overrides: Sequence[str] | Mapping[str, Any] | None) -> dict[str, Any]:
     """Architecture dict with ``key=value`` strings or a nested/dotted mapping merged in."""
-    from workflows.config import deep_merge, parse_overrides
+    from workflows.core.config import deep_merge, parse_overrides
 
     if not overrides:
         return dict(arch)
@@ -474,7 +474,7 @@ def flat_overrides(overrides: Sequence[str] | Mapping[str, Any] | None) -> dict[
 
 def copy_tree(src: str, dst: str) -> None:
     """Copy a local model directory to ``dst`` (local or ``s3://``), manifest last."""
-    from workflows import storage
+    from workflows.core import storage
 
     root = Path(src)
     files = sorted(p for p in root.rglob("*") if p.is_file())

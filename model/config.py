@@ -316,19 +316,19 @@ class ModelConfig:
 
 def config_from_dict(data: dict[str, Any], source: str | None = None) -> ModelConfig:
     """Validated :class:`ModelConfig` from a plain mapping; raises ConfigError listing every problem."""
-    from workflows.config import from_dict
+    from workflows.core.config import from_dict
 
     return from_dict(ModelConfig, data, source=source)
 
 
 def config_to_dict(cfg: ModelConfig) -> dict[str, Any]:
-    from workflows.config import to_dict
+    from workflows.core.config import to_dict
 
     return to_dict(cfg)
 
 
 def load_model_config(path: str, overrides: list[str] | tuple[str, ...] = ()) -> ModelConfig:
     """:class:`ModelConfig` from a YAML file (local or ``s3://``) plus ``key=value`` overrides."""
-    from workflows.config import load_config
+    from workflows.core.config import load_config
 
     return load_config(ModelConfig, path, overrides)

@@ -71,7 +71,7 @@ def _file_lock(path: Path) -> Iterator[None]:
 
 def gemma_dir() -> Path:
     """Directory of the safetensors copy of the shipped Gemma-3-270M, converting it once."""
-    from workflows import assets
+    from workflows.core import assets
 
     dest = assets.cache_dir() / _GEMMA_DIRNAME
     if (dest / "mien_source.json").exists():

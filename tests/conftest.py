@@ -81,6 +81,6 @@ def s3_bucket(s3_server):
 @pytest.fixture(scope="session")
 def asset():
     """``asset(name) -> Path`` of a pinned file (fetched by `make test` into the cache)."""
-    from workflows.assets import resolve
+    from workflows.core.assets import resolve
 
     return resolve

@@ -12,9 +12,9 @@ import pyarrow.dataset as pads
 import pytest
 
 from tests.integration.conftest import shared_checker
-from workflows import schema
-from workflows.annotate import AnnotateConfig, annotate
-from workflows.config import load_config
+from workflows.annotate.pipeline import AnnotateConfig, annotate
+from workflows.core.config import load_config
+from workflows.corpus import schema
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -203,7 +203,7 @@ def test_killed_driver_then_rerun_equals_clean_run(corpus, tmp_path, first_run):
 def test_s3_in_and_out_with_manifest(corpus, s3_bucket, tmp_path, local_ray):
     import pyarrow.dataset as pads
 
-    from workflows import storage
+    from workflows.core import storage
 
     for name in ("single_face.jpg", "broken_text.mp4"):
         storage.write_bytes(f"{s3_bucket}/in/{name}", (corpus / name).read_bytes())

@@ -24,8 +24,8 @@ def test_help_is_instant_and_imports_nothing_heavy():
 @pytest.mark.parametrize("path", sorted((ROOT / "jobs" / "configs" / "annotate").glob("*.yaml")),
                          ids=lambda p: p.name)
 def test_shipped_annotate_configs_validate(path):
-    from workflows.annotate import AnnotateConfig
-    from workflows.config import load_config
+    from workflows.annotate.pipeline import AnnotateConfig
+    from workflows.core.config import load_config
 
     cfg = load_config(AnnotateConfig, path)
     assert cfg.decode.policy()

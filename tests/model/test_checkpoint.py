@@ -21,7 +21,7 @@ from model.checkpoint import (
 )
 from model.tiny import tiny_config
 from tests.model.conftest import face_batch
-from workflows.config import ConfigError
+from workflows.core.config import ConfigError
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 from model.config import config_from_dict, load_model_config
 from model.tiny import tiny_config, tiny_config_dict
 from model.tokenizer import builtin_vocabulary
-from workflows.config import ConfigError
+from workflows.core.config import ConfigError
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "jobs" / "configs" / "model").glob("*.yaml"))
 
@@ -25,7 +25,7 @@ def test_shipped_config_validates(path):
 
 
 def test_tiny_yaml_matches_the_tiny_builder():
-    from workflows.config import to_dict
+    from workflows.core.config import to_dict
 
     yaml_cfg = load_model_config(str(CONFIGS[[p.name for p in CONFIGS].index("tiny_cpu.yaml")]))
     assert to_dict(yaml_cfg) == to_dict(tiny_config())
@@ -34,7 +34,7 @@ def test_tiny_yaml_matches_the_tiny_builder():
 
 def test_default_yaml_is_the_embedded_default():
     from model.default import default_config
-    from workflows.config import to_dict
+    from workflows.core.config import to_dict
 
     path = CONFIGS[[p.name for p in CONFIGS].index("default_offline.yaml")]
     assert to_dict(load_model_config(str(path))) == to_dict(default_config())

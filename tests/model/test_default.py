@@ -73,7 +73,7 @@ def _batch_from_records(records) -> dict:
 @pytest.fixture(scope="module")
 def real_faces(asset):
     from tests.workflows.faces.conftest import decode_every, read_rgb
-    from workflows.decode import Frame
+    from workflows.annotate.decode import Frame
     from workflows.faces import FaceConfig, FaceExtractor
 
     with FaceExtractor(FaceConfig()) as ex:

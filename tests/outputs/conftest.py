@@ -21,8 +21,8 @@ import pytest
 
 from model.taxonomy import AU_NAMES, FE_BASIC
 from tests.media import render_video
-from workflows import schema
-from workflows.decode import SamplingPolicy, VideoReader
+from workflows.annotate.decode import SamplingPolicy, VideoReader
+from workflows.corpus import schema
 
 RUN1 = "20260101T000000Z-aaaa1111"
 RUN2 = "20260102T000000Z-bbbb2222"

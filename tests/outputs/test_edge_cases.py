@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from tests.outputs.conftest import mien
-from workflows import schema
+from workflows.corpus import schema
 
 
 @pytest.fixture(scope="module")

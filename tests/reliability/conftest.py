@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import environ
-from workflows.annotate import AnnotateConfig
-from workflows.config import load_config
+from workflows.annotate.pipeline import AnnotateConfig
+from workflows.core.config import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -98,7 +98,7 @@ def local_ray(num_cpus: int = 2, **env: str | None) -> Iterator[None]:
 def videos_table(out: str):
     import pyarrow.dataset as pads
 
-    from workflows import storage
+    from workflows.core import storage
 
     fs, path = storage.filesystem(out)
     return pads.dataset(f"{path}/videos", filesystem=fs, format="parquet").to_table().to_pandas()
@@ -168,7 +168,7 @@ class RssSampler:
 @pytest.fixture(scope="session")
 def reference_faces(face_corpus) -> dict[str, int]:
     """Faces per video of a clean run of the face stage, in-process (no Ray, no faults)."""
-    from workflows.stages import DecodeFacesStage
+    from workflows.annotate.stages import DecodeFacesStage
 
     stage = DecodeFacesStage(annotate_cfg(face_corpus))
     counts = {}

@@ -9,8 +9,8 @@ import time
 import pytest
 
 from tests.reliability.conftest import annotate_cfg, check_contract, faces_per_video, local_ray, videos_table
-from workflows.annotate import annotate
-from workflows.stages import InjectedFault, injected_faults
+from workflows.annotate.pipeline import annotate
+from workflows.annotate.stages import InjectedFault, injected_faults
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -59,7 +59,8 @@ def test_crashing_actors_lose_only_their_own_video(face_corpus, reference_faces,
 def test_a_video_delivered_twice_is_written_once(tmp_path, monkeypatch):
     """Ray may re-execute a block whose output was lost with a node; if both copies arrive,
     the second is dropped (no duplicate rows), and a video that never arrives is retried."""
-    from workflows import ray_adapter
+    from workflows.annotate import runner
+    from workflows.core import cluster
 
     corpus = tmp_path / "corpus"
     corpus.mkdir()
@@ -74,8 +75,8 @@ def test_a_video_delivered_twice_is_written_once(tmp_path, monkeypatch):
             yield {"video_id": r["video_id"], "video_uri": r["uri"], "status": "error", "error_kind": "x",
                    "error": "test", "faces_ipc": None, "tracks_ipc": None, "n_frames": 0}
 
-    monkeypatch.setattr(ray_adapter, "init_ray", lambda *a, **k: {"CPU": 2.0})
-    monkeypatch.setattr(ray_adapter, "run_pipeline", fake_pipeline)
+    monkeypatch.setattr(cluster, "init_ray", lambda *a, **k: {"CPU": 2.0})
+    monkeypatch.setattr(runner, "run_pipeline", fake_pipeline)
     summary = annotate(str(corpus), str(tmp_path / "out"), annotate_cfg(tmp_path), progress=False)
     v = videos_table(str(tmp_path / "out"))
     assert len(v) == 2 and v.video_id.is_unique and summary.videos_error == 2 and summary.faces == 0

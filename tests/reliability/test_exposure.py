@@ -53,7 +53,7 @@ def test_embedded_ray_binds_loopback_only_and_keeps_token_auth():
     from ray._raylet import AuthenticationTokenLoader
     from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
 
-    from workflows.ray_adapter import init_ray
+    from workflows.core.cluster import init_ray
 
     assert not ray.is_initialized()
     before = os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")

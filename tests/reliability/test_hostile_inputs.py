@@ -13,8 +13,8 @@ import pytest
 
 from tests.reliability import hostile
 from tests.reliability.conftest import ROOT, RssSampler, annotate_cfg, check_contract, face_image, local_ray
-from workflows.annotate import annotate
-from workflows.ingest import discover
+from workflows.annotate.ingest import discover
+from workflows.annotate.pipeline import annotate
 
 pytestmark = pytest.mark.timeout(420)
 GiB = 1 << 30
@@ -64,7 +64,7 @@ def test_at_least_fifty_hostile_inputs(corpus):
 
 def test_each_file_becomes_a_row_with_a_clear_error(corpus):
     """Decode + face stage in-process (no Ray): the per-file verdicts, with exact kinds."""
-    from workflows.stages import DecodeFacesStage
+    from workflows.annotate.stages import DecodeFacesStage
 
     media, expect, _, _ = corpus
     stage = DecodeFacesStage(annotate_cfg(media))
@@ -82,7 +82,7 @@ def test_bombs_are_refused_before_anything_is_allocated(corpus, name):
     media, expect, _, _ = corpus
     code = (
         "import resource, sys\n"
-        "from workflows.decode import DecodeError, SamplingPolicy, VideoReader\n"
+        "from workflows.annotate.decode import DecodeError, SamplingPolicy, VideoReader\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "try:\n"
         "    with VideoReader(sys.argv[1], SamplingPolicy.parse('fps:2')) as r:\n"

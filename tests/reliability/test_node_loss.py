@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.reliability.conftest import annotate_cfg, check_contract, faces_per_video, videos_table
-from workflows.annotate import annotate
+from workflows.annotate.pipeline import annotate
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(480)]  # ~70 s on 2 cores: a 3-node cluster, two passes
 

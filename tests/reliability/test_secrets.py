@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.reliability.conftest import ROOT
-from workflows import storage
+from workflows.core import storage
 
 pytestmark = pytest.mark.timeout(420)
 

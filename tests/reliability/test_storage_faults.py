@@ -25,8 +25,8 @@ from tests.reliability.conftest import (
     videos_table,
 )
 from tests.reliability.faultproxy import FaultPlan, FaultProxy
-from workflows import storage
-from workflows.annotate import annotate
+from workflows.annotate.pipeline import annotate
+from workflows.core import storage
 
 pytestmark = pytest.mark.timeout(420)
 NAMES = ["clip00.mp4", "clip01.mp4", "still.jpg", "noface.mp4"]

@@ -173,7 +173,7 @@ class FaceConfig:
 
 def check_config(cfg: FaceConfig) -> None:
     """Raise one ``ConfigError`` listing every problem of ``cfg`` (keys prefixed ``faces.``)."""
-    from workflows.config import ConfigError
+    from workflows.core.config import ConfigError
 
     problems = [f"faces.{p}" for p in cfg.validate()]
     for name in ("track", "au", "insightface"):

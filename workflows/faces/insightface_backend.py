@@ -74,10 +74,10 @@ def resolve_pack(pack: str) -> Path:
     if not pack:
         raise InsightFaceError("faces.insightface.pack is empty: point it at a buffalo_l-layout directory "
                                "(local path or s3:// prefix) holding the pack's .onnx files")
-    from workflows import storage
+    from workflows.core import storage
 
     if storage.is_remote(pack):
-        from workflows.assets import cache_dir
+        from workflows.core.assets import cache_dir
 
         try:
             files = storage.list_files(pack)

@@ -84,11 +84,11 @@ class FaceRecord:
 class FaceExtractor:
     """Face-extraction stage for one video at a time; all models are loaded once here.
 
-    ``assets_dir``: optional pre-staged asset root (``assets.dir``), see ``workflows.assets``.
+    ``assets_dir``: optional pre-staged asset root (``assets.dir``), see ``workflows.core.assets``.
     """
 
     def __init__(self, cfg: FaceConfig | None = None, assets_dir: str | None = None):
-        from workflows.assets import resolve
+        from workflows.core.assets import resolve
 
         self.cfg = cfg = cfg or FaceConfig()
         check_config(cfg)

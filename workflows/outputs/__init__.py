@@ -1,7 +1,7 @@
 """Tools that read a finished ``mien annotate`` output (DESIGN.md §3) and turn it into things
 people look at or feed to tools they already use.
 
-- :mod:`~workflows.outputs.annotations`  reading videos/faces/tracks parts and runs JSON (local or s3://)
+- :mod:`~workflows.corpus.reader`  reading videos/faces/tracks parts and runs JSON (local or s3://)
 - :mod:`~workflows.outputs.summary`      corpus-level aggregates shared by ``inspect`` and ``report``
 - :mod:`~workflows.outputs.render`       ``mien render``: the source video with the annotations drawn on
 - :mod:`~workflows.outputs.report`       ``mien report``: one self-contained HTML file

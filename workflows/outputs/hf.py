@@ -35,8 +35,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from model.taxonomy import AU_DESCRIPTIONS, AU_NAMES, FE_BASIC
-from workflows import schema, storage
-from workflows.outputs.annotations import AnnotationOutput
+from workflows.core import storage
+from workflows.corpus import schema
+from workflows.corpus.reader import AnnotationOutput
 from workflows.outputs.summary import OutputSummary, map_entries, summarize
 
 log = logging.getLogger(__name__)

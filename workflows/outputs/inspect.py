@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from model.taxonomy import AU_DESCRIPTIONS
-from workflows.outputs.annotations import AnnotationOutput
+from workflows.corpus.reader import AnnotationOutput
 from workflows.outputs.summary import OutputSummary, summarize
 
 BAR_WIDTH = 28

@@ -54,8 +54,8 @@ import re
 from typing import Any
 
 from model.taxonomy import AU_NAMES
-from workflows import storage
-from workflows.outputs.annotations import AnnotationOutput
+from workflows.core import storage
+from workflows.corpus.reader import AnnotationOutput
 
 # OpenFace 2.0's AU sets and their order in the CSV.
 OPENFACE_AU_R: tuple[str, ...] = ("AU01", "AU02", "AU04", "AU05", "AU06", "AU07", "AU09", "AU10", "AU12", "AU14",

@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from workflows import storage
-from workflows.outputs.annotations import AnnotationOutput, OutputError, top_active_aus
+from workflows.core import storage
+from workflows.corpus.reader import AnnotationOutput, OutputError, top_active_aus
 from workflows.outputs.palette import fe_color, rgb
 
 log = logging.getLogger(__name__)
@@ -188,7 +188,7 @@ def render_video(root: str, video: str, output: str | None = None,
     Raises :class:`OutputError` when the video is unknown, has no ``ok`` row, or its source
     cannot be decoded any more.
     """
-    from workflows.decode import DecodeError, SamplingPolicy, VideoReader
+    from workflows.annotate.decode import DecodeError, SamplingPolicy, VideoReader
 
     opts = options or RenderOptions()
     out = AnnotationOutput(root)

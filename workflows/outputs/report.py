@@ -28,8 +28,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from model.taxonomy import AU_DESCRIPTIONS
-from workflows import storage
-from workflows.outputs.annotations import AnnotationOutput, top_active_aus
+from workflows.core import storage
+from workflows.corpus.reader import AnnotationOutput, top_active_aus
 from workflows.outputs.palette import AU_COLOR, ERROR_COLOR, fe_color
 from workflows.outputs.summary import OutputSummary, summarize
 

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from model.taxonomy import AU_NAMES, FE_BASIC
-from workflows.outputs.annotations import AnnotationOutput
+from workflows.corpus.reader import AnnotationOutput
 
 FACE_COLUMNS = ["video_id", "fe_label", "au_active", "au_probs", "model_id"]
 

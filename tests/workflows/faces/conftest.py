@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from workflows.decode import Frame
+from workflows.annotate.decode import Frame
 
 
 def read_rgb(path) -> np.ndarray:

@@ -73,7 +73,7 @@ def test_cap_keeps_a_smile_that_lasts_the_whole_track():
 
 
 def test_geometry_aus_from_a_real_mesh(extractor, astronaut):
-    from workflows.decode import Frame
+    from workflows.annotate.decode import Frame
 
     (r,) = extractor.process_frame(Frame(0, 0.0, astronaut))
     mesh = extractor._mesh.run(astronaut, r.bbox)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from workflows.config import ConfigError, load_config
+from workflows.core.config import ConfigError, load_config
 from workflows.faces import FaceConfig, FaceExtractor
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tests.workflows.faces.fake_pack import write_pack
-from workflows.decode import Frame
+from workflows.annotate.decode import Frame
 from workflows.faces import FaceConfig, FaceExtractor, InsightFaceConfig
 from workflows.faces.insightface_backend import (
     InsightFaceDetector,
@@ -103,7 +103,7 @@ def test_adapter_runs_the_real_insightface_pipeline(pack, astronaut):
 
 
 def test_s3_pack_is_copied_once(pack, s3_bucket, tmp_path, monkeypatch):
-    from workflows import storage
+    from workflows.core import storage
 
     for f in sorted(pack.glob("*.onnx")):
         storage.write_bytes(f"{s3_bucket}/packs/buffalo/{f.name}", f.read_bytes())

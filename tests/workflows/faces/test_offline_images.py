@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from model.taxonomy import AU_NAMES, FE_BASIC
-from workflows.decode import Frame
+from workflows.annotate.decode import Frame
 from workflows.faces import BLENDSHAPE_NAMES, FaceConfig, FaceExtractor
 from workflows.faces.tracking import box_iou
 
@@ -204,7 +204,7 @@ def test_faces_down_to_det_min_face_px_are_all_found_on_hd_frames(multi_face, fa
     """Real faces tiled over a 1280x720 frame: the default (24 px) finds every face of 28 px
     while detecting at half size; 16 px faces need det_min_face_px=12 (the native frame)."""
     from bench.bench_detect import recall, tiled
-    from workflows import assets
+    from workflows.core import assets
     from workflows.faces.detect import YuNetDetector
 
     det = YuNetDetector(assets.resolve("yunet"), max_side=1280, min_face_px=min_face)
@@ -216,7 +216,7 @@ def test_faces_down_to_det_min_face_px_are_all_found_on_hd_frames(multi_face, fa
 
 @pytest.fixture(scope="module")
 def facex_pair():
-    from workflows import assets
+    from workflows.core import assets
     from workflows.faces.expression import FacexClassifier
 
     path = assets.resolve("facex_tflite")
@@ -238,7 +238,7 @@ def test_facex_float32_rewrite_agrees_with_the_shipped_model_on_real_faces(facex
 def test_facex_float32_rewrite_leaves_no_8bit_weights_or_dequantize_ops():
     from ai_edge_litert import schema_py_generated as tfl
 
-    from workflows import assets
+    from workflows.core import assets
     from workflows.faces.expression import float_weights
 
     shipped = Path(assets.resolve("facex_tflite")).read_bytes()
@@ -259,7 +259,7 @@ def test_facex_float32_rewrite_leaves_no_8bit_weights_or_dequantize_ops():
 
 
 def test_facex_falls_back_to_the_shipped_model_when_the_rewrite_fails(monkeypatch, caplog):
-    from workflows import assets
+    from workflows.core import assets
     from workflows.faces import expression
 
     def broken(model: bytes) -> bytes:

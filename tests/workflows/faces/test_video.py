@@ -31,7 +31,7 @@ def test_au12_higher_when_smiling_than_when_calm(smiling_records, extractor, pos
         assert s.mean() > 0.6 and c.mean() < 0.1, field
         assert s.min() > c.max(), field
     # ... and than on a posed non-smiling still of someone else
-    from workflows.decode import Frame
+    from workflows.annotate.decode import Frame
 
     (anger,) = extractor.process_frame(Frame(0, 0.0, posed("anger")))
     assert anger.au_evidence_raw[AU12] < 0.1 < np.mean([r.au_evidence_raw[AU12] for r in smiling]) - 0.5

@@ -1,0 +1,446 @@
+"""Probe and decode videos and still images with PyAV, streaming, under sampling policies.
+
+A video is read from a stream (local file or a ranged S3 reader), never loaded whole.
+Sampling policies (``SamplingPolicy.parse``):
+
+- ``all``         every frame;
+- ``fps:N``       the first frame at or after each multiple of 1/N seconds;
+- ``uniform:K``   K frames at evenly spaced times ``k * duration / K``;
+- ``keyframes``   only key frames (the decoder skips the rest).
+
+Sparse policies seek to the key frame before the next target instead of decoding the gap,
+and fall back to sequential decoding for the rest of a video when seeking does not move
+forward (long GOPs). Frames that are not sampled are never converted to RGB.
+
+Every problem with an input becomes a :class:`DecodeError` with a ``kind`` and a readable
+message; the annotate pipeline records it as an error row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+from collections.abc import Iterator
+from typing import IO, Any
+
+import numpy as np
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".webm", ".avi", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv")
+
+
+@dataclasses.dataclass(slots=True)
+class Frame:
+    """One sampled frame. ``image`` is HxWx3 uint8 RGB, already rotated upright."""
+
+    index: int  # index of the frame in the stream (0-based; from timestamp x fps after a seek)
+    timestamp_s: float  # presentation time in seconds from the stream start
+    image: np.ndarray
+
+
+class DecodeError(Exception):
+    """A video that cannot be (fully) decoded. ``kind`` is a short machine-readable tag."""
+
+    def __init__(self, kind: str, message: str):
+        self.kind = kind
+        self.message = message
+        super().__init__(f"{kind}: {message}")
+
+
+@dataclasses.dataclass
+class DecodeLimits:
+    """Guards against hostile or absurd inputs."""
+
+    max_duration_s: float = 6 * 3600.0
+    max_pixels: int = 8192 * 8192
+    max_sampled_frames: int = 100_000
+    min_side: int = 16  # smaller frames cannot hold a detectable face
+
+    def validate(self) -> list[str]:
+        p = []
+        if self.max_duration_s <= 0:
+            p.append("max_duration_s: must be > 0")
+        if self.max_pixels <= 0:
+            p.append("max_pixels: must be > 0")
+        if self.max_sampled_frames <= 0:
+            p.append("max_sampled_frames: must be > 0")
+        return p
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingPolicy:
+    kind: str  # "all" | "fps" | "uniform" | "keyframes"
+    value: float = 0.0
+
+    _PATTERN = re.compile(r"^(all|keyframes|fps:(\d+(\.\d+)?)|uniform:(\d+))$")
+
+    @classmethod
+    def parse(cls, text: str) -> SamplingPolicy:
+        m = cls._PATTERN.match(text.strip())
+        if not m:
+            raise ValueError(f"sampling policy {text!r} is not one of: all, keyframes, fps:N, uniform:K")
+        if text.startswith("fps:"):
+            v = float(text[4:])
+            if v <= 0:
+                raise ValueError("fps:N needs N > 0")
+            return cls("fps", v)
+        if text.startswith("uniform:"):
+            v = int(text[8:])
+            if v <= 0:
+                raise ValueError("uniform:K needs K > 0")
+            return cls("uniform", float(v))
+        return cls(text.strip())
+
+    def __str__(self) -> str:
+        if self.kind == "fps":
+            return f"fps:{self.value:g}"
+        if self.kind == "uniform":
+            return f"uniform:{int(self.value)}"
+        return self.kind
+
+
+@dataclasses.dataclass
+class VideoProbe:
+    """What the container says about its first video stream (before any decoding)."""
+
+    duration_s: float | None
+    fps: float | None
+    width: int
+    height: int
+    rotation: int  # degrees counter-clockwise applied for display (0, 90, 180, 270)
+    codec: str
+    n_frames: int | None  # from the header; may be 0/None for some containers
+    is_image: bool = False
+
+    @property
+    def display_size(self) -> tuple[int, int]:
+        """(width, height) after rotation."""
+        return (self.height, self.width) if self.rotation % 180 else (self.width, self.height)
+
+
+_EXIF_ORIENTATION = 0x0112
+# EXIF orientation -> counter-clockwise rotation applied for display (mirroring aside).
+_EXIF_ROTATION_CCW = {3: 180, 4: 180, 5: 90, 6: 270, 7: 270, 8: 90}
+
+
+def is_image_uri(uri: str) -> bool:
+    return uri.lower().endswith(IMAGE_SUFFIXES)
+
+
+def _open_source(uri: str) -> IO[bytes] | str:
+    from workflows.core import storage
+
+    if not storage.is_remote(uri):
+        path = storage.strip_file_scheme(uri)
+        if not os.path.exists(path):
+            raise DecodeError("not_found", f"no such file: {uri}")
+        if os.path.isdir(path):
+            raise DecodeError("not_a_file", f"is a directory: {uri}")
+        if os.path.getsize(path) == 0:
+            raise DecodeError("empty_file", "the file is empty (0 bytes)")
+        return path
+    try:
+        if storage.info(uri).get("size", 1) == 0:
+            raise DecodeError("empty_file", "the object is empty (0 bytes)")
+        return storage.open_input(uri)
+    except FileNotFoundError as e:
+        raise DecodeError("not_found", f"no such object: {uri}") from e
+    except PermissionError as e:
+        raise DecodeError("access_denied", f"access denied reading {uri} ({e})") from e
+
+
+def _rotation_of(stream: Any) -> int:
+    rot = 0
+    try:
+        tag = stream.metadata.get("rotate")
+        if tag is not None:
+            rot = -int(float(tag))
+    except (TypeError, ValueError):
+        rot = 0
+    return int(rot) % 360
+
+
+def _rotate(image: np.ndarray, rotation_ccw: float) -> np.ndarray:
+    r = int(round(rotation_ccw / 90.0)) % 4
+    return np.ascontiguousarray(np.rot90(image, k=r)) if r else image
+
+
+class VideoReader:
+    """Streams sampled frames of one video or still image. Use as a context manager.
+
+    >>> with VideoReader(uri, SamplingPolicy.parse("fps:2")) as r:
+    ...     probe = r.probe
+    ...     for frame in r.frames(): ...
+    """
+
+    def __init__(self, uri: str, policy: SamplingPolicy, limits: DecodeLimits | None = None,
+                 seek_min_gap_s: float = 1.0, threads: int = 0):
+        self.uri = uri
+        self.policy = policy
+        self.limits = limits or DecodeLimits()
+        self.seek_min_gap_s = seek_min_gap_s
+        self.threads = threads  # decoder threads; 0 = FFmpeg's choice (one per core)
+        self._container: Any = None
+        self._source: Any = None
+        self._image: np.ndarray | None = None
+        self.probe: VideoProbe = self._open()
+        self.decoded_frames = 0  # frames the decoder produced (sampled or not)
+        self.seeks = 0
+        self.last_decoded_s = -math.inf  # timestamp of the last frame the decoder produced
+        self.reached_eof = False
+
+    # -- opening and probing ------------------------------------------------------------
+    def _open(self) -> VideoProbe:
+        if is_image_uri(self.uri):
+            return self._open_image()
+        import av
+
+        self._source = _open_source(self.uri)
+        try:
+            self._container = av.open(self._source, mode="r", metadata_errors="ignore")
+        except av.error.InvalidDataError as e:
+            self.close()
+            raise DecodeError("invalid_data", f"not a decodable media container ({e})") from e
+        except av.error.FFmpegError as e:
+            self.close()
+            raise DecodeError("open_failed", f"FFmpeg could not open the file ({e})") from e
+        if not self._container.streams.video:
+            kinds = sorted({s.type for s in self._container.streams})
+            self.close()
+            raise DecodeError("no_video_stream",
+                              f"the file has no video stream (streams: {', '.join(kinds) or 'none'})")
+        stream = self._container.streams.video[0]
+        cc = stream.codec_context
+        width, height = int(cc.width or 0), int(cc.height or 0)
+        fps = None
+        for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
+            if rate and float(rate) > 0:
+                fps = float(rate)
+                break
+        duration = None
+        if stream.duration is not None and stream.time_base is not None:
+            duration = float(stream.duration * stream.time_base)
+        elif self._container.duration is not None:
+            duration = self._container.duration / 1_000_000.0
+        probe = VideoProbe(duration_s=duration, fps=fps, width=width, height=height,
+                           rotation=_rotation_of(stream), codec=cc.name or "unknown",
+                           n_frames=int(stream.frames) if stream.frames else None)
+        if width <= 0 or height <= 0:
+            self.close()
+            raise DecodeError("invalid_dimensions", f"video stream reports {width}x{height} pixels")
+        if min(width, height) < self.limits.min_side:
+            self.close()
+            raise DecodeError("too_small", f"{width}x{height} pixels is below "
+                                           f"decode.limits.min_side={self.limits.min_side}")
+        if width * height > self.limits.max_pixels:
+            self.close()
+            raise DecodeError("too_large", f"{width}x{height} = {width * height} pixels exceeds "
+                                           f"decode.limits.max_pixels={self.limits.max_pixels}")
+        if duration is not None and duration > self.limits.max_duration_s:
+            self.close()
+            raise DecodeError("too_long", f"duration {duration:.0f} s exceeds "
+                                          f"decode.limits.max_duration_s={self.limits.max_duration_s:.0f}")
+        return probe
+
+    def _open_image(self) -> VideoProbe:
+        from PIL import Image, ImageOps
+
+        src = _open_source(self.uri)
+        fh = open(src, "rb") if isinstance(src, str) else src  # noqa: SIM115 - closed below
+        try:
+            # Pillow's own decompression-bomb guard raises for > 2x MAX_IMAGE_PIXELS; we check
+            # the header size against our limit first so nothing is allocated for a bomb.
+            with Image.open(fh) as im:
+                w, h = im.size
+                if min(w, h) < self.limits.min_side:
+                    raise DecodeError("too_small", f"{w}x{h} pixels is below "
+                                                   f"decode.limits.min_side={self.limits.min_side}")
+                if w * h > self.limits.max_pixels:
+                    raise DecodeError("too_large", f"{w}x{h} = {w * h} pixels exceeds "
+                                                   f"decode.limits.max_pixels={self.limits.max_pixels}")
+                orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
+                upright = ImageOps.exif_transpose(im).convert("RGB")
+                self._image = np.asarray(upright, dtype=np.uint8)
+        except DecodeError:
+            raise
+        except Image.DecompressionBombError as e:
+            raise DecodeError("too_large", str(e)) from e
+        except (OSError, SyntaxError, ValueError) as e:
+            raise DecodeError("invalid_data", f"not a decodable image ({e})") from e
+        finally:
+            fh.close()
+        # Like a video's: coded size plus the rotation for display, so that display_size is
+        # the size of the upright frame the face boxes refer to.
+        h2, w2 = self._image.shape[:2]
+        rotation = _EXIF_ROTATION_CCW.get(orientation, 0) if isinstance(orientation, int) else 0
+        if rotation % 180:
+            w2, h2 = h2, w2
+        return VideoProbe(duration_s=0.0, fps=None, width=w2, height=h2, rotation=rotation,
+                          codec="image", n_frames=1, is_image=True)
+
+    # -- decoding ----------------------------------------------------------------------
+    def frames(self) -> Iterator[Frame]:
+        """Yield the sampled frames in presentation order. Raises DecodeError on failure."""
+        if self._image is not None:
+            yield Frame(0, 0.0, self._image)
+            return
+        import av
+
+        n = 0
+        try:
+            for frame in self._sampled():
+                n += 1
+                if n > self.limits.max_sampled_frames:
+                    raise DecodeError("too_many_frames", f"more than decode.limits.max_sampled_frames="
+                                                         f"{self.limits.max_sampled_frames} sampled frames")
+                yield frame
+        except av.error.FFmpegError as e:
+            raise DecodeError("decode_error", f"decoding failed after {n} sampled frames ({e})") from e
+        except MemoryError as e:
+            raise DecodeError("out_of_memory", "ran out of memory while decoding") from e
+        if n == 0:
+            raise DecodeError("no_frames", "no decodable video frames")
+        self._check_complete()
+
+    def _check_complete(self) -> None:
+        """A stream that ends well before the duration its header declares was cut short."""
+        p = self.probe
+        if not self.reached_eof or self.policy.kind == "keyframes" or not p.duration_s:
+            return
+        tolerance = max(0.5, 3.0 / (p.fps or 10.0))
+        if self.last_decoded_s < p.duration_s - tolerance:
+            raise DecodeError("truncated", f"the stream ends at {max(self.last_decoded_s, 0):.2f} s but the "
+                                           f"header declares {p.duration_s:.2f} s (truncated or corrupt file)")
+
+    def _to_frame(self, frame: Any, index: int, t: float) -> Frame:
+        img = frame.to_ndarray(format="rgb24")
+        rot = getattr(frame, "rotation", 0) or 0  # display-matrix rotation, degrees ccw
+        if rot:
+            self.probe.rotation = int(rot) % 360  # the display matrix is authoritative
+        elif self.probe.rotation:
+            rot = self.probe.rotation
+        return Frame(index=index, timestamp_s=t, image=_rotate(img, rot))
+
+    def _time(self, frame: Any, stream: Any, start: float) -> float:
+        if frame.pts is None:
+            return float("nan")
+        return float(frame.pts * stream.time_base) - start
+
+    def _sampled(self) -> Iterator[Frame]:
+        stream = self._container.streams.video[0]
+        stream.thread_type = "AUTO"
+        if self.threads:
+            stream.codec_context.thread_count = self.threads
+        start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
+        kind = self.policy.kind
+        if kind == "keyframes":
+            stream.codec_context.skip_frame = "NONKEY"
+            for i, frame in enumerate(self._container.decode(stream)):
+                self.decoded_frames += 1
+                t = self._time(frame, stream, start)
+                idx = self._index_from_time(t, i)
+                yield self._to_frame(frame, idx, t)
+            self.reached_eof = True
+            return
+        if kind == "all":
+            for i, frame in enumerate(self._container.decode(stream)):
+                self.decoded_frames += 1
+                t = self._time(frame, stream, start)
+                self.last_decoded_s = max(self.last_decoded_s, t)
+                yield self._to_frame(frame, i, t)
+            self.reached_eof = True
+            return
+        yield from self._sampled_targets(stream, start)
+
+    def _index_from_time(self, t: float, fallback: int) -> int:
+        fps = self.probe.fps
+        if fps and math.isfinite(t):
+            return int(round(t * fps))
+        return fallback
+
+    def _targets(self) -> Iterator[float]:
+        if self.policy.kind == "fps":
+            step = 1.0 / self.policy.value
+            k = 0
+            while True:
+                yield k * step
+                k += 1
+        else:  # uniform
+            k_total = int(self.policy.value)
+            dur = self.probe.duration_s
+            if not dur or not math.isfinite(dur):
+                dur = (self.probe.n_frames or 1) / (self.probe.fps or 1.0)
+            for k in range(k_total):
+                yield k * dur / k_total
+
+    def _sampled_targets(self, stream: Any, start: float) -> Iterator[Frame]:
+        """First frame at/after each target time; seek across gaps wider than seek_min_gap_s."""
+        targets = self._targets()
+        target = next(targets, None)
+        seeking = self.policy.kind == "uniform" or (1.0 / self.policy.value) >= self.seek_min_gap_s
+        index = -1
+        decoder = self._container.decode(stream)
+        while target is not None:
+            try:
+                frame = next(decoder)
+            except StopIteration:
+                self.reached_eof = True
+                return
+            self.decoded_frames += 1
+            t = self._time(frame, stream, start)
+            if math.isfinite(t):
+                self.last_decoded_s = max(self.last_decoded_s, t)
+            index += 1
+            if not math.isfinite(t):
+                t = index / (self.probe.fps or 1.0)
+            if t + 1e-6 < target:
+                continue
+            yield self._to_frame(frame, index, t)
+            target = next(targets, None)
+            while target is not None and target <= t + 1e-6:  # one frame satisfies several targets
+                target = next(targets, None)
+            if target is None:
+                return
+            if seeking and target - t >= self.seek_min_gap_s:
+                before = t
+                self._container.seek(int((target + start) / stream.time_base), stream=stream,
+                                     backward=True, any_frame=False)
+                self.seeks += 1
+                decoder = self._container.decode(stream)
+                first = next(decoder, None)
+                if first is None:
+                    self.reached_eof = True
+                    return
+                self.decoded_frames += 1
+                t_first = self._time(first, stream, start)
+                if math.isfinite(t_first):
+                    self.last_decoded_s = max(self.last_decoded_s, t_first)
+                if not math.isfinite(t_first) or t_first <= before:
+                    # The key frame before the target is at/behind where we were: seeking gains
+                    # nothing on this video (long GOP). Decode forward from here without seeking.
+                    seeking = False
+                index = self._index_from_time(t_first, index)
+                if t_first + 1e-6 >= target:
+                    yield self._to_frame(first, index, t_first)
+                    target = next(targets, None)
+                    while target is not None and target <= t_first + 1e-6:
+                        target = next(targets, None)
+                # Frames between the key frame and `before` would be re-yielded; skip them.
+                while target is not None and target <= before:
+                    target = next(targets, None)
+
+    def close(self) -> None:
+        if self._container is not None:
+            self._container.close()
+            self._container = None
+        if self._source is not None and not isinstance(self._source, str):
+            self._source.close()
+        self._source = None
+
+    def __enter__(self) -> VideoReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,469 @@
+"""``mien annotate``: corpus → faces → MLLM → Parquet, resumable, on a local or remote Ray.
+
+    discover ─► decode+sample ─► faces ─► (tracks) ─► mllm ─► sink
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import datetime as dt
+import json
+import logging
+import os
+import platform
+import time
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+from workflows.annotate.decode import DecodeLimits, SamplingPolicy
+from workflows.core import storage
+from workflows.faces import FaceConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class DecodeConfig:
+    sampling: str = "fps:2"  # all | keyframes | fps:N | uniform:K
+    seek_min_gap_s: float = 1.0  # seek when the next sampled frame is at least this far ahead
+    # Decoder threads per video. A face actor owns one CPU; FFmpeg's default (0) starts one
+    # thread per core of the node in every actor, N actors x N threads on N cores.
+    threads: int = 1
+    limits: DecodeLimits = dataclasses.field(default_factory=DecodeLimits)
+
+    def policy(self) -> SamplingPolicy:
+        return SamplingPolicy.parse(self.sampling)
+
+    def validate(self) -> list[str]:
+        problems = [] if self.threads >= 0 else [f"threads: must be >= 0 (0 = one per core), got {self.threads}"]
+        try:
+            self.policy()
+        except ValueError as e:
+            problems.append(f"sampling: {e}")
+        return problems
+
+
+@dataclasses.dataclass
+class ModelRef:
+    uri: str = "default"  # model dir, s3://..., models:/name@alias, or "default"
+    device: str = "auto"  # auto | cpu | cuda
+    batch_size: int = 32  # faces per forward pass
+    au_threshold: float = 0.5  # au_active = au_probs >= this
+
+    def validate(self) -> list[str]:
+        p = []
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            p.append(f"device: must be auto, cpu or cuda[:N], got {self.device!r}")
+        if self.batch_size < 1:
+            p.append("batch_size: must be >= 1")
+        if not 0.0 < self.au_threshold < 1.0:
+            p.append("au_threshold: must be in (0, 1)")
+        return p
+
+
+@dataclasses.dataclass
+class StageResources:
+    concurrency: int = 0  # actors in the pool; 0 = size from the cluster
+    num_cpus: float = 1.0  # per actor (fractional allowed)
+    num_gpus: float = 0.0  # per actor (fractional allowed); -1 = 1 when the cluster has GPUs
+    batch_size: int = 1  # videos per call
+
+    def validate(self) -> list[str]:
+        p = []
+        if self.concurrency < 0:
+            p.append("concurrency: must be >= 0")
+        if self.num_cpus < 0:
+            p.append("num_cpus: must be >= 0")
+        if self.batch_size < 1:
+            p.append("batch_size: must be >= 1")
+        return p
+
+
+@dataclasses.dataclass
+class RayConfig:
+    address: str | None = None  # else RAY_ADDRESS, else a local Ray
+    num_cpus: int | None = None  # local Ray only
+    max_task_retries: int = 2  # per batch, after a worker crash; then the videos are retried alone
+    crash_passes: int = 2  # extra passes for videos lost to crashes, one video per MLLM call
+    faces: StageResources = dataclasses.field(default_factory=StageResources)
+    mllm: StageResources = dataclasses.field(
+        default_factory=lambda: StageResources(num_cpus=0.25, num_gpus=-1.0, batch_size=4))
+    # Run the MLLM inside the face actors (one pool, no MLLM actor) when it needs no GPU:
+    # "auto" = only for the default model (its scoring is a light numpy prior; a model
+    # directory may load an LLM into every face actor); "always" = whenever no GPU is asked;
+    # "never" = two pools. Measured on 2 CPUs: the first video 2x sooner, throughput the same
+    # within noise (docs/PERFORMANCE.md).
+    fuse_stages: str = "auto"
+
+    def validate(self) -> list[str]:
+        ok = ("auto", "always", "never")
+        return [] if self.fuse_stages in ok else [f"fuse_stages: must be one of {', '.join(ok)}, "
+                                                  f"got {self.fuse_stages!r}"]
+
+
+@dataclasses.dataclass
+class OutputConfig:
+    crops: bool = True  # keep the aligned face crop (JPEG) in faces/ for retraining and reports
+    jpeg_quality: int = 90
+    flush_every_videos: int = 64
+    flush_every_s: float = 30.0
+
+    def validate(self) -> list[str]:
+        return [] if 1 <= self.jpeg_quality <= 100 else ["jpeg_quality: must be in 1..100"]
+
+
+@dataclasses.dataclass
+class AssetsConfig:
+    dir: str | None = None  # pre-staged assets (mien assets fetch --to URI); else MIEN_ASSETS_DIR
+
+
+@dataclasses.dataclass
+class MlflowConfig:
+    enabled: bool = True
+    tracking_uri: str | None = None  # MLFLOW_TRACKING_URI wins; default sqlite:///mlflow.db
+    experiment: str = "mien-annotate"
+
+
+@dataclasses.dataclass
+class IngestConfig:
+    allowed_roots: list[str] = dataclasses.field(default_factory=list)  # for manifest entries
+
+
+@dataclasses.dataclass
+class AnnotateConfig:
+    decode: DecodeConfig = dataclasses.field(default_factory=DecodeConfig)
+    faces: FaceConfig = dataclasses.field(default_factory=FaceConfig)
+    model: ModelRef = dataclasses.field(default_factory=ModelRef)
+    ray: RayConfig = dataclasses.field(default_factory=RayConfig)
+    output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
+    assets: AssetsConfig = dataclasses.field(default_factory=AssetsConfig)
+    mlflow: MlflowConfig = dataclasses.field(default_factory=MlflowConfig)
+    ingest: IngestConfig = dataclasses.field(default_factory=IngestConfig)
+
+
+@dataclasses.dataclass
+class AnnotateSummary:
+    run_id: str
+    output: str
+    videos_total: int = 0
+    videos_skipped: int = 0
+    videos_ok: int = 0
+    videos_error: int = 0
+    faces: int = 0
+    tracks: int = 0
+    wall_s: float = 0.0
+    errors: list[dict[str, str]] = dataclasses.field(default_factory=list)
+    rejected: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    fe_counts: dict[str, int] = dataclasses.field(default_factory=dict)
+    au_counts: dict[str, int] = dataclasses.field(default_factory=dict)
+    model_id: str | None = None
+    # Where the time went: seconds inside each stage summed over videos (busy time of the
+    # pools), seconds from pipeline start to the first finished video (actor start-up and
+    # model loads), and the pool sizes used.
+    decode_faces_s: float = 0.0
+    decode_faces_cpu_s: float = 0.0
+    mllm_s: float = 0.0
+    first_result_s: float | None = None
+    plan: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def utilisation(self) -> dict[str, float | None]:
+        """Busy fraction of each stage's actor pool over the run's wall time (1.0 = every
+        actor busy all the time; low values mean start-up, stragglers or a starved stage)."""
+        out: dict[str, float | None] = {}
+        fused = bool((self.plan.get("mllm") or {}).get("fused"))
+        faces_busy = self.decode_faces_s + (self.mllm_s if fused else 0.0)
+        for stage, busy in (("faces", faces_busy), ("mllm", self.mllm_s)):
+            n = (self.plan.get(stage) or {}).get("concurrency")
+            out[stage] = busy / (self.wall_s * n) if n and self.wall_s else None
+        return out
+
+    def pools_line(self) -> str:
+        """Actor pools, how busy they were, and the first result's latency, in one line."""
+        util = self.utilisation()
+        pools = "; ".join(
+            f"{stage} {p['concurrency']} actor(s) x {p['num_cpus']:g} CPU"
+            + (f" x {p['num_gpus']:g} GPU" if p.get("num_gpus") else "")
+            + (f", {util[stage]:.0%} busy" if util.get(stage) is not None else "")
+            for stage, p in self.plan.items() if p.get("concurrency"))
+        if (self.plan.get("mllm") or {}).get("fused"):
+            pools += " (the MLLM runs inside the face actors)"
+        first = f"; first video after {self.first_result_s:.1f} s" if self.first_result_s is not None else ""
+        return pools + first
+
+    def render(self) -> str:
+        lines = [f"run {self.run_id} -> {self.output}",
+                 f"videos: {self.videos_ok} ok, {self.videos_error} error, {self.videos_skipped} already done "
+                 f"(of {self.videos_total}); faces {self.faces}, tracks {self.tracks}; {self.wall_s:.1f} s"]
+        if self.fe_counts:
+            total = sum(self.fe_counts.values())
+            dist = ", ".join(f"{k} {v / total:.0%}" for k, v in
+                             sorted(self.fe_counts.items(), key=lambda kv: -kv[1]))
+            lines.append(f"expressions (faces): {dist}")
+        if self.au_counts and self.faces:
+            top = sorted(self.au_counts.items(), key=lambda kv: -kv[1])[:5]
+            lines.append("top AUs (share of faces active): " +
+                         ", ".join(f"{k} {v / self.faces:.0%}" for k, v in top))
+        if self.plan:
+            lines.append(f"pools: {self.pools_line()}")
+        for e in self.errors[:20]:
+            lines.append(f"  error {e['video_uri']}: [{e['error_kind']}] {e['error']}")
+        if len(self.errors) > 20:
+            lines.append(f"  ... and {len(self.errors) - 20} more error(s) (videos/ status=error)")
+        for r in self.rejected[:20]:
+            where = f"manifest line {r['line']}" if r["line"] else "input"
+            lines.append(f"  rejected {where} {r['entry']!r}: {r['reason']}")
+        if len(self.rejected) > 20:
+            lines.append(f"  ... and {len(self.rejected) - 20} more rejected input(s) "
+                         f"(runs/{self.run_id}.json)")
+        return "\n".join(lines)
+
+
+def new_run_id() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
+
+
+def annotate(input_uri: str, output_uri: str, cfg: AnnotateConfig, force: bool = False,
+             limit: int | None = None, progress: bool = True) -> AnnotateSummary:
+    """Run the pipeline; returns the summary. Raises InputError / PermissionError for an
+    unusable input root or output and ModelDirError for an unusable model (the CLI turns them
+    into a message and exit code)."""
+    from workflows.annotate.ingest import discover
+    from workflows.corpus.writer import AnnotationSink
+
+    t0 = time.perf_counter()
+    run_id = new_run_id()
+    summary = AnnotateSummary(run_id=run_id, output=output_uri)
+    storage.check_writable(output_uri)
+    sources, rejected = discover(input_uri, cfg.ingest.allowed_roots or None)
+    _check_model(cfg)
+    if limit is not None:
+        sources = sources[:limit]
+    summary.videos_total = len(sources)
+    summary.rejected = [dataclasses.asdict(r) for r in rejected]
+    sink = AnnotationSink(output_uri, run_id, cfg.output.flush_every_videos, cfg.output.flush_every_s)
+    sink.remove_orphans()
+    if force:
+        sink.forget({s.video_id for s in sources})
+        todo = sources
+    else:
+        done = sink.done_video_ids()
+        todo = [s for s in sources if s.video_id not in done]
+    summary.videos_skipped = len(sources) - len(todo)
+    log.info("%d video(s) found, %d already annotated, %d to do; run %s", len(sources),
+             summary.videos_skipped, len(todo), run_id)
+    plan: dict[str, Any] = {}
+    if todo:
+        plan = _run(todo, cfg, run_id, sink, summary, progress)
+    sink.flush()
+    summary.wall_s = time.perf_counter() - t0
+    _write_run_json(output_uri, input_uri, cfg, summary, plan, sink)
+    if cfg.mlflow.enabled:
+        _log_mlflow(cfg, summary, output_uri, input_uri)
+    return summary
+
+
+def _check_model(cfg: AnnotateConfig) -> None:
+    """Refuse an unusable model directory (missing, pickled, checksum mismatch) here, in one
+    line, instead of in every MLLM actor's constructor on the cluster. Raises ModelDirError."""
+    uri = cfg.model.uri
+    if uri == "default":
+        return
+    local = not storage.is_remote(uri) and not uri.startswith(("models:/", "runs:/"))
+    if local and not os.path.exists(storage.strip_file_scheme(uri)) and (
+            cfg.ray.address or os.environ.get("RAY_ADDRESS")):
+        log.info("model %s is not on this machine; the cluster's MLLM workers will load it", uri)
+        return
+    from model.checkpoint import read_manifest, resolve_model_uri, verify_parts
+
+    directory = resolve_model_uri(uri)
+    verify_parts(directory, read_manifest(directory))
+
+
+def _run(todo: list, cfg: AnnotateConfig, run_id: str, sink: Any, summary: AnnotateSummary,
+         progress: bool) -> dict[str, Any]:
+    from workflows.annotate import runner
+    from workflows.core import cluster
+
+    resources = cluster.init_ray(cfg.ray.address, cfg.ray.num_cpus)
+    plan = runner.stage_plan(cfg, resources, len(todo), cluster.node_resources())
+    summary.plan = plan
+    log.info("stage plan: %s", plan)
+    t_start = time.perf_counter()
+    fe_counts: collections.Counter[str] = collections.Counter()
+    au_counts: collections.Counter[str] = collections.Counter()
+    pending = {s.video_id: s for s in todo}
+    done = 0
+    last_log = 0.0
+    for attempt in range(cfg.ray.crash_passes + 1):
+        if not pending:
+            break
+        if attempt:
+            log.warning("%d video(s) lost to crashed workers; retrying them one at a time (pass %d/%d)",
+                        len(pending), attempt, cfg.ray.crash_passes)
+            plan = runner.isolated(plan)
+        rows = [{"video_id": s.video_id, "uri": s.uri} for s in largest_first(pending.values())]
+        for row in runner.run_pipeline(rows, cfg, run_id, plan, progress):
+            if pending.pop(row["video_id"], None) is None:
+                # A block re-executed after a node or object loss can deliver a video twice;
+                # the first result is already in the sink.
+                log.warning("ignoring a second result for video %s", row["video_id"])
+                continue
+            done += 1
+            if summary.first_result_s is None:
+                summary.first_result_s = time.perf_counter() - t_start
+            last_log = _consume(row, run_id, sink, summary, fe_counts, au_counts, done, len(todo), last_log)
+    for s in pending.values():  # still missing: every attempt crashed its worker
+        row = {"video_id": s.video_id, "video_uri": s.uri, "status": "error", "error_kind": "worker_crash",
+               "error": f"the worker processing this video died on every try ({cfg.ray.crash_passes + 1} "
+                        f"pass(es) x {cfg.ray.max_task_retries + 1} tries; a native crash or out of memory); "
+                        f"see the Ray logs",
+               "faces_ipc": None, "tracks_ipc": None, "n_frames": 0}
+        done += 1
+        last_log = _consume(row, run_id, sink, summary, fe_counts, au_counts, done, len(todo), last_log)
+    summary.fe_counts = dict(fe_counts)
+    summary.au_counts = dict(au_counts)
+    return plan
+
+
+def largest_first(sources: Iterable[Any]) -> list[Any]:
+    """Dispatch order: largest file first, unknown sizes last, listing order among equals.
+
+    Actors take videos in this order, so a long video listed last would otherwise run alone at
+    the end of the job while every other actor idles (`bench/bench_order.py` measures it). File
+    size stands in for decode+face work, which grows with duration."""
+    return sorted(sources, key=lambda s: -(s.size or 0))
+
+
+def _consume(row: dict[str, Any], run_id: str, sink: Any, summary: AnnotateSummary,
+             fe_counts: collections.Counter, au_counts: collections.Counter, done: int, total: int,
+             last_log: float) -> float:
+    """Fold one finished video into the sink and the summary; returns the last progress-log time."""
+    import pyarrow as pa
+
+    from workflows.annotate.stages import read_ipc
+    from workflows.corpus import schema
+
+    faces_blob, tracks_blob = row.pop("faces_ipc"), row.pop("tracks_ipc")
+    faces = read_ipc(faces_blob) if faces_blob else schema.FACES.empty_table()
+    tracks = read_ipc(tracks_blob) if tracks_blob else schema.TRACKS.empty_table()
+    row["run_id"] = run_id
+    row["finished_at"] = dt.datetime.now(dt.UTC)
+    if row["status"] != "ok":
+        faces, tracks = schema.FACES.empty_table(), schema.TRACKS.empty_table()
+        row.update(n_faces=0, n_tracks=0)
+        summary.videos_error += 1
+        summary.errors.append({k: str(row.get(k)) for k in ("video_uri", "error_kind", "error")})
+    else:
+        summary.videos_ok += 1
+    summary.model_id = row.get("model_id") or summary.model_id
+    for key in ("decode_faces_s", "decode_faces_cpu_s", "mllm_s"):
+        v = row.get(key)
+        if isinstance(v, int | float) and v == v:
+            setattr(summary, key, getattr(summary, key) + float(v))
+    summary.faces += len(faces)
+    summary.tracks += len(tracks)
+    fe_counts.update(faces.column("fe_label").to_pylist())
+    for active in faces.column("au_active").to_pylist():
+        au_counts.update(active or [])
+    videos = pa.Table.from_pylist([_video_record(row, schema.VIDEOS)], schema=schema.VIDEOS)
+    sink.add(videos, faces, tracks, 1)
+    now = time.perf_counter()
+    if now - last_log > 5 or done == total:
+        log.info("videos %d/%d done (%d error), faces %d", done, total, summary.videos_error,
+                 summary.faces)
+        last_log = now
+    return last_log
+
+
+def _video_record(row: dict[str, Any], sch: Any) -> dict[str, Any]:
+    """Coerce a result row to the videos schema: Ray turns missing numbers into NaN and
+    integers into floats on the way through the object store."""
+    import math
+
+    import pyarrow as pa
+
+    out: dict[str, Any] = {}
+    for field in sch:
+        v = row.get(field.name)
+        if isinstance(v, float) and math.isnan(v):
+            v = None
+        if v is not None and pa.types.is_integer(field.type):
+            v = int(v)
+        elif v is not None and pa.types.is_floating(field.type):
+            v = float(v)
+        elif v is not None and pa.types.is_string(field.type):
+            v = str(v)
+        out[field.name] = v
+    return out
+
+
+def _write_run_json(output_uri: str, input_uri: str, cfg: AnnotateConfig, summary: AnnotateSummary,
+                    plan: dict[str, Any], sink: Any) -> None:
+    from workflows.core import assets
+    from workflows.core.config import to_dict
+
+    used = [n for n in assets.MODEL_ASSETS]
+    doc = {
+        "run_id": summary.run_id, "input": input_uri, "output": output_uri,
+        "started_at": summary.run_id.split("-")[0], "config": to_dict(cfg),
+        "model_id": summary.model_id,
+        "assets": {n: {"package": assets.ASSETS[n].package, "member": assets.ASSETS[n].member,
+                       "sha256": assets.ASSETS[n].sha256} for n in used},
+        "counts": {"videos_total": summary.videos_total, "videos_skipped": summary.videos_skipped,
+                   "videos_ok": summary.videos_ok, "videos_error": summary.videos_error,
+                   "faces": summary.faces, "tracks": summary.tracks,
+                   "rejected_manifest_lines": len(summary.rejected)},
+        "timings": {"wall_s": summary.wall_s,
+                    "videos_per_s": (summary.videos_ok + summary.videos_error) / summary.wall_s
+                    if summary.wall_s else None,
+                    "faces_per_s": summary.faces / summary.wall_s if summary.wall_s else None,
+                    "decode_faces_s": summary.decode_faces_s, "decode_faces_cpu_s": summary.decode_faces_cpu_s,
+                    "mllm_s": summary.mllm_s,
+                    "first_result_s": summary.first_result_s, "utilisation": summary.utilisation()},
+        "stage_plan": plan, "errors": summary.errors, "rejected": summary.rejected,
+        "fe_counts": summary.fe_counts, "au_counts": summary.au_counts,
+        "parts_written": sink.parts_written, "bytes_written": sink.bytes_written,
+        "host": {"python": platform.python_version(), "platform": platform.platform()},
+    }
+    storage.write_text(storage.join(output_uri, "runs", f"{summary.run_id}.json"),
+                       json.dumps(doc, indent=2, default=str))
+
+
+def _log_mlflow(cfg: AnnotateConfig, summary: AnnotateSummary, output_uri: str, input_uri: str) -> None:
+    try:
+        import mlflow
+
+        from workflows.core.config import to_dict
+        from workflows.training.train import default_artifact_location, ensure_experiment, mlflow_tracking_uri
+
+        tracking = mlflow_tracking_uri(cfg.mlflow.tracking_uri)
+        mlflow.set_tracking_uri(tracking)
+        experiment_id = ensure_experiment(cfg.mlflow.experiment, tracking, default_artifact_location(tracking))
+        with mlflow.start_run(run_name=summary.run_id, experiment_id=experiment_id):
+            flat = _flatten(to_dict(cfg))
+            mlflow.log_params({k: str(v)[:500] for k, v in flat.items()})
+            mlflow.set_tags({"mien.run_id": summary.run_id, "mien.output": output_uri, "mien.input": input_uri,
+                             "mien.model_id": str(summary.model_id)})
+            mlflow.log_metrics({
+                "videos_ok": summary.videos_ok, "videos_error": summary.videos_error,
+                "videos_skipped": summary.videos_skipped, "faces": summary.faces, "tracks": summary.tracks,
+                "wall_s": summary.wall_s,
+                "videos_per_s": (summary.videos_ok + summary.videos_error) / max(summary.wall_s, 1e-9),
+                "faces_per_s": summary.faces / max(summary.wall_s, 1e-9)})
+            mlflow.log_dict(json.loads(storage.read_text(
+                storage.join(output_uri, "runs", f"{summary.run_id}.json"))), f"runs/{summary.run_id}.json")
+    except Exception as e:  # noqa: BLE001 - tracking must not fail a finished annotation
+        log.warning("MLflow logging failed (%s: %s); the output is complete", type(e).__name__, e)
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out

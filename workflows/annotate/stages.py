@@ -1,0 +1,362 @@
+"""The annotate pipeline's stages as plain classes: each loads its models once in
+``__init__`` and maps a batch (dict of columns) to a batch. They run without Ray in a test;
+``workflows/annotate/runner.py`` maps them onto Ray Data.
+
+Only small data crosses stages: the face stage emits aligned crops as JPEG plus small
+arrays per face (no frames), packed per video into one ``npz`` blob.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import logging
+import math
+import os
+import tempfile
+import time
+import traceback
+import warnings
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from model.taxonomy import AU_NAMES, FE_BASIC
+from workflows.corpus import schema
+
+log = logging.getLogger(__name__)
+
+# Per-video columns the face stage emits and the MLLM stage passes through.
+VIDEO_FIELDS = ("video_id", "video_uri", "status", "error", "error_kind", "n_frames", "n_faces", "n_tracks",
+                "duration_s", "width", "height", "fps", "codec", "rotation", "sampling", "decode_faces_s",
+                "decode_faces_cpu_s")
+# Per-video columns the MLLM stage (or the fused stage) emits: the driver's input.
+RESULT_FIELDS = VIDEO_FIELDS + ("mllm_s", "model_id", "faces_ipc", "tracks_ipc")
+
+
+# -- chaos-testing hook ---------------------------------------------------------------------
+# MIEN_FAULT_INJECT="mllm_exit:<substring>" makes the MLLM actor's process die (os._exit, as a
+# segfault or the OOM killer would) on every video whose URI contains <substring>;
+# "faces_exit:" does the same in the face stage, and "<stage>_exit_once:<substring>" dies only
+# on the first such video (a marker file in MIEN_FAULT_STATE_DIR, default the temp dir,
+# remembers it across restarts). Several specs are separated by commas. The reliability
+# tests use it to prove that a crashed worker loses nothing but its own video. Unset, it
+# costs one environment lookup per actor.
+FAULT_ENV = "MIEN_FAULT_INJECT"
+FAULT_STATE_ENV = "MIEN_FAULT_STATE_DIR"
+FAULT_EXIT_CODE = 77
+
+
+@dataclasses.dataclass(frozen=True)
+class InjectedFault:
+    stage: str  # "faces" | "mllm"
+    substring: str
+    once: bool = False
+
+    def marker(self) -> str:
+        key = hashlib.sha256(f"{self.stage}\x00{self.substring}".encode()).hexdigest()[:16]
+        return os.path.join(os.environ.get(FAULT_STATE_ENV) or tempfile.gettempdir(), f"mien-fault-{key}")
+
+
+def injected_faults(stage: str) -> tuple[InjectedFault, ...]:
+    """The faults ``MIEN_FAULT_INJECT`` asks ``stage`` to inject (empty when unset)."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return ()
+    faults = []
+    for item in spec.split(","):
+        action, _, substring = item.strip().partition(":")
+        if action in (f"{stage}_exit", f"{stage}_exit_once") and substring:
+            faults.append(InjectedFault(stage, substring, once=action.endswith("_once")))
+    return tuple(faults)
+
+
+def _inject_fault(faults: tuple[InjectedFault, ...], uri: str) -> None:
+    for f in faults:
+        if f.substring not in uri:
+            continue
+        if f.once:
+            try:
+                os.close(os.open(f.marker(), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                continue  # already fired once
+        log.error("%s=%s: killing this %s worker (pid %d) on %s", FAULT_ENV, os.environ.get(FAULT_ENV),
+                  f.stage, os.getpid(), uri)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        os._exit(FAULT_EXIT_CODE)
+
+
+def _encode_jpeg(crop: np.ndarray, quality: int) -> bytes:
+    import cv2
+
+    ok, buf = cv2.imencode(".jpg", crop[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise ValueError("JPEG encoding of a face crop failed")
+    return buf.tobytes()
+
+
+def _decode_jpeg(data: bytes) -> np.ndarray:
+    import cv2
+
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    return img[:, :, ::-1]
+
+
+def pack_faces(records: list[Any], jpeg_quality: int) -> bytes:
+    """Face records of one video → one compact npz blob (no pickles)."""
+    n = len(records)
+    n_au, n_fe = len(AU_NAMES), len(FE_BASIC)
+
+    def arr(get, shape, dtype=np.float32, fill=np.nan):
+        out = np.full((n, *shape), fill, dtype=dtype)
+        for i, r in enumerate(records):
+            v = get(r)
+            if v is not None:
+                out[i] = v
+        return out
+
+    crops = [_encode_jpeg(r.crop, jpeg_quality) for r in records]
+    lengths = np.array([len(c) for c in crops], np.int64)
+    payload = {
+        "frame_index": arr(lambda r: r.frame_index, (), np.int32, -1),
+        "timestamp_s": arr(lambda r: r.timestamp_s, (), np.float64),
+        "bbox": arr(lambda r: r.bbox, (4,)),
+        "det_score": arr(lambda r: r.det_score, ()),
+        "kps": arr(lambda r: r.kps, (5, 2)),
+        "pose": arr(lambda r: r.pose, (3,)),
+        "age": arr(lambda r: r.age, ()),
+        "gender_score": arr(lambda r: r.gender_score, ()),
+        "au_evidence": arr(lambda r: r.au_evidence, (n_au,)),
+        "fe_prior": arr(lambda r: r.fe_prior, (n_fe,)),
+        "blendshapes": arr(lambda r: r.blendshapes, (52,)),
+        "track_id": arr(lambda r: r.track_id, (), np.int32, -1),
+        "segment_id": arr(lambda r: r.segment_id, (), np.int32, 0),
+        "gender": np.array([r.gender or "" for r in records], dtype="U8"),
+        "flags": np.array([",".join(r.flags or []) for r in records], dtype="U512"),
+        "crop_lengths": lengths,
+        "crops": np.frombuffer(b"".join(crops), np.uint8) if crops else np.zeros(0, np.uint8),
+    }
+    buf = io.BytesIO()
+    np.savez(buf, **payload)
+    return buf.getvalue()
+
+
+def unpack_faces(blob: bytes) -> dict[str, Any]:
+    with np.load(io.BytesIO(blob), allow_pickle=False) as z:
+        out = {k: z[k] for k in z.files}
+    offsets = np.concatenate([[0], np.cumsum(out.pop("crop_lengths"))]).astype(np.int64)
+    raw = out.pop("crops").tobytes()
+    out["crop_jpeg"] = [raw[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
+    return out
+
+
+class DecodeFacesStage:
+    """Decode + sample + face extraction for whole videos (the unit of work and of failure)."""
+
+    def __init__(self, cfg: Any):
+        from workflows.faces import FaceExtractor
+
+        self.cfg = cfg
+        self.policy = cfg.decode.policy()
+        self.extractor = FaceExtractor(cfg.faces, assets_dir=cfg.assets.dir)
+        self._faults = injected_faults("faces")
+
+    def process_video(self, video_id: str, uri: str) -> dict[str, Any]:
+        from workflows.annotate.decode import DecodeError, VideoReader
+
+        if self._faults:
+            _inject_fault(self._faults, uri)
+        row: dict[str, Any] = {"video_id": video_id, "video_uri": uri, "status": "ok", "error": None,
+                               "error_kind": None, "n_frames": 0, "n_faces": 0, "n_tracks": 0,
+                               "sampling": str(self.policy), "faces_npz": b""}
+        t0, c0 = time.perf_counter(), time.process_time()
+        counter = {"n": 0}
+
+        def counted(frames):
+            for f in frames:
+                counter["n"] += 1
+                yield f
+
+        try:
+            with VideoReader(uri, self.policy, self.cfg.decode.limits,
+                             seek_min_gap_s=self.cfg.decode.seek_min_gap_s, threads=self.cfg.decode.threads) as reader:
+                p = reader.probe
+                row.update(duration_s=p.duration_s, fps=p.fps, codec=p.codec)
+                records = self.extractor.process_video(counted(reader.frames()))
+                w, h = p.display_size
+                row.update(width=w, height=h, rotation=p.rotation)
+            row["n_frames"] = counter["n"]
+            row["n_faces"] = len(records)
+            row["n_tracks"] = len({(r.track_id, r.segment_id) for r in records})
+            row["faces_npz"] = pack_faces(records, self.cfg.output.jpeg_quality)
+        except DecodeError as e:
+            row.update(status="error", error=e.message, error_kind=e.kind, n_frames=counter["n"])
+        except Exception as e:  # noqa: BLE001 - one video's failure is data, not a crashed job
+            log.exception("face extraction failed on %s", uri)
+            row.update(status="error", error=f"{type(e).__name__}: {e}", error_kind="face_stage_exception",
+                       n_frames=counter["n"])
+            row["traceback"] = traceback.format_exc(limit=5)
+        row["decode_faces_s"] = time.perf_counter() - t0
+        row["decode_faces_cpu_s"] = time.process_time() - c0
+        return row
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
+        rows = [self.process_video(str(v), str(u)) for v, u in zip(batch["video_id"], batch["uri"], strict=True)]
+        return _columns(rows, VIDEO_FIELDS + ("faces_npz",))
+
+
+def _columns(rows: list[dict], fields: tuple[str, ...]) -> dict[str, list]:
+    return {k: [r.get(k) for r in rows] for k in fields}
+
+
+def _ipc(t: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, t.schema) as w:
+        w.write_table(t)
+    return sink.getvalue().to_pybytes()
+
+
+def read_ipc(data: bytes) -> pa.Table:
+    return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
+
+
+class MllmStage:
+    """Scores every face of a batch of videos with the MLLM, aggregates track segments, and
+    emits the final faces/tracks tables (Arrow IPC) per video."""
+
+    def __init__(self, cfg: Any, run_id: str):
+        from model import load_model
+
+        self.cfg = cfg
+        self.run_id = run_id
+        self.model = load_model(cfg.model.uri, device=cfg.model.device)
+        self.model_id = self.model.model_id
+        self._faults = injected_faults("mllm")
+
+    def _score(self, faces: dict[str, Any], video_key: int) -> dict[str, Any]:
+        n = len(faces["frame_index"])
+        fe = np.zeros((n, len(FE_BASIC)), np.float32)
+        au = np.full((n, len(AU_NAMES)), np.nan, np.float32)
+        desc: list[str | None] = [None] * n
+        bs = max(1, self.cfg.model.batch_size)
+        track_key = (faces["track_id"].astype(np.int64) << 20) + faces["segment_id"].astype(np.int64)
+        for s in range(0, n, bs):
+            sl = slice(s, min(n, s + bs))
+            batch = {
+                "crop": np.stack([_decode_jpeg(c) for c in faces["crop_jpeg"][sl]]),
+                "au_evidence": faces["au_evidence"][sl], "fe_prior": faces["fe_prior"][sl],
+                "age": faces["age"][sl], "gender": [g or None for g in faces["gender"][sl].tolist()],
+                "track_key": track_key[sl] + (video_key << 40), "blendshapes": faces["blendshapes"][sl],
+                "pose": faces["pose"][sl],
+            }
+            out = self.model.annotate(batch)
+            fe[sl] = out["fe_probs"]
+            au[sl] = out["au_probs"]
+            desc[sl] = list(out.get("description") or [None] * (sl.stop - sl.start))
+        return {"fe": fe, "au": au, "description": desc}
+
+    def process_video(self, row: dict[str, Any], video_key: int) -> dict[str, Any]:
+        if self._faults:
+            _inject_fault(self._faults, str(row.get("video_uri")))
+        t0 = time.perf_counter()
+        out = {k: row.get(k) for k in VIDEO_FIELDS}
+        faces_t, tracks_t = schema.FACES.empty_table(), schema.TRACKS.empty_table()
+        if row["status"] == "ok" and row.get("faces_npz"):
+            try:
+                faces = unpack_faces(row["faces_npz"])
+                if len(faces["frame_index"]):
+                    scores = self._score(faces, video_key)
+                    faces_t, tracks_t = self._tables(row["video_id"], faces, scores)
+            except Exception as e:  # noqa: BLE001 - a model failure on one video is data
+                log.exception("MLLM stage failed on %s", row.get("video_uri"))
+                out.update(status="error", error=f"MLLM stage: {type(e).__name__}: {e}",
+                           error_kind="mllm_stage_exception")
+                faces_t, tracks_t = schema.FACES.empty_table(), schema.TRACKS.empty_table()
+        out["mllm_s"] = time.perf_counter() - t0
+        out["model_id"] = self.model_id
+        out["faces_ipc"] = _ipc(faces_t)
+        out["tracks_ipc"] = _ipc(tracks_t)
+        return out
+
+    def _tables(self, video_id: str, f: dict[str, Any], s: dict[str, Any]) -> tuple[pa.Table, pa.Table]:
+        thr = self.cfg.model.au_threshold
+        fe, au = s["fe"], s["au"]
+        face_rows = []
+        n = len(f["frame_index"])
+        keep_crops = self.cfg.output.crops
+        for i in range(n):
+            k = int(np.argmax(fe[i]))
+            au_row = au[i]
+            face_rows.append({
+                "video_id": video_id, "frame_index": int(f["frame_index"][i]),
+                "timestamp_s": float(f["timestamp_s"][i]), "track_id": int(f["track_id"][i]),
+                "segment_id": int(f["segment_id"][i]), "bbox": f["bbox"][i].tolist(),
+                "det_score": float(f["det_score"][i]), "landmarks_5": f["kps"][i].reshape(-1).tolist(),
+                "pose": f["pose"][i].tolist(), "age": _opt(f["age"][i]), "gender": f["gender"][i] or None,
+                "gender_score": _opt(f["gender_score"][i]), "fe_label": FE_BASIC[k],
+                "fe_confidence": float(fe[i, k]), "fe_probs": schema.probs_map(FE_BASIC, fe[i]),
+                "au_probs": schema.probs_map(AU_NAMES, au_row),
+                "au_active": [a for a, p in zip(AU_NAMES, au_row, strict=True) if p == p and p >= thr],
+                "au_evidence": schema.probs_map(AU_NAMES, f["au_evidence"][i]),
+                "fe_prior": schema.probs_map(FE_BASIC, f["fe_prior"][i]),
+                "flags": [x for x in str(f["flags"][i]).split(",") if x],
+                "description": s["description"][i], "crop_jpeg": f["crop_jpeg"][i] if keep_crops else None,
+                "model_id": self.model_id, "run_id": self.run_id,
+            })
+        track_rows = []
+        keys = sorted({(int(t), int(g)) for t, g in zip(f["track_id"], f["segment_id"], strict=True)})
+        for tid, seg in keys:
+            idx = np.nonzero((f["track_id"] == tid) & (f["segment_id"] == seg))[0]
+            p_fe = fe[idx].mean(axis=0)
+            p_fe = p_fe / max(float(p_fe.sum()), 1e-9)
+            with warnings.catch_warnings():  # an AU unavailable on every face stays NaN
+                warnings.simplefilter("ignore", RuntimeWarning)
+                p_au = np.nanmean(au[idx], axis=0)
+            k = int(np.argmax(p_fe))
+            descs = [s["description"][i] for i in idx if s["description"][i]]
+            track_rows.append({
+                "video_id": video_id, "track_id": tid, "segment_id": seg,
+                "start_s": float(f["timestamp_s"][idx].min()), "end_s": float(f["timestamp_s"][idx].max()),
+                "n_frames": int(len(np.unique(f["frame_index"][idx]))), "fe_label": FE_BASIC[k],
+                "fe_confidence": float(p_fe[k]), "fe_probs": schema.probs_map(FE_BASIC, p_fe),
+                "au_probs": schema.probs_map(AU_NAMES, p_au),
+                "au_active": [a for a, p in zip(AU_NAMES, p_au, strict=True) if p == p and p >= thr],
+                "description": descs[0] if descs else None, "model_id": self.model_id, "run_id": self.run_id,
+            })
+        return schema.table("faces", face_rows), schema.table("tracks", track_rows)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
+        n = len(batch["video_id"])
+        rows = [{k: _scalar(batch[k][i]) for k in batch} for i in range(n)]
+        outs = [self.process_video(r, i) for i, r in enumerate(rows)]
+        return _columns(outs, RESULT_FIELDS)
+
+
+def _opt(v: Any) -> float | None:
+    v = float(v)
+    return None if math.isnan(v) else v
+
+
+def _scalar(v: Any) -> Any:
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+class FusedStage:
+    """Both stages in one actor, video by video: where the MLLM needs no GPU this saves an
+    actor process, its CPU share and an object-store hop, and a video's result no longer
+    waits for an MLLM batch to fill. A crash in either part loses only this actor's videos,
+    as with separate pools."""
+
+    def __init__(self, cfg: Any, run_id: str):
+        self.faces = DecodeFacesStage(cfg)
+        self.mllm = MllmStage(cfg, run_id)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
+        outs = [self.mllm.process_video(self.faces.process_video(str(v), str(u)), i)
+                for i, (v, u) in enumerate(zip(batch["video_id"], batch["uri"], strict=True))]
+        return _columns(outs, RESULT_FIELDS)

@@ -1,0 +1,216 @@
+"""Read an annotate output root: ``videos/``, ``faces/``, ``tracks/`` Parquet parts and ``runs/*.json``.
+
+Works the same on a local path and on ``s3://`` (every read goes through
+:mod:`workflows.core.storage`). Faces parts can be large (they carry JPEG crops), so nothing here
+reads a whole table unless asked: callers name the columns they need, and
+:meth:`AnnotationOutput.faces_by_video` streams one video at a time with at most a few parts
+in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from workflows.core import storage
+from workflows.corpus import schema
+
+log = logging.getLogger(__name__)
+
+class OutputError(Exception):
+    """A problem the user can fix: not an annotate output, unknown video, missing source file."""
+
+
+class AnnotationOutput:
+    """One annotate output root (local path or ``s3://bucket/prefix``)."""
+
+    def __init__(self, root: str):
+        self.root = root.rstrip("/") or root
+        if not storage.exists(storage.join(self.root, "videos")):
+            if not storage.exists(self.root):
+                raise OutputError(f"output not found: {root}")
+            raise OutputError(f"{root} is not a mien annotate output (it has no videos/ directory); "
+                              f"point --input at the --output of `mien annotate`")
+        self._parts: dict[str, list[str]] = {}
+        self._videos: pa.Table | None = None
+        self._video_parts: dict[str, dict[str, list[int]]] = {}
+
+    # -- parts ------------------------------------------------------------------------
+    def parts(self, name: str) -> list[str]:
+        """URIs of the committed Parquet parts of ``videos`` | ``faces`` | ``tracks``, sorted.
+
+        As in :mod:`workflows.corpus.writer`, a faces/tracks part counts only once the videos part of the
+        same name exists: without it, it is the leftover of a crashed run (the next annotate
+        run deletes it), and its rows would be counted twice after the rerun.
+        """
+        if name not in self._parts:
+            try:
+                uris = storage.list_files(storage.join(self.root, name), (".parquet",))
+            except FileNotFoundError:
+                uris = []
+            if name != "videos":
+                committed = {u.rsplit("/", 1)[-1] for u in self.parts("videos")}
+                skipped = [u for u in uris if u.rsplit("/", 1)[-1] not in committed]
+                if skipped:
+                    log.warning("ignoring %d uncommitted %s part(s) left by an interrupted run, e.g. %s",
+                                len(skipped), name, skipped[0])
+                uris = [u for u in uris if u not in skipped]
+            self._parts[name] = uris
+        return self._parts[name]
+
+    def read_part(self, uri: str, columns: list[str] | None = None, filters: Any = None) -> pa.Table:
+        """One part with ``columns``; columns a part lacks (older writers) come back as nulls."""
+        name = uri.rstrip("/").rsplit("/", 2)[-2]
+        fs, path = storage.filesystem(uri)
+        names = storage.with_retries(pq.read_schema)(path, filesystem=fs).names
+        present = set(names)
+        wanted = columns if columns is not None else names
+        have = [c for c in wanted if c in present]
+        t = storage.with_retries(pq.read_table)(path, filesystem=fs, columns=have, filters=filters)
+        contract = schema.TABLES.get(name)
+        for c in wanted:
+            if c not in present:
+                typ = contract.field(c).type if contract is not None and c in contract.names else pa.null()
+                t = t.append_column(pa.field(c, typ), pa.nulls(len(t), typ))
+        return t.select(wanted)
+
+    def read(self, name: str, columns: list[str] | None = None, filters: Any = None) -> pa.Table:
+        """All parts of one table concatenated (use for videos/tracks, or faces with few columns)."""
+        tables = [self.read_part(u, columns, filters) for u in self.parts(name)]
+        if not tables:
+            empty = schema.TABLES[name].empty_table()
+            return empty.select(columns) if columns is not None else empty
+        return pa.concat_tables(tables, promote_options="permissive")
+
+    # -- videos -----------------------------------------------------------------------
+    def videos(self) -> pa.Table:
+        """Every videos row (one per video and run)."""
+        if self._videos is None:
+            self._videos = self.read("videos")
+        return self._videos
+
+    def current_videos(self) -> list[dict[str, Any]]:
+        """One row per ``video_id``: its ``ok`` row if it has one, else its latest error row.
+
+        Each row gets ``attempts``: how many rows the video has across runs.
+        """
+        rows = self.videos().to_pylist()
+        best: dict[str, dict[str, Any]] = {}
+        attempts: dict[str, int] = {}
+        for r in rows:
+            vid = r["video_id"]
+            attempts[vid] = attempts.get(vid, 0) + 1
+            cur = best.get(vid)
+            if cur is None or _rank(r) > _rank(cur):
+                best[vid] = r
+        for vid, r in best.items():
+            r["attempts"] = attempts[vid]
+        return sorted(best.values(), key=lambda r: (r["status"] != "error", str(r["video_uri"])))
+
+    def find_video(self, key: str) -> dict[str, Any]:
+        """The current row of the video named by ``key``: a video_id, a unique id prefix, its
+        URI, or its file name. Raises :class:`OutputError` when nothing or several match."""
+        videos = self.current_videos()
+        for test in (lambda r: r["video_id"] == key, lambda r: r["video_uri"] == key,
+                     lambda r: r["video_id"].startswith(key),
+                     lambda r: str(r["video_uri"]).rsplit("/", 1)[-1] == key):
+            hits = [r for r in videos if test(r)]
+            if len(hits) == 1:
+                return hits[0]
+            if len(hits) > 1:
+                listing = ", ".join(f"{r['video_id']} ({r['video_uri']})" for r in hits[:5])
+                raise OutputError(f"{key!r} matches {len(hits)} videos: {listing}; give the full video_id")
+        raise OutputError(f"no video {key!r} in {self.root} ({len(videos)} videos; "
+                          f"`mien inspect {self.root} --videos` lists them)")
+
+    # -- faces ------------------------------------------------------------------------
+    def video_parts(self, name: str = "faces") -> dict[str, list[int]]:
+        """``video_id -> indices into parts(name)`` of the parts holding its rows (reads only ids)."""
+        if name not in self._video_parts:
+            index: dict[str, list[int]] = {}
+            for i, uri in enumerate(self.parts(name)):
+                ids = self.read_part(uri, ["video_id"]).column("video_id")
+                for vid in pc.unique(ids).to_pylist():
+                    index.setdefault(vid, []).append(i)
+            self._video_parts[name] = index
+        return self._video_parts[name]
+
+    def rows_of_video(self, video_id: str, name: str = "faces", columns: list[str] | None = None) -> pa.Table:
+        """Rows of one video from ``faces`` or ``tracks``, sorted by time then track."""
+        parts = self.parts(name)
+        tables = [self.read_part(parts[i], columns, filters=[("video_id", "=", video_id)])
+                  for i in self.video_parts(name).get(video_id, [])]
+        if not tables:
+            empty = schema.TABLES[name].empty_table()
+            return empty.select(columns) if columns is not None else empty
+        t = pa.concat_tables(tables, promote_options="permissive")
+        return _sort_rows(t, name)
+
+    def faces_by_video(self, columns: list[str], name: str = "faces") -> Iterator[tuple[str, pa.Table]]:
+        """``(video_id, rows)`` for every video with rows, each sorted by time then track.
+
+        Parts are read one at a time; a video's rows are yielded once the last part holding
+        them has been read (a video normally lives in one part, so little is held back).
+        """
+        cols = list(dict.fromkeys(["video_id", *columns]))
+        where = self.video_parts(name)
+        last_part = {vid: max(idx) for vid, idx in where.items()}
+        pending: dict[str, list[pa.Table]] = {}
+        for i, uri in enumerate(self.parts(name)):
+            t = self.read_part(uri, cols)
+            if not len(t):
+                continue
+            t = t.sort_by("video_id")  # then each video is one run of rows: slice, never filter
+            runs = pc.run_end_encode(t.column("video_id").combine_chunks())
+            start = 0
+            for vid, end in zip(runs.values.to_pylist(), runs.run_ends.to_pylist(), strict=True):
+                pending.setdefault(vid, []).append(t.slice(start, end - start))
+                start = end
+                if last_part[vid] == i:
+                    rows = pa.concat_tables(pending.pop(vid), promote_options="permissive")
+                    yield vid, _sort_rows(rows, name).select(columns)
+
+    # -- runs -------------------------------------------------------------------------
+    def runs(self) -> list[dict[str, Any]]:
+        """Every ``runs/<run_id>.json`` document, oldest first; unreadable ones are skipped."""
+        try:
+            uris = storage.list_files(storage.join(self.root, "runs"), (".json",))
+        except FileNotFoundError:
+            return []
+        docs = []
+        for uri in uris:
+            try:
+                doc = json.loads(storage.read_text(uri))
+            except (OSError, ValueError) as e:
+                log.warning("skipping unreadable run file %s (%s)", uri, e)
+                continue
+            doc.setdefault("run_id", uri.rsplit("/", 1)[-1].removesuffix(".json"))
+            docs.append(doc)
+        return sorted(docs, key=lambda d: str(d.get("run_id")))
+
+
+def _rank(row: dict[str, Any]) -> tuple[int, Any, str]:
+    """Order of preference among a video's rows: ok over error, then the most recent."""
+    finished = row.get("finished_at")
+    return (row.get("status") == "ok", finished.timestamp() if finished is not None else 0.0,
+            str(row.get("run_id") or ""))
+
+
+def _sort_rows(t: pa.Table, name: str) -> pa.Table:
+    keys = [("timestamp_s", "ascending"), ("track_id", "ascending")] if name == "faces" \
+        else [("start_s", "ascending"), ("track_id", "ascending")]
+    keys = [k for k in keys if k[0] in t.column_names]
+    return t.sort_by(keys) if keys and len(t) else t
+
+
+def top_active_aus(au_active: list[str] | None, au_probs: list[tuple[str, float]] | dict[str, float] | None,
+                   k: int = 3) -> list[str]:
+    """The ``k`` most probable of a face's active AUs (``au_probs`` as a map column gives it)."""
+    probs = dict(au_probs or [])
+    return sorted(au_active or [], key=lambda a: -probs.get(a, 0.0))[:k]

@@ -1,0 +1,1180 @@
+"""``mien retrain``: retrain on new pseudo-labels and promote the result only when it is better.
+
+One invocation is one retraining cycle; there is no scheduler loop (run it from cron, a
+Kubernetes CronJob or a KubeRay RayCronJob)::
+
+    champion @champion ─► its data watermark (MLflow tag mien.data_watermark: per annotate output,
+                          the newest committed finished_at it was trained up to)
+    annotate outputs ─► committed ok videos rows newer than the watermark ─► none: "no new data", exit
+                     ─► their faces ─► PseudoLabelFilter ─► instruction rows ─► hash split by group
+    train (workflows.training.train, from the champion's weights by default) ─► registered @candidate
+    evaluate candidate AND champion on the same fixed holdout ─► decide ─► record ─► move @champion
+
+The holdout is either a labeled data set (``holdout.uri``) or the ``holdout`` split of the
+pseudo-labels; group → split is a hash of the group id, so a video never moves between
+splits and is never trained on in any cycle once it hashed into the holdout.
+
+Idempotency: the cycle has a deterministic id (watermark range + base champion version +
+configuration hash). Everything it produces lives under ``WORK/<id>/`` and in MLflow under
+that id, and every step first looks for its finished result there::
+
+    WORK/<id>/plan.json          what the cycle is about (sources, counts, configuration)
+    WORK/<id>/data/              training instruction Parquet (+ _SUCCESS.json)
+    WORK/<id>/holdout/           pseudo-label holdout instruction Parquet, if no holdout.uri
+    WORK/<id>/train/             Ray Train checkpoints (a rerun resumes an interrupted fit)
+    WORK/<id>/model/             the candidate model directory
+    WORK/<id>/train.json         training finished and the candidate's registered version
+    WORK/<id>/eval/*.json        holdout reports of the candidate and the champion
+    WORK/<id>/decision.json      the decision and its reasons (also MLflow tags / metrics)
+
+The ``champion`` alias is moved last and only from the champion the decision was made
+against (compare and set), so a rerun never promotes twice and never demotes a champion
+that someone else promoted in the meantime. One retrain per model name at a time (the
+CronJob's ``concurrencyPolicy: Forbid``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import io
+import json
+import logging
+import os
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from workflows.core import storage
+from workflows.training.instructions import DEFAULT_SPLITS, DEFAULT_TASKS, TASKS, PseudoLabelFilter
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+WATERMARK_TAG = "mien.data_watermark"
+RETRAIN_ID_TAG = "mien.retrain_id"
+
+
+# ---------------------------------------------------------------------------------------------
+# configuration
+
+
+@dataclasses.dataclass
+class RetrainDataConfig:
+    """Which pseudo-labels a cycle trains on."""
+
+    sources: list[str] = dataclasses.field(default_factory=list)  # annotate outputs or prefixes holding them
+    # new: only videos annotated after the champion's watermark (fine-tuning the champion);
+    # all: every committed video up to the new watermark (a full retrain; new data only triggers it).
+    window: Literal["new", "all"] = "new"
+    tasks: list[str] = dataclasses.field(default_factory=lambda: list(DEFAULT_TASKS))
+    filter: PseudoLabelFilter = dataclasses.field(default_factory=PseudoLabelFilter)
+    # Hash split of group ids (video, or video/track); rows of other splits than the training
+    # config's train/val splits (e.g. holdout) are never trained on.
+    splits: dict[str, float] = dataclasses.field(default_factory=lambda: dict(DEFAULT_SPLITS))
+    min_train_rows: int = 1  # fewer training rows after filtering: wait for more data, train nothing
+
+    def validate(self) -> list[str]:
+        problems = []
+        unknown = [t for t in self.tasks if t not in TASKS]
+        if unknown or not self.tasks:
+            problems.append(f"tasks: must be a non-empty subset of {list(TASKS)}, got {self.tasks}")
+        fractions = list(self.splits.values())
+        if not fractions or any(v < 0 for v in fractions) or abs(sum(fractions) - 1) > 1e-6:
+            problems.append(f"splits: fractions must be >= 0 and sum to 1, got {self.splits}")
+        if self.min_train_rows < 1:
+            problems.append(f"min_train_rows: must be >= 1, got {self.min_train_rows}")
+        return problems
+
+
+@dataclasses.dataclass
+class HoldoutConfig:
+    """The fixed set both candidate and champion are scored on."""
+
+    # Labeled data (anything `mien evaluate --data` reads). null: the `split` split of the
+    # pseudo-labels of every source, which is biased towards the model that made those labels.
+    uri: str | None = None
+    format: Literal["auto", "instructions", "annotations", "records", "labeled"] = "auto"
+    # Only rows of this split of `uri` (data without a split column is hash-split as `mien
+    # evaluate --split` does); null: every row.
+    uri_split: str | None = None
+    split: str = "holdout"  # the pseudo-label holdout: this split of data.splits
+    filter: PseudoLabelFilter | None = None  # pseudo-label holdout filter; null: data.filter
+    max_faces: int = 2000  # a seeded sample beyond this (the same faces for both models)
+    min_faces: int = 20  # a smaller holdout cannot support a decision: nothing is trained
+
+    def validate(self) -> list[str]:
+        problems = []
+        if self.uri is None and not self.split:
+            problems.append("split: the pseudo-label holdout needs a split name (or give uri)")
+        if self.uri is not None and self.filter is not None:
+            problems.append("filter: only applies to the pseudo-label holdout (uri is set)")
+        if self.max_faces < 0 or self.min_faces < 1:
+            problems.append("max_faces must be >= 0 (0 = all) and min_faces >= 1")
+        return problems
+
+
+@dataclasses.dataclass
+class RetrainTrainConfig:
+    """How the candidate is trained: a `mien train` config plus overrides."""
+
+    config: str = "jobs/configs/train/tiny_cpu.yaml"  # relative paths: to the working dir, then the repo
+    overrides: list[str] = dataclasses.field(default_factory=list)  # `--set` style, e.g. optim.lr=1e-4
+    # Start from the champion's weights (and architecture) when there is one; else the config's model.
+    init_from_champion: bool = True
+
+
+@dataclasses.dataclass
+class EvaluationConfig:
+    """How the holdout is scored (the same settings for candidate and champion)."""
+
+    batch_size: int = 32
+    au_threshold: float = 0.5
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Score in a Ray task with these resources (GPU clusters: the driver has no GPU); false: in
+    # this process.
+    ray_task: bool = False
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+
+    def validate(self) -> list[str]:
+        problems = []
+        if self.batch_size < 1 or not 0 < self.au_threshold < 1:
+            problems.append("batch_size must be >= 1 and au_threshold in (0, 1)")
+        if self.num_cpus < 0 or self.num_gpus < 0:
+            problems.append("num_cpus/num_gpus: must be >= 0")
+        return problems
+
+
+@dataclasses.dataclass
+class PromotionConfig:
+    """When the candidate replaces the champion."""
+
+    metric: str = "fe/uar"  # a key of workflows.evaluation.metrics.flat_metrics: fe/accuracy, fe/uar, fe/ece, au/mean_f1
+    mode: Literal["max", "min"] = "max"  # min for metrics where lower is better (fe/ece)
+    margin: float = 0.01  # the candidate must beat the champion by at least this (absolute)
+    minimum: float = 0.0  # and reach this (max mode; at most this in min mode), with or without a champion
+    alias: str = "champion"
+    candidate_alias: str = "candidate"
+
+    def validate(self) -> list[str]:
+        problems = []
+        if not self.metric or "/" not in self.metric:
+            problems.append(f"metric: a report metric such as fe/uar, got {self.metric!r}")
+        if self.margin < 0:
+            problems.append(f"margin: must be >= 0, got {self.margin}")
+        if not self.alias or self.alias == self.candidate_alias:
+            problems.append("alias/candidate_alias: must be two different, non-empty aliases")
+        return problems
+
+
+@dataclasses.dataclass
+class RetrainMlflowConfig:
+    tracking_uri: str | None = None  # MLFLOW_TRACKING_URI wins; default sqlite:///mlflow.db
+    experiment: str = "mien-retrain"
+    artifact_location: str | None = None  # for a new experiment; default mlartifacts/ beside sqlite
+
+
+@dataclasses.dataclass
+class RetrainTestingConfig:
+    # Raise right after this step completed (its results persisted): exercises crash safety.
+    fail_after: Literal["", "data", "train", "register", "evaluate", "decide"] = ""
+
+
+@dataclasses.dataclass
+class RetrainConfig:
+    """Everything ``mien retrain`` reads from ``--config`` (plus ``--set`` overrides)."""
+
+    model_name: str = "mien"  # registered model name in MLflow
+    work_dir: str = "retrain"  # local or s3://; one sub-directory per cycle
+    data: RetrainDataConfig = dataclasses.field(default_factory=RetrainDataConfig)
+    holdout: HoldoutConfig = dataclasses.field(default_factory=HoldoutConfig)
+    train: RetrainTrainConfig = dataclasses.field(default_factory=RetrainTrainConfig)
+    evaluate: EvaluationConfig = dataclasses.field(default_factory=EvaluationConfig)
+    promotion: PromotionConfig = dataclasses.field(default_factory=PromotionConfig)
+    mlflow: RetrainMlflowConfig = dataclasses.field(default_factory=RetrainMlflowConfig)
+    testing: RetrainTestingConfig = dataclasses.field(default_factory=RetrainTestingConfig)
+
+    def validate(self) -> list[str]:
+        from workflows.core.config import ConfigError
+
+        problems = []
+        if not self.model_name or "/" in self.model_name or "@" in self.model_name:
+            problems.append(f"model_name: a registered model name without '/' or '@', got {self.model_name!r}")
+        if self.holdout.uri is None and self.holdout.split not in self.data.splits:
+            problems.append(f"holdout.split: {self.holdout.split!r} is not one of data.splits "
+                            f"{list(self.data.splits)} (or set holdout.uri to a labeled set)")
+        try:
+            tcfg = load_candidate_train_config(self)
+        except ConfigError as e:
+            problems += [f"train.config: {p}" for p in e.problems]
+        else:
+            if tcfg.data.train_split not in self.data.splits:
+                problems.append(f"data.splits: lacks the training config's train split {tcfg.data.train_split!r}")
+            if self.holdout.uri is None and self.holdout.split in (tcfg.data.train_split, tcfg.data.val_split):
+                problems.append(f"holdout.split: {self.holdout.split!r} is trained on (the training config's "
+                                "train/val split)")
+        return problems
+
+
+def load_retrain_config(path: str | None, overrides: Sequence[str] = ()) -> RetrainConfig:
+    """Validated :class:`RetrainConfig` (the training config it names is validated too)."""
+    from workflows.core.config import load_config
+
+    return load_config(RetrainConfig, path, list(overrides))
+
+
+def _train_config_path(path: str) -> str:
+    if storage.is_remote(path) or os.path.exists(path) or os.path.isabs(path):
+        return path
+    in_repo = REPO_ROOT / path
+    return str(in_repo) if in_repo.exists() else path
+
+
+def _train_config_data(cfg: RetrainConfig) -> dict[str, Any]:
+    """The training config file merged with ``train.overrides`` (what identifies the training)."""
+    from workflows.core.config import deep_merge, parse_overrides, read_yaml
+
+    return deep_merge(read_yaml(_train_config_path(cfg.train.config)), parse_overrides(cfg.train.overrides))
+
+
+def load_candidate_train_config(cfg: RetrainConfig, runtime: Mapping[str, Any] | None = None) -> Any:
+    """The :class:`workflows.training.train.TrainConfig` of the candidate: file, ``train.overrides``, then
+    ``runtime`` (settings the retrain owns: checkpoint path, registry name, init_from ...)."""
+    from workflows.core.config import deep_merge, from_dict
+    from workflows.training.train import TrainConfig
+
+    data = _train_config_data(cfg)
+    if runtime:
+        data = deep_merge(data, runtime)
+    return from_dict(TrainConfig, data, source=cfg.train.config)
+
+
+# ---------------------------------------------------------------------------------------------
+# annotate outputs: committed videos and their faces
+
+
+def _ms_to_iso(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="milliseconds")
+
+
+def _iso_to_ms(text: str) -> int:
+    return int(dt.datetime.fromisoformat(text).timestamp() * 1000)
+
+
+def _source_key(uri: str) -> str:
+    uri = uri.rstrip("/")
+    return uri if storage.is_remote(uri) else os.path.abspath(storage.strip_file_scheme(uri))
+
+
+def discover_outputs(uri: str) -> list[str]:
+    """Annotate output roots at or under ``uri``: every directory holding a ``videos/`` Parquet part.
+
+    ``s3://bucket/annotations/`` with one output per night gives each night's root. Raises
+    FileNotFoundError when ``uri`` does not exist or holds no annotate output."""
+    files = storage.list_files(uri, suffixes=(".parquet",))
+    roots = sorted({f.rsplit("/", 2)[0] for f in files if f.rsplit("/", 2)[-2:-1] == ["videos"]})
+    if not roots:
+        raise FileNotFoundError(f"{uri}: no mien annotate output (no videos/*.parquet) at or under it")
+    return [_source_key(r) for r in roots]
+
+
+def read_committed_videos(root: str) -> Any:
+    """Committed ``ok`` rows of ``ROOT/videos/*.parquet`` as a DataFrame (``video_id``, ``video_uri``,
+    ``run_id``, ``finished_ms``, ``part``). A videos part is the commit marker of the faces part
+    of the same name (``workflows.corpus.writer``), so faces are only ever read through these rows."""
+    import pandas as pd
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    columns = ["video_id", "video_uri", "run_id", "finished_ms", "part"]
+    frames = []
+    for uri in storage.list_files(storage.join(root, "videos"), suffixes=(".parquet",)):
+        t = pq.read_table(io.BytesIO(storage.read_bytes(uri)))
+        missing = {"video_id", "status", "run_id", "finished_at"} - set(t.column_names)
+        if missing:
+            raise ValueError(f"{uri}: videos table lacks {sorted(missing)}; not a mien annotate output?")
+        ok = pc.and_(pc.fill_null(pc.equal(t.column("status"), "ok"), False),
+                     pc.invert(pc.is_null(t.column("finished_at"))))
+        t = t.filter(ok)
+        if not t.num_rows:
+            continue
+        finished = pc.cast(t.column("finished_at").cast(_ts_ms()), "int64").to_pylist()
+        uris = t.column("video_uri").to_pylist() if "video_uri" in t.column_names else [None] * t.num_rows
+        frames.append(pd.DataFrame({"video_id": t.column("video_id").to_pylist(), "video_uri": uris,
+                                    "run_id": t.column("run_id").to_pylist(), "finished_ms": finished,
+                                    "part": uri.rsplit("/", 1)[-1]}, columns=columns))
+    if not frames:
+        return pd.DataFrame(columns=columns)
+    return pd.concat(frames, ignore_index=True)
+
+
+def _ts_ms() -> Any:
+    import pyarrow as pa
+
+    return pa.timestamp("ms", tz="UTC")
+
+
+def read_faces(root: str, videos: Any, keep_video: Callable[[str], bool] | None = None) -> Any:
+    """Faces of the given committed ``videos`` rows (same part, same video and run), as a DataFrame
+    that :func:`workflows.training.instructions.instructions_from_annotations` takes (``video_uri`` joined)."""
+    import pandas as pd
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    if keep_video is not None and len(videos):
+        videos = videos[videos["video_id"].map(keep_video)]
+    frames = []
+    for part, rows in videos.groupby("part", sort=True):
+        uri = storage.join(root, "faces", part)
+        if not storage.exists(uri):
+            continue  # a chunk without faces writes an empty part; older outputs may lack it
+        t = pq.read_table(io.BytesIO(storage.read_bytes(uri)))
+        if not t.num_rows:
+            continue
+        t = t.filter(pc.is_in(t.column("video_id"), value_set=_string_array(rows["video_id"].unique())))
+        df = t.to_pandas()
+        wanted = set(zip(rows["video_id"], rows["run_id"], strict=True))
+        df = df[[(v, r) in wanted for v, r in zip(df["video_id"], df["run_id"], strict=True)]]
+        frames.append(df)
+    if not frames:
+        return pd.DataFrame()
+    faces = pd.concat(frames, ignore_index=True)
+    uris = dict(zip(videos["video_id"], videos["video_uri"], strict=True))
+    faces["video_uri"] = faces["video_id"].map(uris)
+    return faces
+
+
+def _string_array(values: Any) -> Any:
+    import pyarrow as pa
+
+    return pa.array([str(v) for v in values], pa.string())
+
+
+# ---------------------------------------------------------------------------------------------
+# the plan
+
+
+@dataclasses.dataclass
+class SourcePlan:
+    root: str
+    watermark_from: str | None  # the champion's (exclusive)
+    watermark_to: str | None  # the newest committed finished_at now (inclusive)
+    new_videos: int
+    new_runs: list[str]
+
+
+@dataclasses.dataclass
+class RetrainPlan:
+    """What a cycle is about; ``--dry-run`` prints it, ``plan.json`` stores it."""
+
+    model_name: str
+    retrain_id: str | None
+    work_uri: str | None
+    champion_version: str | None
+    champion_uri: str | None  # what the champion is loaded from (init_from and evaluation)
+    sources: list[SourcePlan]
+    watermark: dict[str, str]  # the new data watermark (tagged on the candidate)
+    data: dict[str, Any] = dataclasses.field(default_factory=dict)  # counts after filtering and split
+    holdout: dict[str, Any] = dataclasses.field(default_factory=dict)
+    train: dict[str, Any] = dataclasses.field(default_factory=dict)
+    promotion: dict[str, Any] = dataclasses.field(default_factory=dict)
+    done: list[str] = dataclasses.field(default_factory=list)  # steps an earlier attempt finished
+    warnings: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def new_videos(self) -> int:
+        return sum(s.new_videos for s in self.sources)
+
+    @property
+    def new_runs(self) -> list[str]:
+        return sorted({r for s in self.sources for r in s.new_runs})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def render(self) -> str:
+        champ = (f"{self.model_name} v{self.champion_version} ({self.champion_uri})" if self.champion_version
+                 else f"{self.model_name}: none yet (first champion needs {self.promotion.get('metric')} "
+                      f"{'>=' if self.promotion.get('mode') == 'max' else '<='} {self.promotion.get('minimum')})")
+        lines = [f"retrain {self.retrain_id}" + (f" -> {self.work_uri}" if self.work_uri else ""),
+                 f"champion: {champ}",
+                 f"new data: {self.new_videos} video(s) from {len(self.new_runs)} annotate run(s)"]
+        for s in self.sources:
+            if s.new_videos:
+                lines.append(f"  {s.root}: {s.new_videos} video(s) after {s.watermark_from or 'the beginning'} "
+                             f"up to {s.watermark_to}; runs {', '.join(s.new_runs[:8])}"
+                             + (" ..." if len(s.new_runs) > 8 else ""))
+        d = self.data
+        if d:
+            dropped = ", ".join(f"{k} {v}" for k, v in sorted(d.get("dropped", {}).items()) if v) or "none"
+            lines.append(f"pseudo-labels ({d.get('window')} window): {d.get('faces_read')} faces read, "
+                         f"{d.get('faces_kept')} kept (dropped: {dropped})")
+            splits = ", ".join(f"{k} {v['rows']} rows/{v['groups']} groups" for k, v in d.get("splits", {}).items())
+            lines.append(f"  splits: {splits or '-'}; training rows {d.get('train_rows')} "
+                         f"(train + val), {d.get('leak_dropped', 0)} dropped as holdout overlap")
+        h = self.holdout
+        if h:
+            lines.append(f"holdout: {h.get('source')} ({h.get('faces')} faces)")
+        t = self.train
+        if t:
+            init = t.get("init_from") or "the config's architecture (random init where it has no source)"
+            lines.append(f"train: {t.get('config')} {' '.join(t.get('overrides', []))}".rstrip())
+            lines.append(f"  from {init}; registered as {self.model_name}@{self.promotion.get('candidate_alias')}")
+        p = self.promotion
+        if p:
+            against = f"v{self.champion_version}" if self.champion_version else "no champion"
+            lines.append(f"evaluate: candidate and {against} on the holdout; promote to @{p.get('alias')} when "
+                         f"{p.get('metric')} is better by >= {p.get('margin')} ({p.get('mode')}) and reaches "
+                         f"{p.get('minimum')}")
+        if self.done:
+            lines.append(f"already done by an earlier attempt: {', '.join(self.done)}")
+        lines += [f"warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# MLflow registry helpers
+
+
+def _store_exists(tracking: str) -> bool:
+    """False for a sqlite store whose file does not exist (opening it would create it)."""
+    if tracking.startswith("sqlite:///"):
+        return os.path.exists(tracking[len("sqlite:///"):])
+    return True
+
+
+def _client(tracking: str) -> Any:
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking)  # models:/ URIs (init_from, evaluation) resolve through the same store
+    return mlflow.MlflowClient(tracking)
+
+
+def aliased_version(client: Any, name: str, alias: str) -> Any | None:
+    """The model version ``alias`` points at, or None (no such model or alias)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException:
+        return None
+    version = (model.aliases or {}).get(alias)
+    return client.get_model_version(name, str(version)) if version is not None else None
+
+
+def model_source(client: Any, name: str, version: str) -> str:
+    """Where a registered version's model directory lives: its artifact location when that is a
+    local path or ``s3://`` (loadable by every worker without a registry lookup), else
+    ``models:/name/version``."""
+    try:
+        uri = client.get_model_version_download_uri(name, version)
+    except Exception:  # noqa: BLE001 - fall back to the registry URI
+        uri = ""
+    if uri.startswith("file://"):
+        uri = uri[len("file://"):]
+    if uri.startswith("s3://") or (uri.startswith("/") and os.path.isdir(uri)):
+        return uri
+    return f"models:/{name}/{version}"
+
+
+def watermark_of(version: Any) -> dict[str, int]:
+    """Per annotate output, the newest ``finished_at`` (ms) the version was trained up to."""
+    if version is None:
+        return {}
+    text = (version.tags or {}).get(WATERMARK_TAG)
+    if not text:
+        log.warning("champion %s v%s has no %s tag: every annotated video counts as new", version.name,
+                    version.version, WATERMARK_TAG)
+        return {}
+    return {k: _iso_to_ms(v) for k, v in json.loads(text).items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# the decision
+
+
+@dataclasses.dataclass
+class Decision:
+    promote: bool
+    reasons: list[str]
+    metric: str
+    mode: str
+    margin: float
+    minimum: float
+    candidate_value: float | None
+    champion_value: float | None
+    candidate_version: str | None
+    champion_version: str | None
+    delta: float | None
+    counts: dict[str, Any] = dataclasses.field(default_factory=dict)
+    decided_at: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def decide(candidate: Mapping[str, Any], champion: Mapping[str, Any] | None, p: PromotionConfig, *,
+           holdout_faces: int, min_faces: int, candidate_version: str | None = None,
+           champion_version: str | None = None) -> Decision:
+    """Compare two holdout reports (``workflows.evaluation.metrics`` reports; ``champion`` None: no champion).
+
+    Promote when the candidate's ``p.metric`` reaches ``p.minimum`` and, with a champion, beats
+    it by at least ``p.margin`` (``mode`` max: higher is better; min: lower is better)."""
+    from workflows.evaluation.metrics import flat_metrics
+
+    sign = 1.0 if p.mode == "max" else -1.0
+    cand = flat_metrics(candidate).get(p.metric)
+    champ = flat_metrics(champion).get(p.metric) if champion is not None else None
+    reasons: list[str] = []
+    ok = True
+    if holdout_faces < min_faces:
+        ok = False
+        reasons.append(f"holdout has {holdout_faces} faces, fewer than holdout.min_faces={min_faces}")
+    if cand is None:
+        ok = False
+        reasons.append(f"the candidate's report has no {p.metric} (labels for it missing on the holdout?)")
+    else:
+        if sign * (cand - p.minimum) >= 0:
+            reasons.append(f"{p.metric} {cand:.4f} reaches the minimum {p.minimum}")
+        else:
+            ok = False
+            reasons.append(f"{p.metric} {cand:.4f} does not reach the minimum {p.minimum}")
+    delta = None
+    if champion is None:
+        reasons.append("no champion yet: the minimum decides")
+    elif champ is None:
+        ok = False
+        reasons.append(f"the champion's report has no {p.metric}: not comparable, champion kept")
+    elif cand is not None:
+        delta = cand - champ
+        better = sign * delta
+        verdict = ">=" if better >= p.margin - 1e-12 else "<"
+        reasons.append(f"{p.metric} {cand:.4f} vs champion v{champion_version} {champ:.4f}: "
+                       f"{'improvement' if p.mode == 'max' else 'reduction'} {better:+.4f} {verdict} margin "
+                       f"{p.margin}")
+        if verdict == "<":
+            ok = False
+    return Decision(promote=ok, reasons=reasons, metric=p.metric, mode=p.mode, margin=p.margin,
+                    minimum=p.minimum, candidate_value=cand, champion_value=champ,
+                    candidate_version=candidate_version, champion_version=champion_version, delta=delta,
+                    decided_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+
+
+# ---------------------------------------------------------------------------------------------
+# the cycle
+
+
+class RetrainInterrupted(RuntimeError):
+    """Raised by ``testing.fail_after``: a simulated crash between two persisted steps."""
+
+
+@dataclasses.dataclass
+class RetrainResult:
+    status: Literal["no_new_data", "not_enough_data", "dry_run", "promoted", "not_promoted", "superseded"]
+    message: str
+    plan: RetrainPlan | None = None
+    decision: Decision | None = None
+    candidate_version: str | None = None
+    mlflow_run_id: str | None = None
+    reused: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def retrain_id(self) -> str | None:
+        return self.plan.retrain_id if self.plan else None
+
+    def render(self) -> str:
+        lines = []
+        if self.plan is not None and self.status in ("dry_run", "not_enough_data"):
+            lines.append(self.plan.render())
+        lines.append(self.message)
+        if self.decision is not None:
+            lines += [f"  - {r}" for r in self.decision.reasons]
+        if self.reused:
+            lines.append(f"reused from an earlier attempt: {', '.join(self.reused)}")
+        if self.mlflow_run_id:
+            lines.append(f"mlflow run: {self.mlflow_run_id}")
+        return "\n".join(lines)
+
+
+@dataclasses.dataclass
+class _Selected:
+    """Instruction tables built for a cycle (before anything is written)."""
+
+    train: Any  # instruction rows of the train/val splits
+    holdout: Any | None  # pseudo-label holdout rows (None with a labeled holdout.uri)
+    data_report: dict[str, Any]
+    holdout_report: dict[str, Any]
+
+
+class _Cycle:
+    """One retraining cycle; each method is one step that reuses what an earlier attempt persisted."""
+
+    def __init__(self, cfg: RetrainConfig, extra_sources: Sequence[str], dry_run: bool,
+                 ray_address: str | None):
+        from workflows.training.train import default_environment, mlflow_tracking_uri
+
+        default_environment()
+        self.cfg = cfg
+        self.dry_run = dry_run
+        self.ray_address = ray_address
+        self.tracking = mlflow_tracking_uri(cfg.mlflow.tracking_uri)
+        self.sources = list(dict.fromkeys([*cfg.data.sources, *extra_sources]))
+        self.reused: list[str] = []
+        self.client: Any = None
+        self.run_id: str | None = None
+        self.work = ""  # WORK/<retrain id>, set once the id is known
+
+    # -- plan -------------------------------------------------------------------------------
+    def champion(self) -> Any | None:
+        if not _store_exists(self.tracking):
+            return None  # opening a sqlite store creates it: not before there is something to record
+        self.client = _client(self.tracking)
+        return aliased_version(self.client, self.cfg.model_name, self.cfg.promotion.alias)
+
+    def scan(self, champion: Any | None) -> tuple[list[SourcePlan], dict[str, Any], dict[str, dict[str, int]]]:
+        """Committed videos per output; the rows of the training window; the new watermark."""
+        from workflows.core.config import ConfigError
+
+        if not self.sources:
+            raise ConfigError(["data.sources: no annotate outputs; list them in the config or pass --data URI"])
+        roots: list[str] = []
+        for s in self.sources:
+            roots += [r for r in discover_outputs(s) if r not in roots]
+        old = watermark_of(champion)
+        plans, videos, new_wm = [], {}, {}
+        for root in roots:
+            rows = read_committed_videos(root)
+            videos[root] = rows
+            frm = old.get(root)
+            new = rows[rows["finished_ms"] > frm] if frm is not None else rows
+            top = int(rows["finished_ms"].max()) if len(rows) else None
+            if top is not None or frm is not None:
+                new_wm[root] = max(t for t in (top, frm) if t is not None)
+            plans.append(SourcePlan(root, _ms_to_iso(frm) if frm is not None else None,
+                                    _ms_to_iso(new_wm[root]) if root in new_wm else None, len(new),
+                                    sorted(new["run_id"].dropna().unique().tolist())))
+        for root, ms in old.items():  # outputs no longer listed keep their watermark
+            new_wm.setdefault(root, ms)
+        return plans, videos, {"old": old, "new": new_wm}
+
+    def identity(self, champion: Any | None, marks: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+        from workflows.core.config import to_dict
+
+        c = to_dict(self.cfg)
+        ident = {"model_name": self.cfg.model_name, "base_version": str(champion.version) if champion else None,
+                 "from": {k: v for k, v in sorted(marks["old"].items())},
+                 "to": {k: v for k, v in sorted(marks["new"].items())},
+                 "data": {k: v for k, v in c["data"].items() if k != "sources"},
+                 "holdout": c["holdout"], "promotion": c["promotion"],
+                 "evaluate": {k: c["evaluate"][k] for k in ("au_threshold",)},
+                 "train": {"config": _train_config_data(self.cfg),
+                           "init_from_champion": self.cfg.train.init_from_champion}}
+        digest = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:10]
+        newest = max(marks["new"].values())
+        stamp = dt.datetime.fromtimestamp(newest / 1000, dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+        return f"rt-{stamp}-{digest}", ident
+
+    def select(self, videos: Mapping[str, Any], marks: Mapping[str, Any], train_cfg: Any) -> _Selected:
+        """Read, filter and split the pseudo-labels of the window (and the pseudo-label holdout)."""
+        import pandas as pd
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        from workflows.training.instructions import assign_splits, instructions_from_annotations, split_counts
+
+        d, h = self.cfg.data, self.cfg.holdout
+        window = []
+        for root, rows in videos.items():
+            frm = marks["old"].get(root)
+            chosen = rows[rows["finished_ms"] > frm] if (d.window == "new" and frm is not None) else rows
+            window.append(read_faces(root, chosen))
+        faces = pd.concat([f for f in window if len(f)], ignore_index=True) if any(len(f) for f in window) \
+            else pd.DataFrame()
+        built = instructions_from_annotations(",".join(videos), flt=d.filter, tasks=d.tasks, faces=faces)
+        table = assign_splits(built.table, d.splits)
+        trained = [train_cfg.data.train_split, train_cfg.data.val_split]
+        split_col = table.column("split")
+        rows = table.filter(pc.is_in(split_col, value_set=pa.array(trained, pa.string())))
+        report: dict[str, Any] = {"window": d.window, "faces_read": len(faces),
+                                  "faces_kept": built.report.get("n_kept_faces", 0),
+                                  "dropped": built.report.get("dropped", {}), "tasks": built.report.get("tasks", {}),
+                                  "splits": split_counts(table) if table.num_rows else {}}
+        holdout_rows = None
+        if h.uri is None:
+            flt = h.filter or d.filter
+            keep = _holdout_video_filter(flt, d.splits, h.split)
+            parts = [read_faces(root, rows_, keep) for root, rows_ in videos.items()]
+            hfaces = pd.concat([f for f in parts if len(f)], ignore_index=True) if any(len(f) for f in parts) \
+                else pd.DataFrame()
+            hbuilt = instructions_from_annotations(",".join(videos), flt=flt,
+                                                   tasks=("fe_category", "au_detection"), faces=hfaces)
+            htable = assign_splits(hbuilt.table, d.splits)
+            holdout_rows = htable.filter(pc.equal(htable.column("split"), h.split))
+            n_faces = _n_faces(holdout_rows)
+            holdout_report = {"source": f"pseudo-labels, split {h.split!r} of every source",
+                              "faces": min(n_faces, h.max_faces) if h.max_faces else n_faces,
+                              "rows": holdout_rows.num_rows}
+            overlap = set(holdout_rows.column("group_id").to_pylist()) & set(rows.column("group_id").to_pylist())
+            if overlap:  # impossible by construction (hash of the group); a bug must not leak silently
+                raise RuntimeError(f"holdout and training share groups {sorted(overlap)[:5]}")
+            ids = {m for m in holdout_rows.column("model_id").to_pylist() if m}
+            holdout_report["label_models"] = sorted(ids)
+            report["leak_dropped"] = 0
+        else:
+            rows, dropped, holdout_report = self._drop_labeled_holdout_overlap(rows)
+            report["leak_dropped"] = dropped
+        report["train_rows"] = rows.num_rows
+        by_split = Counter(rows.column("split").to_pylist())
+        report["rows_by_split"] = {s: by_split.get(s, 0) for s in trained}
+        return _Selected(rows, holdout_rows, report, holdout_report)
+
+    def _drop_labeled_holdout_overlap(self, rows: Any) -> tuple[Any, int, dict[str, Any]]:
+        """A labeled holdout's videos / images are never trained on, even if they were annotated."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        from workflows.training.data import faces_from_instructions, load_instructions
+        from workflows.training.instructions import assign_splits
+
+        h = self.cfg.holdout
+        table, _ = load_instructions(h.uri, h.format, tasks=("fe_category", "au_detection"),
+                                     flt=_all_faces_filter())
+        if h.uri_split is not None:  # the rows `mien evaluate --split` scores
+            if table.num_rows and table.column("split").null_count == table.num_rows:
+                table = assign_splits(table, self.cfg.data.splits)
+            table = table.filter(pc.equal(table.column("split"), h.uri_split))
+        videos = {v for v in table.column("video_id").to_pylist() if v}
+        images = {u for u in table.column("image_uri").to_pylist() if u}
+        overlap = pc.or_(pc.fill_null(pc.is_in(rows.column("video_id"), value_set=pa.array(sorted(videos),
+                                                                                           pa.string())), False),
+                         pc.fill_null(pc.is_in(rows.column("image_uri"), value_set=pa.array(sorted(images),
+                                                                                            pa.string())), False))
+        dropped = int(pc.sum(overlap.cast("int64")).as_py() or 0)
+        n_faces = faces_from_instructions(table).num_rows if table.num_rows else 0
+        if h.max_faces:
+            n_faces = min(n_faces, h.max_faces)
+        where = h.uri + (f" (split {h.uri_split})" if h.uri_split else "")
+        return rows.filter(pc.invert(overlap)), dropped, {"source": where, "faces": n_faces,
+                                                          "rows": table.num_rows}
+
+    # -- persisted steps ---------------------------------------------------------------------
+    def path(self, *parts: str) -> str:
+        return storage.join(self.work, *parts)
+
+    def read_json(self, *parts: str) -> Any | None:
+        uri = self.path(*parts)
+        return json.loads(storage.read_text(uri)) if storage.exists(uri) else None
+
+    def write_json(self, obj: Any, *parts: str) -> None:
+        storage.write_text(self.path(*parts), json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+    def checkpoint(self, step: str) -> None:
+        if self.cfg.testing.fail_after == step:
+            raise RetrainInterrupted(f"testing.fail_after={step}: simulated crash after the {step} step")
+
+    def open_run(self, plan: RetrainPlan) -> str:
+        from mlflow.entities import Param
+
+        from workflows.core.config import to_dict
+        from workflows.training.train import ensure_experiment, flatten
+
+        exp = ensure_experiment(self.cfg.mlflow.experiment, self.tracking, self.cfg.mlflow.artifact_location)
+        found = self.client.search_runs([exp], f"tags.`{RETRAIN_ID_TAG}` = '{plan.retrain_id}'", max_results=1)
+        if found:
+            run_id = found[0].info.run_id
+            if found[0].info.status != "RUNNING":
+                self.client.update_run(run_id, status="RUNNING")
+            return run_id
+        run = self.client.create_run(exp, run_name=f"retrain-{plan.retrain_id}", tags={
+            "mien.job": "retrain", RETRAIN_ID_TAG: str(plan.retrain_id), "mien.model_name": self.cfg.model_name,
+            "mien.work_uri": str(plan.work_uri), "mien.base_version": str(plan.champion_version)})
+        # never the tracking URI: a database URI may carry a password
+        params = {k: str(v)[:6000] for k, v in flatten(to_dict(self.cfg)).items()
+                  if not k.startswith(("testing.", "mlflow."))}
+        params["data.sources"] = ",".join(self.sources)[:6000]
+        items = [Param(k, v) for k, v in params.items()]
+        for s in range(0, len(items), 100):
+            self.client.log_batch(run.info.run_id, params=items[s:s + 100])
+        self.client.log_dict(run.info.run_id, plan.to_dict(), "retrain/plan.json")
+        return run.info.run_id
+
+    def write_data(self, selected: _Selected) -> None:
+        from workflows.training.instructions import write_instructions
+
+        for name, table in (("data", selected.train), ("holdout", selected.holdout)):
+            if table is None:
+                continue
+            if self.read_json(name, "_SUCCESS.json") is not None:
+                self.reused.append(name)
+                continue
+            storage.remove(self.path(name))  # leftovers of an interrupted write
+            write_instructions(table, self.path(name))
+            self.write_json({"rows": table.num_rows}, name, "_SUCCESS.json")
+
+    def train_candidate(self, plan: RetrainPlan) -> dict[str, Any]:
+        """Train (or find the finished training of an earlier attempt) and register the candidate."""
+        from workflows.training.train import run_uri_of, train
+
+        done = self.read_json("train.json")
+        if done is not None:
+            self.reused.append("train")
+            return done
+        train_cfg = self.train_config(plan)
+        output = self.path("model")
+        _, run_uri = run_uri_of(train_cfg, output)
+        finished = (storage.exists(storage.join(run_uri, "mien", "result.json"))
+                    and storage.exists(storage.join(output, "mien_model.json")))
+        if finished:  # trained, but the attempt died before train.json: never fit (or register) again
+            self.reused.append("train")
+            record = json.loads(storage.read_text(storage.join(run_uri, "mien", "run.json")))
+            outcome = json.loads(storage.read_text(storage.join(run_uri, "mien", "result.json")))
+            info = {"model_id": outcome.get("model_id"), "steps": outcome.get("steps"),
+                    "loss": outcome.get("loss"), "val_loss": outcome.get("val_loss"),
+                    "train_run_id": record.get("mlflow_run_id"), "version": None}
+        else:
+            result = train(train_cfg, self.path("data"), output)
+            info = {"model_id": result.model_id, "steps": result.steps, "loss": result.loss,
+                    "val_loss": result.val_loss, "train_run_id": result.mlflow_run_id,
+                    "version": result.model_version}
+        info["output"] = output
+        info["version"] = self.register(info)
+        self.write_json(info, "train.json")
+        return info
+
+    def train_config(self, plan: RetrainPlan) -> Any:
+        c, p = self.cfg, self.cfg.promotion
+        runtime: dict[str, Any] = {
+            "data": {"format": "instructions"},
+            "checkpoint": {"storage_path": self.work, "name": "train"},
+            # the configured value, not the resolved one: train resolves it the same way (the
+            # environment wins) and logs its config as params, where a database password must not go
+            "mlflow": {"enabled": True, "tracking_uri": c.mlflow.tracking_uri, "registered_model": c.model_name,
+                       "alias": p.candidate_alias},
+            "evaluate": {"enabled": False},  # scored below on the cycle's fixed holdout
+        }
+        if self.ray_address:
+            runtime["ray"] = {"address": self.ray_address}
+        if plan.train.get("init_from"):
+            runtime.update(model=None, init_from=plan.train["init_from"])
+        return load_candidate_train_config(c, runtime)
+
+    def register(self, info: dict[str, Any]) -> str:
+        """The candidate's version: the one `mien train` registered from its run, else registered here."""
+        import mlflow
+
+        from model.checkpoint import log_model_dir
+
+        name = self.cfg.model_name
+        for run_id in (info.get("train_run_id"), self.run_id):
+            if not run_id:
+                continue
+            found = self.client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
+            if found:
+                return str(max(int(v.version) for v in found))
+        log.warning("training did not register the candidate; registering %s from run %s", info["output"],
+                    self.run_id)
+        mlflow.set_tracking_uri(self.tracking)
+        with mlflow.start_run(run_id=self.run_id):
+            uri = log_model_dir(info["output"], artifact_path="candidate", registered_model_name=name,
+                                alias=self.cfg.promotion.candidate_alias)
+        return str(self.client.get_model_version_by_alias(name, self.cfg.promotion.candidate_alias).version
+                   if "@" in uri else uri.rsplit("/", 1)[-1])
+
+    def tag_candidate(self, plan: RetrainPlan, version: str, info: Mapping[str, Any]) -> None:
+        tags = {RETRAIN_ID_TAG: plan.retrain_id, WATERMARK_TAG: json.dumps(plan.watermark, sort_keys=True),
+                "mien.data_runs": ",".join(plan.new_runs)[:5000], "mien.data_videos": str(plan.new_videos),
+                "mien.data_train_rows": str(plan.data.get("train_rows")),
+                "mien.retrain.base_version": str(plan.champion_version), "mien.retrain.run_id": str(self.run_id),
+                "mien.model_id": str(info.get("model_id"))}
+        for k, v in tags.items():
+            self.client.set_model_version_tag(self.cfg.model_name, version, k, str(v))
+
+    def evaluate(self, role: str, model_uri: str, holdout_uri: str, train_cfg: Any) -> dict[str, Any]:
+        """The holdout report of one model (reused when an earlier attempt wrote it)."""
+        report = self.read_json("eval", f"{role}.json")
+        if report is not None:
+            self.reused.append(f"evaluate:{role}")
+            return report
+        ecfg = _evaluate_config(self.cfg, train_cfg, pseudo=self.cfg.holdout.uri is None)
+        output = self.path("eval", f"{role}.json")
+        e = self.cfg.evaluate
+        log.info("evaluating the %s %s on %s", role, model_uri, holdout_uri)
+        if e.ray_task:
+            import ray
+
+            from workflows.core.cluster import init_ray
+
+            init_ray(self.ray_address or train_cfg.ray.address, train_cfg.ray.num_cpus)
+            task = ray.remote(_evaluate_model).options(num_cpus=e.num_cpus, num_gpus=e.num_gpus)
+            return ray.get(task.remote(model_uri, holdout_uri, ecfg, output, self.tracking))
+        return _evaluate_model(model_uri, holdout_uri, ecfg, output, self.tracking)
+
+    def record(self, decision: Decision, reports: Mapping[str, Mapping[str, Any] | None]) -> None:
+        """Decision, reasons and metrics as tags on the candidate version and on the retrain run."""
+        import time
+
+        from mlflow.entities import Metric, RunTag
+
+        from workflows.evaluation.metrics import flat_metrics
+
+        verdict = "promote" if decision.promote else "keep_champion"
+        tags = {"mien.retrain.decision": verdict, "mien.retrain.reasons": "\n".join(decision.reasons),
+                "mien.retrain.metric": decision.metric, "mien.retrain.margin": str(decision.margin),
+                "mien.retrain.minimum": str(decision.minimum),
+                "mien.retrain.candidate_value": _fmt(decision.candidate_value),
+                "mien.retrain.champion_value": _fmt(decision.champion_value),
+                "mien.retrain.champion_version": str(decision.champion_version),
+                "mien.retrain.delta": _fmt(decision.delta)}
+        for k, v in tags.items():
+            self.client.set_model_version_tag(self.cfg.model_name, decision.candidate_version, k, v[:5000])
+        if reports.get("candidate"):
+            for k, v in flat_metrics(reports["candidate"]).items():
+                if k.count("/") == 1:
+                    self.client.set_model_version_tag(self.cfg.model_name, decision.candidate_version,
+                                                      f"holdout.{k}", f"{v:.6g}")
+        now = int(time.time() * 1000)
+        metrics = [Metric(f"{role}/{k}", v, now, 0) for role, rep in reports.items() if rep
+                   for k, v in flat_metrics(rep).items()]
+        metrics.append(Metric("decision/promote", float(decision.promote), now, 0))
+        if decision.delta is not None:
+            metrics.append(Metric("decision/delta", decision.delta, now, 0))
+        metrics += [Metric(f"data/{k}", float(v), now, 0) for k, v in decision.counts.items()
+                    if isinstance(v, int | float)]
+        run_tags = [RunTag(k, v[:5000]) for k, v in tags.items()]
+        run_tags.append(RunTag("mien.candidate_version", str(decision.candidate_version)))
+        self.client.log_batch(self.run_id, metrics=metrics, tags=run_tags)
+        self.client.log_dict(self.run_id, decision.to_dict(), "retrain/decision.json")
+        for role, rep in reports.items():
+            if rep:
+                self.client.log_dict(self.run_id, dict(rep), f"retrain/eval_{role}.json")
+
+    def move_alias(self, decision: Decision) -> str:
+        """Compare and set: move the alias only from the champion the decision was made against."""
+        name, alias = self.cfg.model_name, self.cfg.promotion.alias
+        current = aliased_version(self.client, name, alias)
+        now = str(current.version) if current is not None else None
+        if not decision.promote:
+            return "not_promoted"
+        if now == decision.candidate_version:
+            return "promoted"  # an earlier attempt already moved it
+        if now != decision.champion_version:
+            log.warning("%s@%s is v%s now, not v%s the decision compared against: not moving it", name, alias,
+                        now, decision.champion_version)
+            self.client.set_model_version_tag(name, decision.candidate_version, "mien.retrain.superseded_by",
+                                              str(now))
+            return "superseded"
+        self.client.set_registered_model_alias(name, alias, decision.candidate_version)
+        self.client.set_model_version_tag(name, decision.candidate_version, "mien.retrain.promoted_at",
+                                          dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+        log.info("%s@%s -> v%s (was v%s)", name, alias, decision.candidate_version, now)
+        return "promoted"
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.6g}"
+
+
+def _n_faces(table: Any) -> int:
+    from workflows.training.data import face_id_of
+
+    return len({face_id_of(i) for i in table.column("id").to_pylist()}) if table.num_rows else 0
+
+
+def _all_faces_filter() -> PseudoLabelFilter:
+    return PseudoLabelFilter(min_det_score=0.0, min_fe_confidence=0.0, max_per_track=1_000_000)
+
+
+def _holdout_video_filter(flt: PseudoLabelFilter, splits: Mapping[str, float],
+                          split: str | None) -> Callable[[str], bool] | None:
+    """With video groups, only the videos that hash into the holdout are read at all."""
+    if flt.group_by != "video" or split is None:
+        return None
+    from workflows.training.instructions import split_of
+
+    return lambda video_id: split_of(str(video_id), splits) == split
+
+
+def _evaluate_config(cfg: RetrainConfig, train_cfg: Any, pseudo: bool) -> Any:
+    from workflows.evaluation.evaluate import EvalMlflowConfig, EvaluateConfig
+
+    h, e = cfg.holdout, cfg.evaluate
+    return EvaluateConfig(format="instructions" if pseudo else h.format, split=None if pseudo else h.uri_split,
+                          splits=dict(cfg.data.splits), crop_size=train_cfg.data.crop_size,
+                          batch_size=e.batch_size, max_faces=h.max_faces, seed=0, device=e.device,
+                          au_threshold=e.au_threshold, mlflow=EvalMlflowConfig(enabled=False))
+
+
+def _evaluate_model(model_uri: str, holdout_uri: str, ecfg: Any, output: str, tracking: str) -> dict[str, Any]:
+    """Score one model on the holdout (in this process or a Ray task) and write its report."""
+    import mlflow
+
+    from workflows.evaluation.evaluate import evaluate
+
+    mlflow.set_tracking_uri(tracking)  # a models:/ source resolves through this registry
+    return evaluate(model_uri, holdout_uri, ecfg, output=output).report
+
+
+def retrain(cfg: RetrainConfig, extra_sources: Sequence[str] = (), *, dry_run: bool = False,
+            ray_address: str | None = None) -> RetrainResult:
+    """Run one retraining cycle (see the module doc); ``dry_run`` only plans and changes nothing.
+
+    Raises ConfigError for configuration problems, FileNotFoundError for a missing source or
+    holdout, :class:`workflows.training.train.TrainingError` when training fails (rerun to resume)."""
+    cyc = _Cycle(cfg, extra_sources, dry_run, ray_address)
+    champion = cyc.champion()
+    sources, videos, marks = cyc.scan(champion)
+    plan = RetrainPlan(cfg.model_name, None, None, str(champion.version) if champion else None, None, sources,
+                       {k: _ms_to_iso(v) for k, v in sorted(marks["new"].items())})
+    if plan.new_videos == 0:
+        since = ", ".join(f"{s.root} after {s.watermark_from}" for s in sources) or "-"
+        return RetrainResult("no_new_data", f"no new data since the champion's watermark ({since}); nothing to do",
+                             plan=plan)
+    plan.retrain_id, _ = cyc.identity(champion, marks)
+    cyc.work = storage.join(cfg.work_dir, plan.retrain_id)
+    plan.work_uri = cyc.work if storage.is_remote(cyc.work) else os.path.abspath(cyc.work)
+    cyc.work = plan.work_uri
+    if champion is not None:
+        plan.champion_uri = model_source(cyc.client, cfg.model_name, str(champion.version))
+    p = cfg.promotion
+    plan.promotion = {"metric": p.metric, "mode": p.mode, "margin": p.margin, "minimum": p.minimum,
+                      "alias": p.alias, "candidate_alias": p.candidate_alias}
+    plan.train = {"config": cfg.train.config, "overrides": list(cfg.train.overrides),
+                  "init_from": plan.champion_uri if (cfg.train.init_from_champion and plan.champion_uri) else None}
+    plan.done = [s for s, f in (("data", "data/_SUCCESS.json"), ("train", "train.json"),
+                                ("evaluate:candidate", "eval/candidate.json"),
+                                ("evaluate:champion", "eval/champion.json"), ("decision", "decision.json"))
+                 if storage.exists(storage.join(cyc.work, f))]
+
+    recorded = cyc.read_json("decision.json")
+    if recorded is not None:  # decided by an earlier attempt: only the alias move may be left
+        decision = Decision(**recorded)
+        if dry_run:
+            return RetrainResult("dry_run", f"dry run: cycle {plan.retrain_id} was decided already "
+                                 f"({'promote' if decision.promote else 'keep the champion'})", plan=plan,
+                                 decision=decision)
+        if cyc.client is None:
+            cyc.client = _client(cyc.tracking)
+        status = cyc.move_alias(decision)
+        return _finished(cyc, plan, decision, status, reused=["decision"])
+
+    train_cfg = cyc.train_config(plan)
+    stored = cyc.read_json("plan.json")
+    written = [cyc.path("data", "_SUCCESS.json")] + ([] if cfg.holdout.uri else [cyc.path("holdout", "_SUCCESS.json")])
+    selected = None
+    if stored is not None and all(storage.exists(u) for u in written):  # no need to read the faces again
+        plan.data, plan.holdout = stored["data"], stored["holdout"]
+        plan.warnings = stored.get("warnings", [])
+    else:
+        selected = cyc.select(videos, marks, train_cfg)
+        plan.data, plan.holdout = selected.data_report, selected.holdout_report
+        _warn_about_holdout(plan, champion)
+    short = _shortage(cfg, plan)
+    if short:
+        return RetrainResult("not_enough_data", short, plan=plan)
+    if dry_run:
+        return RetrainResult("dry_run", "dry run: nothing was written, trained or promoted", plan=plan)
+
+    # ---- from here on, every step persists its result before the next one starts ----
+    if cyc.client is None:
+        cyc.client = _client(cyc.tracking)
+    if selected is not None:
+        cyc.write_json(plan.to_dict(), "plan.json")
+    cyc.run_id = cyc.open_run(plan)
+    try:
+        decision = _execute(cyc, plan, selected, champion, train_cfg)
+    except RetrainInterrupted:
+        raise  # a simulated crash leaves everything as a real one would
+    except BaseException:
+        try:
+            cyc.client.set_terminated(cyc.run_id, "FAILED")  # the next attempt reopens it
+        except Exception as e:  # noqa: BLE001 - the original error matters more
+            log.warning("could not mark MLflow run %s failed: %s", cyc.run_id, e)
+        raise
+    status = cyc.move_alias(decision)
+    return _finished(cyc, plan, decision, status)
+
+
+def _execute(cyc: _Cycle, plan: RetrainPlan, selected: _Selected | None, champion: Any | None,
+             train_cfg: Any) -> Decision:
+    """Data → train → register → evaluate → decide and record; everything but the alias move."""
+    cfg = cyc.cfg
+    if selected is not None:
+        cyc.write_data(selected)
+    else:
+        cyc.reused += ["data"] + (["holdout"] if cfg.holdout.uri is None else [])
+    cyc.checkpoint("data")
+
+    info = cyc.train_candidate(plan)
+    cyc.checkpoint("train")
+    version = info["version"]
+    cyc.tag_candidate(plan, version, info)
+    cyc.checkpoint("register")
+
+    holdout_uri = cfg.holdout.uri or cyc.path("holdout")
+    reports: dict[str, dict[str, Any] | None] = {
+        "candidate": cyc.evaluate("candidate", info["output"], holdout_uri, train_cfg), "champion": None}
+    if champion is not None:
+        reports["champion"] = cyc.evaluate("champion", plan.champion_uri, holdout_uri, train_cfg)
+    cyc.checkpoint("evaluate")
+
+    n_faces = int(reports["candidate"].get("n_faces") or 0)
+    decision = decide(reports["candidate"], reports["champion"], cfg.promotion, holdout_faces=n_faces,
+                      min_faces=cfg.holdout.min_faces, candidate_version=version,
+                      champion_version=plan.champion_version)
+    decision.counts = {"new_runs": len(plan.new_runs), "new_videos": plan.new_videos,
+                       "faces_read": plan.data.get("faces_read"), "faces_kept": plan.data.get("faces_kept"),
+                       "train_rows": plan.data.get("train_rows"), "holdout_faces": n_faces,
+                       "train_steps": info.get("steps")}
+    # Recorded (MLflow and decision.json) and the run closed BEFORE the alias moves: a crash after
+    # this point leaves only the compare-and-set move, which the next attempt does.
+    cyc.record(decision, reports)
+    cyc.write_json(decision.to_dict(), "decision.json")
+    cyc.client.set_terminated(cyc.run_id, "FINISHED")
+    cyc.checkpoint("decide")
+    return decision
+
+
+def _finished(cyc: _Cycle, plan: RetrainPlan, decision: Decision, status: str,
+              reused: Sequence[str] = ()) -> RetrainResult:
+    name, alias = cyc.cfg.model_name, cyc.cfg.promotion.alias
+    v = decision.candidate_version
+    messages = {
+        "promoted": f"promoted {name} v{v} to @{alias}" + (f" (was v{decision.champion_version})"
+                                                           if decision.champion_version else " (first champion)"),
+        "not_promoted": f"kept {name}@{alias}" + (f" v{decision.champion_version}" if decision.champion_version
+                                                 else " (none)") + f"; candidate v{v} not promoted",
+        "superseded": f"candidate v{v} would have been promoted, but @{alias} moved since the decision: left as is",
+    }
+    run_id = cyc.run_id
+    if run_id is None and cyc.client is not None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run_id = cyc.client.get_model_version(name, v).tags.get("mien.retrain.run_id")
+        except MlflowException:
+            run_id = None
+    already = " (decided by an earlier attempt)" if "decision" in reused else ""
+    return RetrainResult(status, f"cycle {plan.retrain_id}: {messages[status]}{already}",  # type: ignore[arg-type]
+                         plan=plan, decision=decision, candidate_version=v, mlflow_run_id=run_id,
+                         reused=[*reused, *cyc.reused])
+
+
+def _shortage(cfg: RetrainConfig, plan: RetrainPlan) -> str | None:
+    rows, faces = plan.data.get("train_rows", 0), plan.holdout.get("faces", 0)
+    if rows < cfg.data.min_train_rows:
+        return (f"not enough new pseudo-labels: {rows} training rows after filtering, data.min_train_rows is "
+                f"{cfg.data.min_train_rows}; nothing trained (waits for more data)")
+    if faces < cfg.holdout.min_faces:
+        return (f"holdout too small: {faces} faces, holdout.min_faces is {cfg.holdout.min_faces}; nothing trained")
+    return None
+
+
+def _warn_about_holdout(plan: RetrainPlan, champion: Any | None) -> None:
+    labelers = plan.holdout.get("label_models") or []
+    champ_id = (champion.tags or {}).get("mien.model_id") if champion is not None else None
+    if champ_id and champ_id in labelers:
+        plan.warnings.append(f"the pseudo-label holdout was labeled by the champion itself ({champ_id}); its "
+                             "score is inflated. Set holdout.uri to a labeled set for a fair comparison")
