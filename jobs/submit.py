@@ -10,7 +10,6 @@ cluster's nodes get credentials from their own environment or instance role.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import shlex
@@ -79,6 +78,8 @@ def submit(job: str, address: str, job_args: list[str], wait: bool = False,
 
 
 def follow(client, job_id: str, out=sys.stdout) -> int:
+    import asyncio  # not at module level: `mien --help` registers `mien submit` (jobs.commands.submit)
+
     from ray.job_submission import JobStatus
 
     async def tail() -> None:

@@ -21,7 +21,8 @@ if TYPE_CHECKING:
     from model.annotator import FacialAnnotator
     from model.mllm import FacialMLLM
 
-__all__ = ["ModelConfig", "build_model", "config_from_dict", "load_model", "load_model_config", "save_model"]
+__all__ = ["ModelConfig", "build_model", "config_from_dict", "load_model", "load_model_config", "resolve_device",
+           "save_model"]
 
 
 def build_model(cfg: ModelConfig, device: str = "cpu", **kwargs: Any) -> FacialMLLM:
@@ -51,18 +52,16 @@ def load_model(uri: str = "default", device: str = "cpu",
     Checksums of every part are verified here; the MLLM itself is built now only if scores
     need it (``prior_weight < 1``) or generation is on, otherwise on first use."""
     from model.annotator import FacialAnnotator
-    from model.checkpoint import (
+    from model.checkpoint import apply_overrides, flat_overrides, load_parts_into
+    from model.default import default_manifest
+    from model.model_dir import (
         MANIFEST,
-        apply_overrides,
         compute_model_id,
-        flat_overrides,
-        load_parts_into,
         read_manifest,
         resolve_model_uri,
         verify_component,
         verify_parts,
     )
-    from model.default import default_manifest
 
     if uri == "default":
         directory, manifest = None, default_manifest()
@@ -82,7 +81,7 @@ def load_model(uri: str = "default", device: str = "cpu",
 
         dirs = {name: verified[name] if name in verified else verify_component(name, meta, directory or "")
                 for name, meta in components.items()}
-        mllm = _build(cfg, device=_resolve_device(device), llm_dir=dirs.get("llm"), vision_dir=dirs.get("vision"),
+        mllm = _build(cfg, device=resolve_device(device), llm_dir=dirs.get("llm"), vision_dir=dirs.get("vision"),
                       tokenizer_dir=dirs.get("tokenizer"))
         load_parts_into(mllm, blobs)
         return mllm
@@ -93,7 +92,7 @@ def load_model(uri: str = "default", device: str = "cpu",
     return annotator
 
 
-def _resolve_device(device: str) -> str:
+def resolve_device(device: str) -> str:
     """``auto`` (annotate's default) -> ``cuda`` when this process sees a GPU, else ``cpu``."""
     if device != "auto":
         return device

@@ -5,18 +5,11 @@ built only when it is needed - when ``prior_weight < 1`` (its likelihood scores 
 in) or when generation is on for some face - so the offline default scores thousands of
 faces per second on CPU without loading an LLM.
 
-Batch (B faces; numpy arrays or lists)::
-
-    crop         (B, S, S, 3) uint8 RGB aligned face
-    au_evidence  (B, 23) float32, AU_NAMES order, NaN = unavailable, normalised per track
-    fe_prior     (B, 7) float32, FE_BASIC order (expression-classifier softmax; rows may be NaN)
-    age          (B,) float32, NaN = unknown;  gender: list[str | None]
-    track_key    (B,) int64, shared by the faces of one track segment
-    optional: blendshapes (B, 52), pose (B, 3) degrees, landmarks (B, 5, 2), identity (B, 512)
-
-Returns ``fe_probs`` (B, 7) rows summing to 1, ``au_probs`` (B, 23) in [0, 1] with NaN where
-the AU is unavailable, ``description`` list[str | None], and the description parsed back:
-``description_fe`` list[str | None] and ``description_aus`` list[list[str] | None].
+Input: a face batch of B faces (fields, shapes and units in ``model/face_batch.py``, built by
+its ``build_face_batch``). Returns ``fe_probs`` (B, 7) rows summing to 1, ``au_probs`` (B, 23)
+in [0, 1] with NaN where the AU is unavailable, ``description`` list[str | None], and the
+description parsed back: ``description_fe`` list[str | None] and ``description_aus``
+list[list[str] | None].
 """
 
 from __future__ import annotations
@@ -29,34 +22,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from model.config import ModelConfig
+from model.face_batch import batch_rows, slice_batch
 from model.prior import CalibratedFacePrior, PriorScores
 from model.prompts import anchored_opening, parse_description, supporting_aus
 from model.taxonomy import FE_BASIC
 
 if TYPE_CHECKING:
     from model.mllm import FacialMLLM
-
-
-def batch_rows(batch: Mapping[str, Any]) -> int:
-    """Number of faces in an annotate batch."""
-    for key in ("au_evidence", "fe_prior", "crop", "age", "track_key"):
-        if batch.get(key) is not None:
-            return len(batch[key])
-    raise ValueError("empty batch: none of au_evidence, fe_prior, crop, age, track_key given")
-
-
-def slice_batch(batch: Mapping[str, Any], rows: list[int] | np.ndarray) -> dict[str, Any]:
-    """The faces ``rows`` of a batch (arrays indexed, lists picked)."""
-    idx = np.asarray(rows, dtype=np.int64)
-    out: dict[str, Any] = {}
-    for k, v in batch.items():
-        if v is None:
-            out[k] = None
-        elif isinstance(v, list | tuple):
-            out[k] = [v[i] for i in idx]
-        else:
-            out[k] = np.asarray(v)[idx]
-    return out
 
 
 def _track_groups(keys: np.ndarray) -> list[np.ndarray]:
@@ -121,7 +93,7 @@ class FacialAnnotator:
         meta = self.manifest.get("components", {}).get(name)
         if meta and meta.get("sha256"):
             return meta["sha256"]
-        from model.checkpoint import materialize, tree_sha256
+        from model.model_dir import materialize, tree_sha256
 
         source = getattr(self.config, name).source
         return tree_sha256(materialize(source)) if source else ""

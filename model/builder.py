@@ -30,7 +30,7 @@ def build_model(cfg: ModelConfig, device: str = "cpu", llm_dir: str | None = Non
     checksum-verified paths). Without them the
     config's sources are used, and parts with no source are randomly initialised from
     ``hf_config`` with ``cfg.seed``."""
-    from model.checkpoint import materialize
+    from model.model_dir import materialize
 
     if llm_dir is None and cfg.llm.source:
         llm_dir = llm_source_dir(cfg.llm)

@@ -1,30 +1,19 @@
-"""The model directory: ``mien_model.json`` + safetensors. Save, resolve, verify, load.
+"""Writing a model's weights into a model directory and loading them back into a model.
 
-Layout (local path or ``s3://`` prefix; MLflow ``models:/name@alias`` resolves to one)::
-
-    mien_model.json          format, name, version, architecture (ModelConfig), components, parts
-    face_prior.safetensors   trained parts, one file each (face_prior, fim, frames, lora)
-    fim.safetensors
-    lora.safetensors
-    base/llm/                only for base weights that have no other source (random init,
-    base/tokenizer/           full fine-tune): config.json + *.safetensors / tokenizer.json
-
-``components`` names where each base component comes from and its sha256: a pinned asset
-(``asset:gemma3_270m``: the GGUF's sha256), a directory (sha256 over its files), or
-``bundled:<relative dir>``. ``parts`` lists every trained file with its sha256.
-
-Nothing is ever unpickled: ``.bin``/``.pt``/``.pkl`` checkpoints are refused with a message
-that says how to convert them. A missing part, a checksum mismatch and an architecture
-mismatch each raise their own error naming the file and the fix.
+``save_model`` turns a :class:`model.annotator.FacialAnnotator` / :class:`model.mllm.FacialMLLM`
+into the directory that ``model.model_dir`` describes: trained parts as safetensors, base
+components referenced by source + sha256 (bundled under ``base/`` only when they have no other
+source), the manifest written last. ``load_parts_into`` loads verified part blobs into a built
+model strictly, so saved tensors that do not fit the architecture raise
+:class:`~model.model_dir.ArchitectureMismatchError` naming the keys and shapes;
+``apply_overrides`` merges load-time overrides into the saved architecture.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import logging
-import os
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -32,185 +21,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from model.config import ModelConfig, config_to_dict
+from model.model_dir import (
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    ArchitectureMismatchError,
+    MissingPartError,
+    compute_model_id,
+    sha256_bytes,
+    tree_sha256,
+)
 
 if TYPE_CHECKING:
     from model.annotator import FacialAnnotator
     from model.mllm import FacialMLLM
 
 log = logging.getLogger(__name__)
-
-MANIFEST = "mien_model.json"
-FORMAT = "mien-model"
-FORMAT_VERSION = 1
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".pyt", ".joblib")
-# Run-time knobs that do not change what a model computes for scores.
-_RUNTIME_KEYS = ("generation", "scoring")
-
-
-class ModelDirError(RuntimeError):
-    """A model directory that cannot be used; subclasses say why."""
-
-
-class MissingPartError(ModelDirError):
-    """A file the manifest lists (or the manifest itself) is absent."""
-
-
-class ChecksumError(ModelDirError):
-    """A file or component whose sha256 differs from the manifest."""
-
-
-class ArchitectureMismatchError(ModelDirError):
-    """Saved tensors that do not fit the architecture the manifest describes."""
-
-
-class UnsafeCheckpointError(ModelDirError):
-    """A pickled checkpoint; mien never unpickles files it is given."""
-
-
-# ------------------------------------------------------------------------- hashing
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    from workflows.core.assets import sha256_file as _sha
-
-    return _sha(path)
-
-
-def tree_sha256(directory: str | os.PathLike[str]) -> str:
-    """sha256 over ``relative path + file sha256`` of every file under ``directory`` (sorted)."""
-    root = Path(directory)
-    lines = []
-    for p in sorted(q for q in root.rglob("*") if q.is_file() and not q.name.startswith(".")):
-        if p.name == "mien_source.json":
-            continue
-        lines.append(f"{p.relative_to(root).as_posix()}:{sha256_file(p)}")
-    return sha256_bytes("\n".join(lines).encode())
-
-
-def compute_model_id(manifest: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> str:
-    """``<name>-<version>+<sha8>``: sha over architecture, components, part checksums and any
-    load-time overrides that change scores (generation/scoring knobs excluded)."""
-    core = {
-        "architecture": {k: v for k, v in manifest["architecture"].items() if k not in _RUNTIME_KEYS},
-        "components": {k: v.get("sha256") for k, v in manifest.get("components", {}).items()},
-        "parts": {k: v.get("sha256") for k, v in manifest.get("parts", {}).items()},
-    }
-    scoring_overrides = {k: v for k, v in (overrides or {}).items() if k not in _RUNTIME_KEYS}
-    if scoring_overrides:
-        core["overrides"] = scoring_overrides
-    digest = sha256_bytes(json.dumps(core, sort_keys=True, default=str).encode())[:8]
-    return f"{manifest.get('name', 'mien')}-{manifest.get('version', 'v1')}+{digest}"
-
-
-# ---------------------------------------------------------------------- resolution
-
-def _cache_root() -> Path:
-    from workflows.core.assets import cache_dir
-
-    return cache_dir() / "models"
-
-
-def materialize(uri: str) -> str:
-    """A local directory with the contents of ``uri`` (local paths are returned as they are;
-    ``s3://`` prefixes are downloaded once into the mien cache, file by file)."""
-    from workflows.core import storage
-
-    if not storage.is_remote(uri):
-        return storage.strip_file_scheme(uri)
-    dest = _cache_root() / "remote" / sha256_bytes(uri.rstrip("/").encode())[:16]
-    base = uri.rstrip("/")
-    for file_uri in storage.list_files(base):
-        rel = file_uri[len(base):].lstrip("/")
-        target = inside(str(dest), rel, f"object {file_uri}")  # an S3 key may hold '..'
-        size = storage.info(file_uri).get("size")
-        if target.exists() and (size is None or target.stat().st_size == size):
-            continue
-        storage.write_bytes(str(target), storage.read_bytes(file_uri))
-    return str(dest)
-
-
-def _refuse_pickle_path(path: str) -> None:
-    if path.lower().endswith(PICKLE_SUFFIXES):
-        raise UnsafeCheckpointError(
-            f"{path} is a pickled checkpoint; mien never unpickles a file it is given (it can run code). "
-            "Convert it once in a trusted environment: build the model, load the weights there, and "
-            "write a model directory with model.save_model(model, DIR) (safetensors + mien_model.json)")
-
-
-def resolve_model_uri(uri: str) -> str:
-    """Local directory holding ``mien_model.json`` for a local path, ``s3://`` prefix, or MLflow
-    ``models:/name@alias`` / ``models:/name/version`` / ``runs:/id/path`` URI."""
-    _refuse_pickle_path(uri)
-    if uri.startswith(("models:/", "runs:/")):
-        local = _download_mlflow(uri)
-    else:
-        local = materialize(uri)
-    path = Path(local)
-    if path.is_file():
-        if path.name == MANIFEST:
-            return str(path.parent)
-        raise MissingPartError(f"{uri} is a file; a mien model is a directory with {MANIFEST} "
-                               "(write one with model.save_model)")
-    if not path.exists():
-        raise MissingPartError(f"model directory not found: {uri}")
-    if not (path / MANIFEST).exists():
-        found = [p for p in path.rglob(MANIFEST)]
-        if len(found) == 1:
-            return str(found[0].parent)
-        pickled = [p.name for p in path.iterdir() if p.name.lower().endswith(PICKLE_SUFFIXES)]
-        if pickled:
-            raise UnsafeCheckpointError(f"{uri} holds pickled weights {pickled} and no {MANIFEST}; mien never "
-                                        "unpickles checkpoints. Convert them with model.save_model in a trusted "
-                                        "environment")
-        raise MissingPartError(f"{uri} has no {MANIFEST}: not a mien model directory")
-    return str(path)
-
-
-def _download_mlflow(uri: str) -> str:
-    try:
-        import mlflow
-    except ImportError as e:  # pragma: no cover - mlflow is a core dependency
-        raise ImportError("loading models:/ URIs needs mlflow: pip install 'mlflow>=3.17,<3.19'") from e
-    dest = _cache_root() / "mlflow" / sha256_bytes(f"{mlflow.get_tracking_uri()}|{uri}".encode())[:16]
-    if dest.exists():
-        shutil.rmtree(dest)  # aliases move: always fetch what the alias points at now
-    dest.mkdir(parents=True)
-    return mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest))
-
-
-def log_model_dir(directory: str, artifact_path: str = "model", registered_model_name: str | None = None,
-                  alias: str | None = None) -> str:
-    """Log a model directory as artifacts of the active MLflow run (one is started if none is
-    active) and optionally register it (with ``alias``). Returns the loadable URI:
-    ``models:/name@alias`` / ``models:/name/version``, or ``runs:/<id>/<artifact_path>``."""
-    import mlflow
-
-    active = mlflow.active_run()
-    run = active or mlflow.start_run()
-    try:
-        mlflow.log_artifacts(materialize(directory), artifact_path=artifact_path)
-        uri = f"runs:/{run.info.run_id}/{artifact_path}"
-        if not registered_model_name:
-            return uri
-        from mlflow import MlflowClient
-
-        client = MlflowClient()
-        try:
-            client.get_registered_model(registered_model_name)
-        except Exception:  # noqa: BLE001 - "does not exist" has no dedicated exception type
-            client.create_registered_model(registered_model_name)
-        source = f"{run.info.artifact_uri.rstrip('/')}/{artifact_path}"
-        mv = client.create_model_version(registered_model_name, source=source, run_id=run.info.run_id)
-        if alias:
-            client.set_registered_model_alias(registered_model_name, alias, mv.version)
-            return f"models:/{registered_model_name}@{alias}"
-        return f"models:/{registered_model_name}/{mv.version}"
-    finally:
-        if active is None:
-            mlflow.end_run()
 
 
 # --------------------------------------------------------------------------- saving
@@ -303,88 +129,6 @@ def _has_trained_parts(cfg: ModelConfig) -> bool:
 
 # --------------------------------------------------------------------------- loading
 
-def read_manifest(directory: str) -> dict[str, Any]:
-    path = Path(directory) / MANIFEST
-    if not path.exists():
-        raise MissingPartError(f"{directory} has no {MANIFEST}")
-    # A pickle anywhere in the directory means it did not come from save_model (or was tampered
-    # with): refuse the whole directory rather than trust that nothing will ever load it.
-    for f in sorted(Path(directory).rglob("*")):
-        if f.is_file():
-            _refuse_pickle_path(str(f))
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ModelDirError(f"{path} is not valid JSON: {e}") from e
-    if manifest.get("format") != FORMAT:
-        raise ModelDirError(f"{path}: format is {manifest.get('format')!r}, expected {FORMAT!r}")
-    if int(manifest.get("format_version", 0)) > FORMAT_VERSION:
-        raise ModelDirError(f"{path}: format_version {manifest['format_version']} is newer than this mien "
-                            f"({FORMAT_VERSION}); upgrade mien")
-    if "architecture" not in manifest:
-        raise ModelDirError(f"{path}: no 'architecture' section")
-    return manifest
-
-
-def inside(directory: str, rel: str, what: str) -> Path:
-    """``directory / rel``, refused unless it stays inside ``directory`` once ``..`` and
-    symlinks are resolved: a manifest from an untrusted place must not point the loader at
-    files elsewhere on the machine (``../../x``, ``/abs/path``, a symlink out)."""
-    root = Path(directory).resolve()
-    path = (root / rel).resolve()
-    if not rel or Path(rel).is_absolute() or not path.is_relative_to(root) or path == root:
-        raise UnsafeCheckpointError(f"{what} is {rel!r}, which is not a path inside the model directory "
-                                    f"{directory}; a model directory must be self-contained")
-    return path
-
-
-def verify_parts(directory: str, manifest: Mapping[str, Any]) -> dict[str, bytes]:
-    """Every part file's bytes, after checking presence, suffix, confinement and sha256."""
-    out = {}
-    for name, meta in manifest.get("parts", {}).items():
-        rel = meta.get("file", "")
-        _refuse_pickle_path(rel)
-        if not rel.endswith(".safetensors"):
-            raise UnsafeCheckpointError(f"part {name!r} is {rel!r}; only .safetensors parts are loaded")
-        path = inside(directory, rel, f"part {name!r}")
-        if not path.exists():
-            raise MissingPartError(f"part {name!r}: {rel} is missing from {directory} "
-                                   f"(the manifest lists it; copy the complete directory)")
-        data = path.read_bytes()
-        got = sha256_bytes(data)
-        if got != meta.get("sha256"):
-            raise ChecksumError(f"part {name!r}: {rel} has sha256 {got}, the manifest says {meta.get('sha256')}; "
-                                "the file is corrupt or was replaced - copy the directory again")
-        out[name] = data
-    return out
-
-
-def verify_component(name: str, meta: Mapping[str, Any], directory: str) -> str | None:
-    """Local directory of base component ``name`` after its checksum check (None for assets)."""
-    from model.config import GEMMA_ASSET
-
-    source = meta.get("source", "")
-    if source == GEMMA_ASSET:
-        from workflows.core.assets import MULTIPART_ASSETS
-
-        pinned = MULTIPART_ASSETS["gemma3_270m_gguf"].sha256
-        if meta.get("sha256") != pinned:
-            raise ChecksumError(f"component {name!r}: manifest pins sha256 {meta.get('sha256')} for {source}, "
-                                f"this mien ships {pinned}")
-        return None
-    if source.startswith("bundled:"):
-        local = str(inside(directory, source.split(":", 1)[1], f"component {name!r}"))
-    else:
-        local = materialize(source)
-    if not Path(local).is_dir():
-        raise MissingPartError(f"component {name!r}: {source} not found (looked in {local})")
-    got = tree_sha256(local)
-    if meta.get("sha256") and got != meta["sha256"]:
-        raise ChecksumError(f"component {name!r} at {source}: sha256 {got}, the manifest says {meta['sha256']}; "
-                            "the base weights changed since this model was saved")
-    return local
-
-
 def load_state_strict(module: Any, tensors: Mapping[str, Any], part: str) -> None:
     """``load_state_dict`` that names every missing/unexpected key and shape difference."""
     expected = module.state_dict()
@@ -472,20 +216,4 @@ def flat_overrides(overrides: Sequence[str] | Mapping[str, Any] | None) -> dict[
     return out
 
 
-def copy_tree(src: str, dst: str) -> None:
-    """Copy a local model directory to ``dst`` (local or ``s3://``), manifest last."""
-    from workflows.core import storage
-
-    root = Path(src)
-    files = sorted(p for p in root.rglob("*") if p.is_file())
-    for p in files:
-        if p.name != MANIFEST:
-            storage.write_bytes(storage.join(dst, p.relative_to(root).as_posix()), p.read_bytes())
-    storage.write_bytes(storage.join(dst, MANIFEST), (root / MANIFEST).read_bytes())
-
-
-__all__ = [
-    "ArchitectureMismatchError", "ChecksumError", "MissingPartError", "ModelDirError", "UnsafeCheckpointError",
-    "MANIFEST", "save_model", "resolve_model_uri", "read_manifest", "log_model_dir", "materialize",
-    "compute_model_id", "tree_sha256", "copy_tree",
-]
+__all__ = ["apply_overrides", "flat_overrides", "load_parts_into", "load_state_strict", "save_model"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
+from model.face_batch import VECTOR_WIDTHS
 from model.taxonomy import AU_NAMES, FE_BASIC
 
 Dtype = Literal["float32", "bfloat16", "float16", "auto"]
@@ -23,16 +24,9 @@ Dtype = Literal["float32", "bfloat16", "float16", "auto"]
 GEMMA_ASSET = "asset:gemma3_270m"
 
 # Face-prior inputs the encoder understands, with their feature width (values; a mask
-# of the same width is appended so "unavailable" differs from "zero").
-PRIOR_INPUT_DIMS: dict[str, int] = {
-    "au_evidence": len(AU_NAMES),
-    "fe_prior": len(FE_BASIC),
-    "blendshapes": 52,
-    "pose": 3,
-    "age_gender": 3,
-    "landmarks": 10,
-    "identity": 512,
-}
+# of the same width is appended so "unavailable" differs from "zero"): the face batch's float
+# fields (model/face_batch.py) and age + gender coded as three numbers.
+PRIOR_INPUT_DIMS: dict[str, int] = {**VECTOR_WIDTHS, "age_gender": 3}
 
 
 @dataclasses.dataclass

@@ -49,7 +49,7 @@ def default_config() -> ModelConfig:
 
 def default_manifest() -> dict[str, Any]:
     """The default model's ``mien_model.json`` (it has no trained parts)."""
-    from model.checkpoint import FORMAT, FORMAT_VERSION
+    from model.model_dir import FORMAT, FORMAT_VERSION
     from workflows.core.assets import MULTIPART_ASSETS
 
     cfg = default_config()

@@ -152,7 +152,7 @@ def _refuse_pickled_weights(directory: str) -> None:
     names = os.listdir(directory)
     if not any(n.endswith(".safetensors") for n in names):
         pickled = [n for n in names if n.endswith((".bin", ".pt", ".pth", ".pkl", ".ckpt"))]
-        from model.checkpoint import UnsafeCheckpointError
+        from model.model_dir import UnsafeCheckpointError
 
         raise UnsafeCheckpointError(
             f"LLM directory {directory} has no *.safetensors weights"

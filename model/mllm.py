@@ -26,12 +26,12 @@ import torch
 from torch import nn
 
 from model import prompts
-from model.annotator import batch_rows
 from model.config import ModelConfig
+from model.face_batch import batch_rows, build_face_batch
 from model.face_prior import FacePriorEncoder, prior_arrays
 from model.fim import FaceInfoMining
 from model.prior import CalibratedFacePrior, PriorScores
-from model.taxonomy import AU_NAMES, FE_BASIC
+from model.taxonomy import AU_NAMES
 from model.video import FrameCompressor, clip_indices
 from model.vision import VisionTower
 
@@ -167,7 +167,7 @@ class FacialMLLM(nn.Module):
 
     # ------------------------------------------------------------------ inputs
     def face_inputs(self, batch: Mapping[str, Any], prior: PriorScores | None = None) -> FaceInputs:
-        """Tensors for the faces of an annotate-style ``batch`` (contract in ``model/annotator.py``)."""
+        """Tensors for the faces of a face ``batch`` (fields in ``model/face_batch.py``)."""
         rows = batch_rows(batch)
         if prior is None:
             prior = self.prior(batch.get("fe_prior"), batch.get("au_evidence"), rows)
@@ -495,11 +495,11 @@ class FacialMLLM(nn.Module):
 
     # ------------------------------------------------------------------ training
     def collate(self, rows: Sequence[Mapping[str, Any]]) -> TrainBatch:
-        """Rows -> :class:`TrainBatch`. A row holds the face fields of an annotate batch for one
-        face (``crop`` (S, S, 3) uint8, ``au_evidence`` (23,), ``fe_prior`` (7,), ``age``,
-        ``gender``, optional ``blendshapes``/``pose``/``track_key``) plus ``question`` (a prompt
+        """Rows -> :class:`TrainBatch`. A row is one face as ``model.face_batch.build_face_batch``
+        takes it (``crop`` (S, S, 3) uint8, ``au_evidence`` (23,), ``fe_prior`` (7,),
+        ``blendshapes`` (52,), ``pose`` (3,), ``age``, ``gender``, ...) plus ``question`` (a prompt
         from ``model.prompts``, ending with ``ASSISTANT:``) and ``answer`` (the target text)."""
-        batch = stack_faces(rows)
+        batch = build_face_batch(rows)
         faces = self.face_inputs(batch)
         eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
         return TrainBatch(faces=faces,
@@ -545,22 +545,3 @@ def _clean_generation(text: str) -> str:
         text = text.split(stop, 1)[0]
     return text.strip()
 
-
-def stack_faces(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Per-face dicts -> an annotate-style batch dict (missing values become NaN / None)."""
-    out: dict[str, Any] = {}
-    widths = {"au_evidence": len(AU_NAMES), "fe_prior": len(FE_BASIC), "blendshapes": 52, "pose": 3,
-              "landmarks": 10, "identity": 512}
-    for key, width in widths.items():
-        if any(r.get(key) is not None for r in rows):
-            out[key] = np.stack([np.full(width, np.nan, np.float32) if r.get(key) is None
-                                 else np.asarray(r[key], np.float32).reshape(-1) for r in rows])
-    if any(r.get("crop") is not None for r in rows):
-        ref = next(np.asarray(r["crop"]) for r in rows if r.get("crop") is not None)
-        out["crop"] = np.stack([np.zeros_like(ref) if r.get("crop") is None else np.asarray(r["crop"]) for r in rows])
-    out["age"] = np.array([np.nan if r.get("age") is None else float(r["age"]) for r in rows], np.float32)
-    out["gender"] = [r.get("gender") for r in rows]
-    out["track_key"] = np.array([r.get("track_key", i) for i, r in enumerate(rows)], np.int64)
-    if any(r.get("race") is not None for r in rows):
-        out["race"] = [r.get("race") for r in rows]
-    return out

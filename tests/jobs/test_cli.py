@@ -31,3 +31,68 @@ def test_shipped_annotate_configs_validate(path):
     assert cfg.decode.policy()
     first = path.read_text().splitlines()[0]
     assert first.startswith("# mien "), "each config starts with the command that runs it"
+
+
+def test_mien_model_help_lists_its_actions():
+    r = subprocess.run([sys.executable, "-m", "jobs.cli", "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0 and "model" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "jobs.cli", "model", "--help"], cwd=ROOT, capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr
+    assert "usage: mien model" in r.stdout and "init" in r.stdout and "inspect" in r.stdout
+    assert "mien model init jobs/configs/model/tiny_cpu.yaml" in r.stdout  # examples in the epilog
+
+
+def test_mien_model_without_an_action_prints_its_help_and_exits_2(capsys):
+    from jobs.cli import main
+
+    assert main(["model"]) == 2
+    assert "usage: mien model" in capsys.readouterr().out
+
+
+def test_mien_model_init_writes_a_loadable_directory_that_inspect_describes(tmp_path, capsys):
+    import json
+
+    from jobs.cli import main
+    from model import load_model
+    from tests.model.conftest import face_batch
+
+    config = ROOT / "jobs" / "configs" / "model" / "tiny_cpu.yaml"
+    assert main(["model", "init", str(config), "--output", str(tmp_path / "m"), "--set", "seed=3"]) == 0
+    model_id = capsys.readouterr().out.strip().splitlines()[-1]  # deepspeed may log to stdout first
+    loaded = load_model(str(tmp_path / "m"))
+    assert loaded.model_id == model_id and loaded.config.seed == 3
+    assert loaded.annotate(face_batch(2))["fe_probs"].shape == (2, 7)
+    assert main(["model", "inspect", str(tmp_path / "m")]) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out[out.index("{"):])["model_id"] == model_id
+
+
+def test_mien_model_problems_exit_2_with_one_line(tmp_path, capsys):
+    from jobs.cli import main
+
+    assert main(["model", "inspect", str(tmp_path / "missing")]) == 2
+    assert "mien model inspect: model directory not found" in capsys.readouterr().err
+    assert main(["model", "init", str(tmp_path / "none.yaml"), "--output", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mien model: ") and "config file not found" in err
+
+
+def test_permission_denied_names_the_fix_and_a_bug_keeps_its_traceback(monkeypatch, capsys):
+    import workflows.outputs.inspect
+    from jobs.cli import main
+
+    def denied(*args, **kwargs):
+        raise PermissionError("Access Denied: s3://bucket/out/videos")
+
+    monkeypatch.setattr(workflows.outputs.inspect, "inspect_output", denied)
+    assert main(["inspect", "s3://bucket/out"]) == 2
+    assert capsys.readouterr().err.strip() == ("mien inspect: Access Denied: s3://bucket/out/videos "
+                                               "(check the path, its permissions or your S3 credentials)")
+
+    def bug(*args, **kwargs):
+        raise KeyError("fe_label")
+
+    monkeypatch.setattr(workflows.outputs.inspect, "inspect_output", bug)
+    with pytest.raises(KeyError):
+        main(["inspect", "s3://bucket/out"])

@@ -12,7 +12,7 @@ import torch
 
 from model import build_model, load_model, save_model
 from model.annotator import FacialAnnotator
-from model.checkpoint import (
+from model.model_dir import (
     MANIFEST,
     ArchitectureMismatchError,
     ChecksumError,
@@ -184,27 +184,13 @@ def test_s3_round_trip(trained, saved, s3_bucket):
 def test_mlflow_models_alias_round_trip(saved, tmp_path, monkeypatch):
     import mlflow
 
-    from model.checkpoint import log_model_dir
+    from workflows.core.tracking import Tracker
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    exp = mlflow.create_experiment("mien-model-test", artifact_location=str(tmp_path / "artifacts"))
-    with mlflow.start_run(experiment_id=exp):
-        uri = log_model_dir(str(saved), registered_model_name="mien-tiny", alias="champion")
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
+    mlflow.set_tracking_uri(tracking)
+    with Tracker.start(tracking, "mien-model-test", artifact_location=str(tmp_path / "artifacts")) as run:
+        uri = run.log_model_dir(str(saved), registered_model_name="mien-tiny", alias="champion").uri
     assert uri == "models:/mien-tiny@champion"
     loaded = load_model(uri)
     assert loaded.model_id == json.loads((saved / MANIFEST).read_text())["model_id"]
-
-
-def test_cli_init_builds_a_loadable_directory(tmp_path, capsys):
-    from model.__main__ import main
-
-    config = Path(__file__).resolve().parents[2] / "jobs" / "configs" / "model" / "tiny_cpu.yaml"
-    assert main(["init", str(config), "--output", str(tmp_path / "m"), "--set", "seed=3"]) == 0
-    model_id = capsys.readouterr().out.strip().splitlines()[-1]  # deepspeed may log to stdout first
-    loaded = load_model(str(tmp_path / "m"))
-    assert loaded.model_id == model_id and loaded.config.seed == 3
-    assert loaded.annotate(face_batch(2))["fe_probs"].shape == (2, 7)
-    assert main(["inspect", str(tmp_path / "m")]) == 0
-    out = capsys.readouterr().out
-    assert json.loads(out[out.index("{"):])["model_id"] == model_id

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from model import load_model, save_model
-from model.checkpoint import MANIFEST
 from model.config import PriorCalibration
+from model.model_dir import MANIFEST
 from model.prior import CalibratedFacePrior
 from model.taxonomy import AU_INDEX, AU_NAMES, FE_BASIC
 

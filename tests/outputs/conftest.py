@@ -8,7 +8,6 @@ so ``mien render`` can decode them; the faces carry synthetic JPEG crops.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime as dt
 import json
@@ -196,10 +195,7 @@ def faces_frame(root: Path):
 
 
 def mien(*argv: str) -> int:
-    """Run ``mien <argv>`` through the output subcommands' own argparse wiring."""
-    from jobs import outputs_cmd
+    """Run ``mien <argv>`` in this process; returns the exit status."""
+    from jobs.cli import main
 
-    parser = argparse.ArgumentParser(prog="mien")
-    sub = parser.add_subparsers(dest="command")
-    outputs_cmd.add_parsers(sub)
-    return outputs_cmd.run(parser.parse_args([str(a) for a in argv]))
+    return main([str(a) for a in argv])

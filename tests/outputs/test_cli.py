@@ -1,19 +1,17 @@
 """The output subcommands' argparse wiring: instant start, working --help."""
 
-import argparse
 import subprocess
 import sys
 
 import pytest
 
-from jobs import outputs_cmd
+from jobs.cli import build_parser
 
 HEAVY = ("pyarrow", "av", "cv2", "pandas", "numpy", "PIL", "workflows.outputs")
 
 
 def test_registering_the_commands_imports_nothing_heavy():
-    code = ("import argparse, sys\nfrom jobs import outputs_cmd\n"
-            "p = argparse.ArgumentParser()\noutputs_cmd.add_parsers(p.add_subparsers(dest='command'))\n"
+    code = ("import sys\nfrom jobs.cli import build_parser\nbuild_parser()\n"
             f"print([m for m in {HEAVY!r} if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
@@ -23,10 +21,8 @@ def test_registering_the_commands_imports_nothing_heavy():
                                   ["export", "openface", "--help"], ["export", "hf", "--help"],
                                   ["inspect", "--help"]])
 def test_help(argv, capsys):
-    parser = argparse.ArgumentParser(prog="mien")
-    outputs_cmd.add_parsers(parser.add_subparsers(dest="command"))
     with pytest.raises(SystemExit) as e:
-        parser.parse_args(argv)
+        build_parser().parse_args(argv)
     assert e.value.code == 0
     assert "usage: mien " + argv[0] in capsys.readouterr().out
 

@@ -10,7 +10,7 @@ import pytest
 
 from tests.reliability.conftest import annotate_cfg, check_contract, faces_per_video, local_ray, videos_table
 from workflows.annotate.pipeline import annotate
-from workflows.annotate.stages import InjectedFault, injected_faults
+from workflows.core.faults import InjectedFault, injected_faults
 
 pytestmark = pytest.mark.timeout(420)
 

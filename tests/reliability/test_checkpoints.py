@@ -73,7 +73,7 @@ def test_safetensors_directory_loads(saved):
 
 
 def test_pickle_only_directory_is_refused(tmp_path):
-    from model.checkpoint import UnsafeCheckpointError
+    from model.model_dir import UnsafeCheckpointError
 
     marker = tmp_path / "PWNED"
     d = tmp_path / "hf_style"
@@ -88,7 +88,7 @@ def test_pickle_only_directory_is_refused(tmp_path):
 
 
 def test_manifest_part_that_is_a_pickle_is_refused(model_copy, tmp_path):
-    from model.checkpoint import UnsafeCheckpointError, sha256_bytes
+    from model.model_dir import UnsafeCheckpointError, sha256_bytes
 
     marker = tmp_path / "PWNED"
     data = _pickle_bytes(marker)
@@ -104,7 +104,7 @@ def test_manifest_part_that_is_a_pickle_is_refused(model_copy, tmp_path):
 def test_pickle_disguised_as_safetensors_is_never_unpickled(model_copy, tmp_path):
     from safetensors import SafetensorError
 
-    from model.checkpoint import sha256_bytes
+    from model.model_dir import sha256_bytes
 
     marker = tmp_path / "PWNED"
     data = _pickle_bytes(marker)
@@ -118,7 +118,7 @@ def test_pickle_disguised_as_safetensors_is_never_unpickled(model_copy, tmp_path
 
 
 def test_sha256_mismatch_is_refused(model_copy):
-    from model.checkpoint import ChecksumError
+    from model.model_dir import ChecksumError
 
     p = model_copy / "lora.safetensors"
     data = bytearray(p.read_bytes())
@@ -129,7 +129,7 @@ def test_sha256_mismatch_is_refused(model_copy):
 
 
 def test_tampered_bundled_base_weights_are_refused(model_copy):
-    from model.checkpoint import ChecksumError
+    from model.model_dir import ChecksumError
 
     p = model_copy / "base" / "llm" / "model.safetensors"
     data = bytearray(p.read_bytes())
@@ -142,7 +142,7 @@ def test_tampered_bundled_base_weights_are_refused(model_copy):
 def test_pickle_dropped_into_bundled_base_dir_is_refused(model_copy, tmp_path):
     """A pickle added next to the bundled LLM is refused outright (before any checksum); with
     the checksum forged too and the safetensors removed, the loader still refuses."""
-    from model.checkpoint import UnsafeCheckpointError, tree_sha256
+    from model.model_dir import UnsafeCheckpointError, tree_sha256
 
     marker = tmp_path / "PWNED"
     llm = model_copy / "base" / "llm"
@@ -159,7 +159,7 @@ def test_pickle_dropped_into_bundled_base_dir_is_refused(model_copy, tmp_path):
 
 
 def test_stray_pickle_next_to_a_valid_manifest_is_refused(model_copy, tmp_path):
-    from model.checkpoint import UnsafeCheckpointError
+    from model.model_dir import UnsafeCheckpointError
 
     marker = tmp_path / "PWNED"
     (model_copy / "optimizer.pt").write_bytes(_pickle_bytes(marker))
@@ -194,7 +194,7 @@ def test_cli_refuses_a_pickled_model_before_starting_ray(tmp_path, asset):
 def test_part_paths_are_confined_to_the_model_directory(model_copy, tmp_path, file):
     """A manifest may only name files inside its own directory: '..', absolute paths and
     symlinks out are refused before anything is read, even with a matching checksum."""
-    from model.checkpoint import UnsafeCheckpointError, sha256_bytes
+    from model.model_dir import UnsafeCheckpointError, sha256_bytes
 
     outside = tmp_path / "outside.safetensors"
     shutil.copyfile(model_copy / "fim.safetensors", outside)
@@ -208,7 +208,7 @@ def test_part_paths_are_confined_to_the_model_directory(model_copy, tmp_path, fi
 
 
 def test_bundled_component_paths_are_confined_to_the_model_directory(model_copy, tmp_path):
-    from model.checkpoint import UnsafeCheckpointError, tree_sha256
+    from model.model_dir import UnsafeCheckpointError, tree_sha256
 
     elsewhere = tmp_path / "elsewhere"
     shutil.copytree(model_copy / "base" / "llm", elsewhere)

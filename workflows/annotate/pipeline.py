@@ -19,6 +19,8 @@ from typing import Any
 
 from workflows.annotate.decode import DecodeLimits, SamplingPolicy
 from workflows.core import storage
+from workflows.core.cluster import ClusterConfig
+from workflows.core.tracking import MlflowConfig, Tracker, config_params, resolve_tracking_uri
 from workflows.faces import FaceConfig
 
 log = logging.getLogger(__name__)
@@ -82,9 +84,9 @@ class StageResources:
 
 
 @dataclasses.dataclass
-class RayConfig:
-    address: str | None = None  # else RAY_ADDRESS, else a local Ray
-    num_cpus: int | None = None  # local Ray only
+class RayConfig(ClusterConfig):
+    """The cluster connection (``address``, ``num_cpus``) plus the annotate actor pools."""
+
     max_task_retries: int = 2  # per batch, after a worker crash; then the videos are retried alone
     crash_passes: int = 2  # extra passes for videos lost to crashes, one video per MLLM call
     faces: StageResources = dataclasses.field(default_factory=StageResources)
@@ -120,13 +122,6 @@ class AssetsConfig:
 
 
 @dataclasses.dataclass
-class MlflowConfig:
-    enabled: bool = True
-    tracking_uri: str | None = None  # MLFLOW_TRACKING_URI wins; default sqlite:///mlflow.db
-    experiment: str = "mien-annotate"
-
-
-@dataclasses.dataclass
 class IngestConfig:
     allowed_roots: list[str] = dataclasses.field(default_factory=list)  # for manifest entries
 
@@ -139,8 +134,11 @@ class AnnotateConfig:
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)
     output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
     assets: AssetsConfig = dataclasses.field(default_factory=AssetsConfig)
-    mlflow: MlflowConfig = dataclasses.field(default_factory=MlflowConfig)
+    mlflow: MlflowConfig = dataclasses.field(default_factory=lambda: MlflowConfig(experiment="mien-annotate"))
     ingest: IngestConfig = dataclasses.field(default_factory=IngestConfig)
+
+    def validate(self) -> list[str]:
+        return self.mlflow.unused_settings("annotate", ("registered_model", "alias", "run_id"))
 
 
 @dataclasses.dataclass
@@ -275,7 +273,7 @@ def _check_model(cfg: AnnotateConfig) -> None:
             cfg.ray.address or os.environ.get("RAY_ADDRESS")):
         log.info("model %s is not on this machine; the cluster's MLLM workers will load it", uri)
         return
-    from model.checkpoint import read_manifest, resolve_model_uri, verify_parts
+    from model.model_dir import read_manifest, resolve_model_uri, verify_parts
 
     directory = resolve_model_uri(uri)
     verify_parts(directory, read_manifest(directory))
@@ -286,7 +284,7 @@ def _run(todo: list, cfg: AnnotateConfig, run_id: str, sink: Any, summary: Annot
     from workflows.annotate import runner
     from workflows.core import cluster
 
-    resources = cluster.init_ray(cfg.ray.address, cfg.ray.num_cpus)
+    resources = cfg.ray.connect()
     plan = runner.stage_plan(cfg, resources, len(todo), cluster.node_resources())
     summary.plan = plan
     log.info("stage plan: %s", plan)
@@ -433,37 +431,21 @@ def _write_run_json(output_uri: str, input_uri: str, cfg: AnnotateConfig, summar
 
 def _log_mlflow(cfg: AnnotateConfig, summary: AnnotateSummary, output_uri: str, input_uri: str) -> None:
     try:
-        import mlflow
-
         from workflows.core.config import to_dict
-        from workflows.training.train import default_artifact_location, ensure_experiment, mlflow_tracking_uri
 
-        tracking = mlflow_tracking_uri(cfg.mlflow.tracking_uri)
-        mlflow.set_tracking_uri(tracking)
-        experiment_id = ensure_experiment(cfg.mlflow.experiment, tracking, default_artifact_location(tracking))
-        with mlflow.start_run(run_name=summary.run_id, experiment_id=experiment_id):
-            flat = _flatten(to_dict(cfg))
-            mlflow.log_params({k: str(v)[:500] for k, v in flat.items()})
-            mlflow.set_tags({"mien.run_id": summary.run_id, "mien.output": output_uri, "mien.input": input_uri,
-                             "mien.model_id": str(summary.model_id)})
-            mlflow.log_metrics({
+        m = cfg.mlflow
+        with Tracker.start(resolve_tracking_uri(m.tracking_uri), m.experiment, run_name=summary.run_id,
+                           artifact_location=m.artifact_location) as run:
+            run.log_params(config_params(to_dict(cfg)))
+            run.set_tags({"mien.run_id": summary.run_id, "mien.output": output_uri, "mien.input": input_uri,
+                          "mien.model_id": str(summary.model_id)})
+            run.log_metrics({
                 "videos_ok": summary.videos_ok, "videos_error": summary.videos_error,
                 "videos_skipped": summary.videos_skipped, "faces": summary.faces, "tracks": summary.tracks,
                 "wall_s": summary.wall_s,
                 "videos_per_s": (summary.videos_ok + summary.videos_error) / max(summary.wall_s, 1e-9),
                 "faces_per_s": summary.faces / max(summary.wall_s, 1e-9)})
-            mlflow.log_dict(json.loads(storage.read_text(
+            run.log_dict(json.loads(storage.read_text(
                 storage.join(output_uri, "runs", f"{summary.run_id}.json"))), f"runs/{summary.run_id}.json")
     except Exception as e:  # noqa: BLE001 - tracking must not fail a finished annotation
         log.warning("MLflow logging failed (%s: %s); the output is complete", type(e).__name__, e)
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out

@@ -8,13 +8,9 @@ arrays per face (no frames), packed per video into one ``npz`` blob.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import io
 import logging
 import math
-import os
-import tempfile
 import time
 import traceback
 import warnings
@@ -23,7 +19,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from model.face_batch import FIELDS as FACE_FIELDS
+from model.face_batch import build_face_batch
 from model.taxonomy import AU_NAMES, FE_BASIC
+from workflows.core import faults
 from workflows.corpus import schema
 
 log = logging.getLogger(__name__)
@@ -34,59 +33,6 @@ VIDEO_FIELDS = ("video_id", "video_uri", "status", "error", "error_kind", "n_fra
                 "decode_faces_cpu_s")
 # Per-video columns the MLLM stage (or the fused stage) emits: the driver's input.
 RESULT_FIELDS = VIDEO_FIELDS + ("mllm_s", "model_id", "faces_ipc", "tracks_ipc")
-
-
-# -- chaos-testing hook ---------------------------------------------------------------------
-# MIEN_FAULT_INJECT="mllm_exit:<substring>" makes the MLLM actor's process die (os._exit, as a
-# segfault or the OOM killer would) on every video whose URI contains <substring>;
-# "faces_exit:" does the same in the face stage, and "<stage>_exit_once:<substring>" dies only
-# on the first such video (a marker file in MIEN_FAULT_STATE_DIR, default the temp dir,
-# remembers it across restarts). Several specs are separated by commas. The reliability
-# tests use it to prove that a crashed worker loses nothing but its own video. Unset, it
-# costs one environment lookup per actor.
-FAULT_ENV = "MIEN_FAULT_INJECT"
-FAULT_STATE_ENV = "MIEN_FAULT_STATE_DIR"
-FAULT_EXIT_CODE = 77
-
-
-@dataclasses.dataclass(frozen=True)
-class InjectedFault:
-    stage: str  # "faces" | "mllm"
-    substring: str
-    once: bool = False
-
-    def marker(self) -> str:
-        key = hashlib.sha256(f"{self.stage}\x00{self.substring}".encode()).hexdigest()[:16]
-        return os.path.join(os.environ.get(FAULT_STATE_ENV) or tempfile.gettempdir(), f"mien-fault-{key}")
-
-
-def injected_faults(stage: str) -> tuple[InjectedFault, ...]:
-    """The faults ``MIEN_FAULT_INJECT`` asks ``stage`` to inject (empty when unset)."""
-    spec = os.environ.get(FAULT_ENV)
-    if not spec:
-        return ()
-    faults = []
-    for item in spec.split(","):
-        action, _, substring = item.strip().partition(":")
-        if action in (f"{stage}_exit", f"{stage}_exit_once") and substring:
-            faults.append(InjectedFault(stage, substring, once=action.endswith("_once")))
-    return tuple(faults)
-
-
-def _inject_fault(faults: tuple[InjectedFault, ...], uri: str) -> None:
-    for f in faults:
-        if f.substring not in uri:
-            continue
-        if f.once:
-            try:
-                os.close(os.open(f.marker(), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-            except FileExistsError:
-                continue  # already fired once
-        log.error("%s=%s: killing this %s worker (pid %d) on %s", FAULT_ENV, os.environ.get(FAULT_ENV),
-                  f.stage, os.getpid(), uri)
-        for handler in logging.getLogger().handlers:
-            handler.flush()
-        os._exit(FAULT_EXIT_CODE)
 
 
 def _encode_jpeg(crop: np.ndarray, quality: int) -> bytes:
@@ -153,6 +99,16 @@ def unpack_faces(blob: bytes) -> dict[str, Any]:
     return out
 
 
+def model_batch(faces: dict[str, Any], rows: range, video_key: int) -> dict[str, Any]:
+    """The model's face batch (:mod:`model.face_batch`) for faces ``rows`` of one video's
+    unpacked face arrays; ``video_key`` keeps the track keys of the videos of one MLLM batch apart."""
+    fields = [k for k in FACE_FIELDS if k in faces]  # every face-stage output the model reads
+    return build_face_batch([
+        {**{k: faces[k][i] for k in fields}, "crop": _decode_jpeg(faces["crop_jpeg"][i]),
+         "track_key": (video_key << 40) + (int(faces["track_id"][i]) << 20) + int(faces["segment_id"][i])}
+        for i in rows])
+
+
 class DecodeFacesStage:
     """Decode + sample + face extraction for whole videos (the unit of work and of failure)."""
 
@@ -162,13 +118,13 @@ class DecodeFacesStage:
         self.cfg = cfg
         self.policy = cfg.decode.policy()
         self.extractor = FaceExtractor(cfg.faces, assets_dir=cfg.assets.dir)
-        self._faults = injected_faults("faces")
+        self._faults = faults.injected_faults("faces")
 
     def process_video(self, video_id: str, uri: str) -> dict[str, Any]:
         from workflows.annotate.decode import DecodeError, VideoReader
 
         if self._faults:
-            _inject_fault(self._faults, uri)
+            faults.exit_if_injected(self._faults, uri)
         row: dict[str, Any] = {"video_id": video_id, "video_uri": uri, "status": "ok", "error": None,
                                "error_kind": None, "n_frames": 0, "n_faces": 0, "n_tracks": 0,
                                "sampling": str(self.policy), "faces_npz": b""}
@@ -234,7 +190,7 @@ class MllmStage:
         self.run_id = run_id
         self.model = load_model(cfg.model.uri, device=cfg.model.device)
         self.model_id = self.model.model_id
-        self._faults = injected_faults("mllm")
+        self._faults = faults.injected_faults("mllm")
 
     def _score(self, faces: dict[str, Any], video_key: int) -> dict[str, Any]:
         n = len(faces["frame_index"])
@@ -242,17 +198,9 @@ class MllmStage:
         au = np.full((n, len(AU_NAMES)), np.nan, np.float32)
         desc: list[str | None] = [None] * n
         bs = max(1, self.cfg.model.batch_size)
-        track_key = (faces["track_id"].astype(np.int64) << 20) + faces["segment_id"].astype(np.int64)
         for s in range(0, n, bs):
             sl = slice(s, min(n, s + bs))
-            batch = {
-                "crop": np.stack([_decode_jpeg(c) for c in faces["crop_jpeg"][sl]]),
-                "au_evidence": faces["au_evidence"][sl], "fe_prior": faces["fe_prior"][sl],
-                "age": faces["age"][sl], "gender": [g or None for g in faces["gender"][sl].tolist()],
-                "track_key": track_key[sl] + (video_key << 40), "blendshapes": faces["blendshapes"][sl],
-                "pose": faces["pose"][sl],
-            }
-            out = self.model.annotate(batch)
+            out = self.model.annotate(model_batch(faces, range(sl.start, sl.stop), video_key))
             fe[sl] = out["fe_probs"]
             au[sl] = out["au_probs"]
             desc[sl] = list(out.get("description") or [None] * (sl.stop - sl.start))
@@ -260,7 +208,7 @@ class MllmStage:
 
     def process_video(self, row: dict[str, Any], video_key: int) -> dict[str, Any]:
         if self._faults:
-            _inject_fault(self._faults, str(row.get("video_uri")))
+            faults.exit_if_injected(self._faults, str(row.get("video_uri")))
         t0 = time.perf_counter()
         out = {k: row.get(k) for k in VIDEO_FIELDS}
         faces_t, tracks_t = schema.FACES.empty_table(), schema.TRACKS.empty_table()
@@ -302,6 +250,7 @@ class MllmStage:
                 "au_active": [a for a, p in zip(AU_NAMES, au_row, strict=True) if p == p and p >= thr],
                 "au_evidence": schema.probs_map(AU_NAMES, f["au_evidence"][i]),
                 "fe_prior": schema.probs_map(FE_BASIC, f["fe_prior"][i]),
+                "blendshapes": _opt_vector(f["blendshapes"][i]),
                 "flags": [x for x in str(f["flags"][i]).split(",") if x],
                 "description": s["description"][i], "crop_jpeg": f["crop_jpeg"][i] if keep_crops else None,
                 "model_id": self.model_id, "run_id": self.run_id,
@@ -338,6 +287,10 @@ class MllmStage:
 def _opt(v: Any) -> float | None:
     v = float(v)
     return None if math.isnan(v) else v
+
+
+def _opt_vector(v: np.ndarray) -> list[float] | None:
+    return None if np.isnan(v).all() else v.tolist()
 
 
 def _scalar(v: Any) -> Any:

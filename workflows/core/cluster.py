@@ -7,6 +7,7 @@ module costs nothing.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import logging
 import os
@@ -14,6 +15,18 @@ from collections.abc import Iterator
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class ClusterConfig:
+    """Where a job runs (the ``ray:`` section of every job config)."""
+
+    address: str | None = None  # else RAY_ADDRESS, else a local Ray on 127.0.0.1
+    num_cpus: int | None = None  # local Ray only
+
+    def connect(self) -> dict[str, Any]:
+        """Connect (see :func:`init_ray`); returns the cluster's resources."""
+        return init_ray(self.address, self.num_cpus)
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -105,6 +106,22 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Iterabl
         merged = deep_merge(merged, data)
     merged = deep_merge(merged, parse_overrides(overrides))
     return from_dict(cls, merged, source=str(path) if path else None)
+
+
+def resolve_relative(path: str, search_dirs: Iterable[str | Path] = ()) -> str:
+    """A path written in a config, made absolute where its author meant it: a URI or absolute
+    path as is; a relative one against the working directory, then each of ``search_dirs`` (the
+    directory of the config file that names it, then any the caller adds), first that exists.
+    Unresolved paths come back unchanged so that validation reports them."""
+    from workflows.core import storage
+
+    if storage.is_remote(path) or os.path.isabs(path):
+        return path
+    for base in (os.getcwd(), *search_dirs):
+        cand = os.path.join(str(base), path)
+        if os.path.exists(cand):
+            return os.path.abspath(cand)
+    return path
 
 
 def from_dict(cls: type[T], data: Mapping[str, Any], source: str | None = None) -> T:

@@ -1,5 +1,11 @@
 """Read an annotate output root: ``videos/``, ``faces/``, ``tracks/`` Parquet parts and ``runs/*.json``.
 
+The one reader of annotate outputs: inspect / report / render / exports, training and
+evaluation data (:meth:`AnnotationOutput.faces_of`), the retrain cycle (committed videos since
+a watermark, :func:`discover_outputs`) and the writer's resume all read through it, so all of
+them see committed parts only (a faces/tracks part counts once the videos part of the same
+name exists, :mod:`workflows.corpus.writer`).
+
 Works the same on a local path and on ``s3://`` (every read goes through
 :mod:`workflows.core.storage`). Faces parts can be large (they carry JPEG crops), so nothing here
 reads a whole table unless asked: callers name the columns they need, and
@@ -11,8 +17,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
-from typing import Any
+import os
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -21,22 +28,57 @@ import pyarrow.parquet as pq
 from workflows.core import storage
 from workflows.corpus import schema
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 log = logging.getLogger(__name__)
 
-class OutputError(Exception):
+
+class OutputError(ValueError):
     """A problem the user can fix: not an annotate output, unknown video, missing source file."""
 
 
-class AnnotationOutput:
-    """One annotate output root (local path or ``s3://bucket/prefix``)."""
+def list_parts(root: str, name: str) -> list[str]:
+    """URIs of every Parquet part of ``root/name`` (``videos`` | ``faces`` | ``tracks``), committed
+    or not, sorted; none when the folder does not exist."""
+    try:
+        return storage.list_files(storage.join(root, name), (".parquet",))
+    except FileNotFoundError:
+        return []
 
-    def __init__(self, root: str):
+
+def _source_key(uri: str) -> str:
+    uri = uri.rstrip("/")
+    return uri if storage.is_remote(uri) else os.path.abspath(storage.strip_file_scheme(uri))
+
+
+def discover_outputs(uri: str) -> list[str]:
+    """Annotate output roots at or under ``uri``: every directory holding a ``videos/`` Parquet part.
+
+    ``s3://bucket/annotations/`` with one output per night gives each night's root (local roots
+    as absolute paths). Raises FileNotFoundError when ``uri`` does not exist or holds no annotate
+    output."""
+    files = storage.list_files(uri, suffixes=(".parquet",))
+    roots = sorted({f.rsplit("/", 2)[0] for f in files if f.rsplit("/", 2)[-2:-1] == ["videos"]})
+    if not roots:
+        raise FileNotFoundError(f"{uri}: no mien annotate output (no videos/*.parquet) at or under it")
+    return [_source_key(r) for r in roots]
+
+
+class AnnotationOutput:
+    """One annotate output root (local path or ``s3://bucket/prefix``).
+
+    ``must_exist=False`` (the writer preparing a run) accepts a root without ``videos/``: it
+    reads as an output with no committed part.
+    """
+
+    def __init__(self, root: str, *, must_exist: bool = True):
         self.root = root.rstrip("/") or root
-        if not storage.exists(storage.join(self.root, "videos")):
+        if must_exist and not storage.exists(storage.join(self.root, "videos")):
             if not storage.exists(self.root):
                 raise OutputError(f"output not found: {root}")
             raise OutputError(f"{root} is not a mien annotate output (it has no videos/ directory); "
-                              f"point --input at the --output of `mien annotate`")
+                              f"give the --output directory of `mien annotate`")
         self._parts: dict[str, list[str]] = {}
         self._videos: pa.Table | None = None
         self._video_parts: dict[str, dict[str, list[int]]] = {}
@@ -50,19 +92,27 @@ class AnnotationOutput:
         run deletes it), and its rows would be counted twice after the rerun.
         """
         if name not in self._parts:
-            try:
-                uris = storage.list_files(storage.join(self.root, name), (".parquet",))
-            except FileNotFoundError:
-                uris = []
-            if name != "videos":
-                committed = {u.rsplit("/", 1)[-1] for u in self.parts("videos")}
-                skipped = [u for u in uris if u.rsplit("/", 1)[-1] not in committed]
-                if skipped:
-                    log.warning("ignoring %d uncommitted %s part(s) left by an interrupted run, e.g. %s",
-                                len(skipped), name, skipped[0])
-                uris = [u for u in uris if u not in skipped]
+            uris, skipped = self._listing(name)
+            if skipped:
+                log.warning("ignoring %d uncommitted %s part(s) left by an interrupted run (no videos part "
+                            "of the same name; the next `mien annotate` on this output deletes them): %s",
+                            len(skipped), name, ", ".join(skipped))
             self._parts[name] = uris
         return self._parts[name]
+
+    def uncommitted_parts(self, name: str) -> list[str]:
+        """URIs of the ``faces`` | ``tracks`` parts without their videos part (never cached: the
+        writer deletes them)."""
+        return self._listing(name)[1]
+
+    def _listing(self, name: str) -> tuple[list[str], list[str]]:
+        """(committed, uncommitted) parts of ``name``."""
+        uris = list_parts(self.root, name)
+        if name == "videos":
+            return uris, []
+        committed = {u.rsplit("/", 1)[-1] for u in self.parts("videos")}
+        return ([u for u in uris if u.rsplit("/", 1)[-1] in committed],
+                [u for u in uris if u.rsplit("/", 1)[-1] not in committed])
 
     def read_part(self, uri: str, columns: list[str] | None = None, filters: Any = None) -> pa.Table:
         """One part with ``columns``; columns a part lacks (older writers) come back as nulls."""
@@ -129,7 +179,86 @@ class AnnotationOutput:
         raise OutputError(f"no video {key!r} in {self.root} ({len(videos)} videos; "
                           f"`mien inspect {self.root} --videos` lists them)")
 
+    def committed_videos(self, since_ms: int | None = None) -> pd.DataFrame:
+        """Committed ``ok`` rows of ``videos/`` (one per video and run) as a DataFrame: ``video_id``,
+        ``video_uri``, ``run_id``, ``finished_ms`` (commit time, ms since the epoch, UTC) and
+        ``part`` (the part's file name). With ``since_ms`` (a watermark), only rows finished after it.
+
+        A videos part is the commit marker of the faces part of the same name
+        (:mod:`workflows.corpus.writer`), so faces are only ever read through these rows
+        (:meth:`faces_of`). Rows without ``finished_at`` (not written by ``mien annotate``) cannot
+        be placed against a watermark and are skipped with a warning.
+        """
+        import pandas as pd
+
+        columns = ["video_id", "video_uri", "run_id", "finished_ms", "part"]
+        frames = []
+        unfinished = 0
+        for uri in self.parts("videos"):
+            t = self.read_part(uri, ["video_id", "video_uri", "status", "run_id", "finished_at"])
+            is_ok = pc.fill_null(pc.equal(t.column("status"), "ok"), False)
+            has_time = pc.invert(pc.is_null(t.column("finished_at")))
+            unfinished += pc.sum(pc.and_(is_ok, pc.invert(has_time))).as_py() or 0
+            t = t.filter(pc.and_(is_ok, has_time))
+            if not t.num_rows:
+                continue
+            finished = pc.cast(t.column("finished_at").cast(pa.timestamp("ms", tz="UTC")), "int64").to_pylist()
+            frames.append(pd.DataFrame({"video_id": t.column("video_id").to_pylist(),
+                                        "video_uri": t.column("video_uri").to_pylist(),
+                                        "run_id": t.column("run_id").to_pylist(), "finished_ms": finished,
+                                        "part": uri.rsplit("/", 1)[-1]}, columns=columns))
+        if unfinished:
+            log.warning("%s: skipping %d ok videos row(s) without finished_at (not written by mien annotate?)",
+                        self.root, unfinished)
+        rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+        if since_ms is not None:
+            rows = rows[rows["finished_ms"] > since_ms].reset_index(drop=True)
+        return rows
+
     # -- faces ------------------------------------------------------------------------
+    def faces_of(self, videos: pd.DataFrame | None = None,
+                 keep_video: Callable[[str], bool] | None = None) -> pd.DataFrame:
+        """Every column of the faces of committed ``videos`` rows (:meth:`committed_videos`; default:
+        all of them) as a DataFrame, what
+        :func:`workflows.training.instructions.instructions_from_annotations` takes.
+
+        Only rows of the same part, video and run as a ``videos`` row are read, so faces of a
+        crashed run never come back. Map columns (``fe_probs``, ``au_probs``, ``au_evidence``,
+        ``fe_prior``) come back as dicts, ``track_id`` as str (None when untracked), and
+        ``video_uri`` is joined from ``videos``. ``keep_video(video_id)`` narrows ``videos`` first.
+        Empty DataFrame when there are no faces.
+        """
+        import pandas as pd
+
+        if videos is None:
+            videos = self.committed_videos()
+        if keep_video is not None and len(videos):
+            videos = videos[videos["video_id"].map(keep_video)]
+        written = {u.rsplit("/", 1)[-1]: u for u in self.parts("faces")}
+        frames = []
+        for part, rows in videos.groupby("part", sort=True):
+            if part not in written:
+                continue  # a chunk without faces writes an empty part; older outputs may lack it
+            t = self.read_part(written[part])
+            if not t.num_rows:
+                continue
+            wanted = set(zip(rows["video_id"], rows["run_id"], strict=True))
+            pairs = zip(t.column("video_id").to_pylist(), t.column("run_id").to_pylist(), strict=True)
+            t = t.filter(pa.array([p in wanted for p in pairs], pa.bool_()))
+            if not t.num_rows:
+                continue
+            df = t.to_pandas(maps_as_pydicts="lossy")
+            if "track_id" in t.column_names:  # as text, never widened to float by a null
+                df["track_id"] = pd.Series(pc.cast(t.column("track_id"), pa.string()).to_pylist(),
+                                           index=df.index, dtype=object)
+            frames.append(df)
+        if not frames:
+            return pd.DataFrame()
+        faces = pd.concat(frames, ignore_index=True)
+        uris = dict(zip(videos["video_id"], videos["video_uri"], strict=True))
+        faces["video_uri"] = faces["video_id"].map(uris)
+        return faces
+
     def video_parts(self, name: str = "faces") -> dict[str, list[int]]:
         """``video_id -> indices into parts(name)`` of the parts holding its rows (reads only ids)."""
         if name not in self._video_parts:

@@ -56,6 +56,9 @@ FACES = pa.schema([
     ("au_active", pa.list_(pa.string())),
     ("au_evidence", PROBS),                       # face-prior AU evidence after per-track normalisation
     ("fe_prior", PROBS),                          # the expression classifier's own probabilities
+    # 52 MediaPipe blendshape scores in [0, 1] in workflows.faces.landmarks.BLENDSHAPE_NAMES
+    # order (the model's input vector as is); null when the face mesh found no face
+    ("blendshapes", pa.list_(pa.float32())),
     ("flags", pa.list_(pa.string())),
     ("description", pa.string()),
     ("crop_jpeg", pa.binary()),                   # aligned face crop, JPEG (null if disabled)

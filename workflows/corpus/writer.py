@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 
 from workflows.core import storage
 from workflows.corpus import schema
+from workflows.corpus.reader import AnnotationOutput, list_parts
 
 log = logging.getLogger(__name__)
 TABLE_DIRS = ("faces", "tracks", "videos")
@@ -41,40 +42,21 @@ class AnnotationSink:
         self.bytes_written = 0
 
     # -- preparing a run --------------------------------------------------------------
-    def _parts(self, name: str) -> list[str]:
-        d = storage.join(self.root, name)
-        try:
-            return storage.list_files(d, (".parquet",))
-        except FileNotFoundError:
-            return []
-
     def remove_orphans(self) -> list[str]:
         """Delete faces/tracks parts whose chunk never committed its videos part."""
-        committed = {u.rsplit("/", 1)[-1] for u in self._parts("videos")}
+        output = AnnotationOutput(self.root, must_exist=False)
         removed = []
         for name in ("faces", "tracks"):
-            for uri in self._parts(name):
-                if uri.rsplit("/", 1)[-1] not in committed:
-                    storage.remove(uri)
-                    removed.append(uri)
+            for uri in output.uncommitted_parts(name):
+                storage.remove(uri)
+                removed.append(uri)
         if removed:
             log.warning("removed %d uncommitted part(s) left by an interrupted run", len(removed))
         return removed
 
-    def read_videos(self, columns: list[str] | None = None) -> pa.Table:
-        parts = self._parts("videos")
-        if not parts:
-            return schema.VIDEOS.empty_table()
-        tables = []
-        for uri in parts:
-            fs, path = storage.filesystem(uri)
-            tables.append(storage.with_retries(pq.read_table)(path, filesystem=fs, columns=columns))
-        return pa.concat_tables(tables, promote_options="default")
-
     def done_video_ids(self) -> set[str]:
-        t = self.read_videos(["video_id", "status"])
-        return {vid for vid, st in zip(t.column("video_id").to_pylist(), t.column("status").to_pylist(),
-                                       strict=True) if st == "ok"}
+        """Videos with a committed ``ok`` row: a rerun skips them (resume)."""
+        return set(AnnotationOutput(self.root, must_exist=False).committed_videos()["video_id"])
 
     def forget(self, video_ids: set[str]) -> int:
         """Drop every existing row of ``video_ids`` (``--force``): rewrite the parts that hold them.
@@ -86,7 +68,7 @@ class AnnotationSink:
             return 0
         dropped = 0
         for name in ("faces", "tracks", "videos"):
-            for uri in self._parts(name):
+            for uri in list_parts(self.root, name):
                 fs, path = storage.filesystem(uri)
                 t = storage.with_retries(pq.read_table)(path, filesystem=fs)
                 keep = pa.array([v not in video_ids for v in t.column("video_id").to_pylist()], pa.bool_())

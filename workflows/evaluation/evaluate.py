@@ -15,31 +15,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import tempfile
 import time
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 from model.taxonomy import AU_NAMES, FE_BASIC
+from workflows.core.tracking import MlflowConfig, Tracker, resolve_tracking_uri, use_tracking_for
 from workflows.training.instructions import DEFAULT_SPLITS, PseudoLabelFilter
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass
-class EvalMlflowConfig:
-    enabled: bool = True
-    tracking_uri: str | None = None  # MLFLOW_TRACKING_URI wins; default sqlite:///mlflow.db
-    experiment: str = "mien-evaluate"
-    artifact_location: str | None = None  # for a new experiment; default mlartifacts/ beside sqlite
-    run_id: str | None = None  # log into this existing run (e.g. retrain's) instead of a new one
-
-
-def _all_faces_filter() -> PseudoLabelFilter:
-    # Evaluating against an annotate output scores every labeled face, not a confident subset.
-    return PseudoLabelFilter(min_det_score=0.0, min_fe_confidence=0.0, max_per_track=1_000_000)
 
 
 @dataclasses.dataclass
@@ -49,7 +34,7 @@ class EvaluateConfig:
     # Data without a split column is split here as `mien train` splits it (same hash of group_id):
     # keep these equal to the training run's data.splits and `--split holdout` is its holdout.
     splits: dict[str, float] = dataclasses.field(default_factory=lambda: dict(DEFAULT_SPLITS))
-    filter: PseudoLabelFilter = dataclasses.field(default_factory=_all_faces_filter)
+    filter: PseudoLabelFilter = dataclasses.field(default_factory=PseudoLabelFilter.all_faces)
     crop_size: int = 224
     batch_size: int = 32
     max_faces: int = 0  # 0 = all; otherwise a seeded sample
@@ -57,7 +42,7 @@ class EvaluateConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     au_threshold: float = 0.5
     fe_classes: list[str] = dataclasses.field(default_factory=lambda: list(FE_BASIC))
-    mlflow: EvalMlflowConfig = dataclasses.field(default_factory=EvalMlflowConfig)
+    mlflow: MlflowConfig = dataclasses.field(default_factory=lambda: MlflowConfig(experiment="mien-evaluate"))
 
     def validate(self) -> list[str]:
         problems = []
@@ -70,7 +55,7 @@ class EvaluateConfig:
         unknown = [c for c in self.fe_classes if c not in FE_BASIC]
         if unknown or len(self.fe_classes) < 2:
             problems.append(f"fe_classes: need at least two of {list(FE_BASIC)}; unknown: {unknown}")
-        return problems
+        return problems + self.mlflow.unused_settings("evaluate", ("registered_model", "alias"))
 
 
 @dataclasses.dataclass
@@ -116,7 +101,8 @@ def predict_faces(annotator: Any, faces: Any, *, crop_size: int = 224,
     """``annotate()`` over a face table (:data:`workflows.training.data.FACE_SCHEMA`) in batches.
 
     Returns ``fe_probs`` (N, 7) in FE_BASIC order and ``au_probs`` (N, 23) (NaN = not scored)."""
-    from workflows.training.data import face_batch
+    from model.face_batch import build_face_batch
+    from workflows.training.data import face_dict
 
     with_crop = _needs_crops(annotator)
     rows = faces.to_pylist()
@@ -124,7 +110,7 @@ def predict_faces(annotator: Any, faces: Any, *, crop_size: int = 224,
     au = np.full((len(rows), len(AU_NAMES)), np.nan, np.float32)
     for s in range(0, len(rows), batch_size):
         chunk = rows[s:s + batch_size]
-        out = annotator.annotate(face_batch(chunk, crop_size, with_crop))
+        out = annotator.annotate(build_face_batch([face_dict(r, crop_size, with_crop) for r in chunk]))
         fe[s:s + len(chunk)] = out["fe_probs"]
         au[s:s + len(chunk)] = out["au_probs"]
     return {"fe_probs": fe, "au_probs": au}
@@ -203,14 +189,6 @@ def load_faces(data_uri: str, cfg: EvaluateConfig, with_crops: bool = True) -> t
                    "split": cfg.split}
 
 
-def _resolve_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def plots_dir_for(json_uri: str) -> str:
     """``out/eval.json`` → ``out/eval_plots`` (several reports can share a directory)."""
     stem = json_uri[:-5] if json_uri.endswith(".json") else json_uri
@@ -220,14 +198,13 @@ def plots_dir_for(json_uri: str) -> str:
 def evaluate(model_uri: str, data_uri: str, cfg: EvaluateConfig | None = None,
              output: str | None = None) -> EvaluationResult:
     """Load ``model_uri``, score the faces of ``data_uri``, write ``output`` (JSON + plots), log to MLflow."""
-    from model import load_model
+    from model import load_model, resolve_device
     from workflows.evaluation.metrics import write_report
-    from workflows.training.train import mlflow_tracking_uri, use_tracking_for
 
     cfg = cfg or EvaluateConfig()
     t0 = time.time()
-    use_tracking_for(model_uri, mlflow_tracking_uri(cfg.mlflow.tracking_uri))
-    annotator = load_model(model_uri, device=_resolve_device(cfg.device))
+    use_tracking_for(model_uri, resolve_tracking_uri(cfg.mlflow.tracking_uri))
+    annotator = load_model(model_uri, device=resolve_device(cfg.device))
     faces, data_report = load_faces(data_uri, cfg, with_crops=_needs_crops(annotator))
     if faces.num_rows == 0:
         raise ValueError(f"{data_uri}: no faces to evaluate ({json.dumps(data_report, default=str)[:2000]})")
@@ -248,36 +225,26 @@ def _log_mlflow(cfg: EvaluateConfig, report: dict[str, Any], model_uri: str, dat
                 model_id: str) -> str | None:
     """Metrics, params, the JSON report and its plots into a new run (or ``mlflow.run_id``)."""
     try:
-        import mlflow
-        from mlflow.entities import Metric, Param, RunTag
-
         from workflows.evaluation.metrics import flat_metrics, report_plots
-        from workflows.training.train import ensure_experiment, mlflow_tracking_uri
 
-        tracking = mlflow_tracking_uri(cfg.mlflow.tracking_uri)
-        client = mlflow.MlflowClient(tracking)
-        run_id = cfg.mlflow.run_id
-        prefix = "eval/" if run_id else ""
-        if not run_id:
-            exp = ensure_experiment(cfg.mlflow.experiment, tracking, cfg.mlflow.artifact_location)
-            run = client.create_run(exp, run_name=f"eval-{model_id}", tags={"mien.job": "evaluate"})
-            run_id = run.info.run_id
-            params = {"model_uri": model_uri, "data_uri": data_uri, "split": str(cfg.split),
-                      "au_threshold": str(cfg.au_threshold), "crop_size": str(cfg.crop_size),
-                      "fe_classes": ",".join(cfg.fe_classes), "n_faces": str(report.get("n_faces"))}
-            client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
-        now = int(time.time() * 1000)
-        metrics = [Metric(f"{prefix}{k}", v, now, 0) for k, v in flat_metrics(report).items()]
-        client.log_batch(run_id, metrics=metrics,
-                         tags=[RunTag("mien.model_id", model_id), RunTag("mien.eval_data", data_uri)])
-        client.log_dict(run_id, report, f"{prefix}report.json")
-        with tempfile.TemporaryDirectory() as d:
-            for name, png in report_plots(report).items():
-                Path(d, name).write_bytes(png)
-            client.log_artifacts(run_id, d, prefix.rstrip("/") or None)
-        if not cfg.mlflow.run_id:
-            client.set_terminated(run_id, "FINISHED")
-        return run_id
+        m = cfg.mlflow
+        tracking = resolve_tracking_uri(m.tracking_uri)
+        prefix = "eval/" if m.run_id else ""
+        if m.run_id:
+            run = Tracker(tracking, m.run_id)
+        else:
+            run = Tracker.start(tracking, m.experiment, run_name=f"eval-{model_id}", tags={"mien.job": "evaluate"},
+                                artifact_location=m.artifact_location)
+            run.log_params({"model_uri": model_uri, "data_uri": data_uri, "split": cfg.split,
+                            "au_threshold": cfg.au_threshold, "crop_size": cfg.crop_size,
+                            "fe_classes": ",".join(cfg.fe_classes), "n_faces": report.get("n_faces")})
+        run.log_metrics({f"{prefix}{k}": v for k, v in flat_metrics(report).items()})
+        run.set_tags({"mien.model_id": model_id, "mien.eval_data": data_uri})
+        run.log_dict(report, f"{prefix}report.json")
+        run.log_files(report_plots(report), prefix.rstrip("/") or None)
+        if not m.run_id:
+            run.end("FINISHED")
+        return run.run_id
     except Exception as e:  # noqa: BLE001 - the report is complete without tracking
         log.warning("MLflow logging failed (%s: %s)", type(e).__name__, e)
         return None

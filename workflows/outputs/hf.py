@@ -68,6 +68,7 @@ FACE_COLUMN_DOCS: dict[str, str] = {
     "au_active": "action units with probability >= the run's au_threshold",
     "au_evidence": "face-prior AU evidence after per-track normalisation",
     "fe_prior": "the face prior's own expression probabilities",
+    "blendshapes": "MediaPipe's 52 ARKit blendshape scores in 0..1, in MediaPipe's order (null without a face mesh)",
     "flags": "quality flags (tiny, border, dark, profile, ...)",
     "description": "free-text description with FE/AU reasoning (null when none was generated)",
     "model_id": "model that produced the labels",

@@ -38,7 +38,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
-import io
 import json
 import logging
 import os
@@ -47,12 +46,20 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from workflows.core import storage
+from workflows.core import faults, storage
+from workflows.core.tracking import (
+    MlflowConfig,
+    Registry,
+    Tracker,
+    config_params,
+    resolve_tracking_uri,
+    store_exists,
+)
+from workflows.corpus.reader import AnnotationOutput, discover_outputs
 from workflows.training.instructions import DEFAULT_SPLITS, DEFAULT_TASKS, TASKS, PseudoLabelFilter
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 WATERMARK_TAG = "mien.data_watermark"
 RETRAIN_ID_TAG = "mien.retrain_id"
 
@@ -120,7 +127,7 @@ class HoldoutConfig:
 class RetrainTrainConfig:
     """How the candidate is trained: a `mien train` config plus overrides."""
 
-    config: str = "jobs/configs/train/tiny_cpu.yaml"  # relative paths: to the working dir, then the repo
+    config: str = "jobs/configs/train/tiny_cpu.yaml"  # relative: to the working dir, the retrain config's dir, the install
     overrides: list[str] = dataclasses.field(default_factory=list)  # `--set` style, e.g. optim.lr=1e-4
     # Start from the champion's weights (and architecture) when there is one; else the config's model.
     init_from_champion: bool = True
@@ -171,13 +178,6 @@ class PromotionConfig:
 
 
 @dataclasses.dataclass
-class RetrainMlflowConfig:
-    tracking_uri: str | None = None  # MLFLOW_TRACKING_URI wins; default sqlite:///mlflow.db
-    experiment: str = "mien-retrain"
-    artifact_location: str | None = None  # for a new experiment; default mlartifacts/ beside sqlite
-
-
-@dataclasses.dataclass
 class RetrainTestingConfig:
     # Raise right after this step completed (its results persisted): exercises crash safety.
     fail_after: Literal["", "data", "train", "register", "evaluate", "decide"] = ""
@@ -194,7 +194,8 @@ class RetrainConfig:
     train: RetrainTrainConfig = dataclasses.field(default_factory=RetrainTrainConfig)
     evaluate: EvaluationConfig = dataclasses.field(default_factory=EvaluationConfig)
     promotion: PromotionConfig = dataclasses.field(default_factory=PromotionConfig)
-    mlflow: RetrainMlflowConfig = dataclasses.field(default_factory=RetrainMlflowConfig)
+    # Always on (the champion and every decision live there); the registered model is model_name.
+    mlflow: MlflowConfig = dataclasses.field(default_factory=lambda: MlflowConfig(experiment="mien-retrain"))
     testing: RetrainTestingConfig = dataclasses.field(default_factory=RetrainTestingConfig)
 
     def validate(self) -> list[str]:
@@ -216,28 +217,35 @@ class RetrainConfig:
             if self.holdout.uri is None and self.holdout.split in (tcfg.data.train_split, tcfg.data.val_split):
                 problems.append(f"holdout.split: {self.holdout.split!r} is trained on (the training config's "
                                 "train/val split)")
-        return problems
+        return problems + self.mlflow.unused_settings("retrain", ("enabled", "registered_model", "alias", "run_id"))
 
 
-def load_retrain_config(path: str | None, overrides: Sequence[str] = ()) -> RetrainConfig:
-    """Validated :class:`RetrainConfig` (the training config it names is validated too)."""
-    from workflows.core.config import load_config
+def load_retrain_config(path: str | None, overrides: Sequence[str] = (),
+                        search_dirs: Sequence[str | Path] = ()) -> RetrainConfig:
+    """Validated :class:`RetrainConfig` (the training config it names is validated too).
 
-    return load_config(RetrainConfig, path, list(overrides))
+    A relative ``train.config`` is resolved here, on the driver, against the working directory,
+    then the directory of ``path``, then ``search_dirs`` (the CLI adds the directory that holds
+    the shipped ``jobs/configs``)."""
+    from workflows.core.config import deep_merge, from_dict, parse_overrides, read_yaml, resolve_relative
 
-
-def _train_config_path(path: str) -> str:
-    if storage.is_remote(path) or os.path.exists(path) or os.path.isabs(path):
-        return path
-    in_repo = REPO_ROOT / path
-    return str(in_repo) if in_repo.exists() else path
+    merged = deep_merge(read_yaml(path) if path is not None else {}, parse_overrides(list(overrides)))
+    train = merged.get("train")
+    if train is None:
+        train = merged["train"] = {}
+    if isinstance(train, dict):
+        rel = train.get("config", RetrainTrainConfig.config)
+        if isinstance(rel, str):
+            dirs = ([os.path.dirname(os.path.abspath(path))] if path and not storage.is_remote(path) else [])
+            train["config"] = resolve_relative(rel, [*dirs, *search_dirs])
+    return from_dict(RetrainConfig, merged, source=str(path) if path else None)
 
 
 def _train_config_data(cfg: RetrainConfig) -> dict[str, Any]:
     """The training config file merged with ``train.overrides`` (what identifies the training)."""
     from workflows.core.config import deep_merge, parse_overrides, read_yaml
 
-    return deep_merge(read_yaml(_train_config_path(cfg.train.config)), parse_overrides(cfg.train.overrides))
+    return deep_merge(read_yaml(cfg.train.config), parse_overrides(cfg.train.overrides))
 
 
 def load_candidate_train_config(cfg: RetrainConfig, runtime: Mapping[str, Any] | None = None) -> Any:
@@ -253,7 +261,7 @@ def load_candidate_train_config(cfg: RetrainConfig, runtime: Mapping[str, Any] |
 
 
 # ---------------------------------------------------------------------------------------------
-# annotate outputs: committed videos and their faces
+# watermarks: per annotate output root, the newest committed finished_at in ms
 
 
 def _ms_to_iso(ms: int) -> str:
@@ -262,95 +270,6 @@ def _ms_to_iso(ms: int) -> str:
 
 def _iso_to_ms(text: str) -> int:
     return int(dt.datetime.fromisoformat(text).timestamp() * 1000)
-
-
-def _source_key(uri: str) -> str:
-    uri = uri.rstrip("/")
-    return uri if storage.is_remote(uri) else os.path.abspath(storage.strip_file_scheme(uri))
-
-
-def discover_outputs(uri: str) -> list[str]:
-    """Annotate output roots at or under ``uri``: every directory holding a ``videos/`` Parquet part.
-
-    ``s3://bucket/annotations/`` with one output per night gives each night's root. Raises
-    FileNotFoundError when ``uri`` does not exist or holds no annotate output."""
-    files = storage.list_files(uri, suffixes=(".parquet",))
-    roots = sorted({f.rsplit("/", 2)[0] for f in files if f.rsplit("/", 2)[-2:-1] == ["videos"]})
-    if not roots:
-        raise FileNotFoundError(f"{uri}: no mien annotate output (no videos/*.parquet) at or under it")
-    return [_source_key(r) for r in roots]
-
-
-def read_committed_videos(root: str) -> Any:
-    """Committed ``ok`` rows of ``ROOT/videos/*.parquet`` as a DataFrame (``video_id``, ``video_uri``,
-    ``run_id``, ``finished_ms``, ``part``). A videos part is the commit marker of the faces part
-    of the same name (``workflows.corpus.writer``), so faces are only ever read through these rows."""
-    import pandas as pd
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    columns = ["video_id", "video_uri", "run_id", "finished_ms", "part"]
-    frames = []
-    for uri in storage.list_files(storage.join(root, "videos"), suffixes=(".parquet",)):
-        t = pq.read_table(io.BytesIO(storage.read_bytes(uri)))
-        missing = {"video_id", "status", "run_id", "finished_at"} - set(t.column_names)
-        if missing:
-            raise ValueError(f"{uri}: videos table lacks {sorted(missing)}; not a mien annotate output?")
-        ok = pc.and_(pc.fill_null(pc.equal(t.column("status"), "ok"), False),
-                     pc.invert(pc.is_null(t.column("finished_at"))))
-        t = t.filter(ok)
-        if not t.num_rows:
-            continue
-        finished = pc.cast(t.column("finished_at").cast(_ts_ms()), "int64").to_pylist()
-        uris = t.column("video_uri").to_pylist() if "video_uri" in t.column_names else [None] * t.num_rows
-        frames.append(pd.DataFrame({"video_id": t.column("video_id").to_pylist(), "video_uri": uris,
-                                    "run_id": t.column("run_id").to_pylist(), "finished_ms": finished,
-                                    "part": uri.rsplit("/", 1)[-1]}, columns=columns))
-    if not frames:
-        return pd.DataFrame(columns=columns)
-    return pd.concat(frames, ignore_index=True)
-
-
-def _ts_ms() -> Any:
-    import pyarrow as pa
-
-    return pa.timestamp("ms", tz="UTC")
-
-
-def read_faces(root: str, videos: Any, keep_video: Callable[[str], bool] | None = None) -> Any:
-    """Faces of the given committed ``videos`` rows (same part, same video and run), as a DataFrame
-    that :func:`workflows.training.instructions.instructions_from_annotations` takes (``video_uri`` joined)."""
-    import pandas as pd
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    if keep_video is not None and len(videos):
-        videos = videos[videos["video_id"].map(keep_video)]
-    frames = []
-    for part, rows in videos.groupby("part", sort=True):
-        uri = storage.join(root, "faces", part)
-        if not storage.exists(uri):
-            continue  # a chunk without faces writes an empty part; older outputs may lack it
-        t = pq.read_table(io.BytesIO(storage.read_bytes(uri)))
-        if not t.num_rows:
-            continue
-        t = t.filter(pc.is_in(t.column("video_id"), value_set=_string_array(rows["video_id"].unique())))
-        df = t.to_pandas()
-        wanted = set(zip(rows["video_id"], rows["run_id"], strict=True))
-        df = df[[(v, r) in wanted for v, r in zip(df["video_id"], df["run_id"], strict=True)]]
-        frames.append(df)
-    if not frames:
-        return pd.DataFrame()
-    faces = pd.concat(frames, ignore_index=True)
-    uris = dict(zip(videos["video_id"], videos["video_uri"], strict=True))
-    faces["video_uri"] = faces["video_id"].map(uris)
-    return faces
-
-
-def _string_array(values: Any) -> Any:
-    import pyarrow as pa
-
-    return pa.array([str(v) for v in values], pa.string())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -436,48 +355,7 @@ class RetrainPlan:
 
 
 # ---------------------------------------------------------------------------------------------
-# MLflow registry helpers
-
-
-def _store_exists(tracking: str) -> bool:
-    """False for a sqlite store whose file does not exist (opening it would create it)."""
-    if tracking.startswith("sqlite:///"):
-        return os.path.exists(tracking[len("sqlite:///"):])
-    return True
-
-
-def _client(tracking: str) -> Any:
-    import mlflow
-
-    mlflow.set_tracking_uri(tracking)  # models:/ URIs (init_from, evaluation) resolve through the same store
-    return mlflow.MlflowClient(tracking)
-
-
-def aliased_version(client: Any, name: str, alias: str) -> Any | None:
-    """The model version ``alias`` points at, or None (no such model or alias)."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        model = client.get_registered_model(name)
-    except MlflowException:
-        return None
-    version = (model.aliases or {}).get(alias)
-    return client.get_model_version(name, str(version)) if version is not None else None
-
-
-def model_source(client: Any, name: str, version: str) -> str:
-    """Where a registered version's model directory lives: its artifact location when that is a
-    local path or ``s3://`` (loadable by every worker without a registry lookup), else
-    ``models:/name/version``."""
-    try:
-        uri = client.get_model_version_download_uri(name, version)
-    except Exception:  # noqa: BLE001 - fall back to the registry URI
-        uri = ""
-    if uri.startswith("file://"):
-        uri = uri[len("file://"):]
-    if uri.startswith("s3://") or (uri.startswith("/") and os.path.isdir(uri)):
-        return uri
-    return f"models:/{name}/{version}"
+# the champion's watermark
 
 
 def watermark_of(version: Any) -> dict[str, int]:
@@ -567,7 +445,7 @@ def decide(candidate: Mapping[str, Any], champion: Mapping[str, Any] | None, p: 
 # the cycle
 
 
-class RetrainInterrupted(RuntimeError):
+class RetrainInterrupted(faults.InjectedFailure):
     """Raised by ``testing.fail_after``: a simulated crash between two persisted steps."""
 
 
@@ -614,25 +492,29 @@ class _Cycle:
 
     def __init__(self, cfg: RetrainConfig, extra_sources: Sequence[str], dry_run: bool,
                  ray_address: str | None):
-        from workflows.training.train import default_environment, mlflow_tracking_uri
+        from workflows.training.train import default_environment
 
         default_environment()
         self.cfg = cfg
         self.dry_run = dry_run
         self.ray_address = ray_address
-        self.tracking = mlflow_tracking_uri(cfg.mlflow.tracking_uri)
+        self.tracking = resolve_tracking_uri(cfg.mlflow.tracking_uri)
         self.sources = list(dict.fromkeys([*cfg.data.sources, *extra_sources]))
         self.reused: list[str] = []
-        self.client: Any = None
-        self.run_id: str | None = None
+        self.registry: Registry | None = None  # once the store is opened
+        self.run: Tracker | None = None  # the cycle's run, one shared by every attempt
         self.work = ""  # WORK/<retrain id>, set once the id is known
 
     # -- plan -------------------------------------------------------------------------------
+    def open_registry(self) -> None:
+        if self.registry is None:
+            self.registry = Registry(self.tracking)
+
     def champion(self) -> Any | None:
-        if not _store_exists(self.tracking):
+        if not store_exists(self.tracking):
             return None  # opening a sqlite store creates it: not before there is something to record
-        self.client = _client(self.tracking)
-        return aliased_version(self.client, self.cfg.model_name, self.cfg.promotion.alias)
+        self.open_registry()
+        return self.registry.aliased_version(self.cfg.model_name, self.cfg.promotion.alias)
 
     def scan(self, champion: Any | None) -> tuple[list[SourcePlan], dict[str, Any], dict[str, dict[str, int]]]:
         """Committed videos per output; the rows of the training window; the new watermark."""
@@ -646,7 +528,7 @@ class _Cycle:
         old = watermark_of(champion)
         plans, videos, new_wm = [], {}, {}
         for root in roots:
-            rows = read_committed_videos(root)
+            rows = AnnotationOutput(root).committed_videos()
             videos[root] = rows
             frm = old.get(root)
             new = rows[rows["finished_ms"] > frm] if frm is not None else rows
@@ -690,7 +572,7 @@ class _Cycle:
         for root, rows in videos.items():
             frm = marks["old"].get(root)
             chosen = rows[rows["finished_ms"] > frm] if (d.window == "new" and frm is not None) else rows
-            window.append(read_faces(root, chosen))
+            window.append(AnnotationOutput(root).faces_of(chosen))
         faces = pd.concat([f for f in window if len(f)], ignore_index=True) if any(len(f) for f in window) \
             else pd.DataFrame()
         built = instructions_from_annotations(",".join(videos), flt=d.filter, tasks=d.tasks, faces=faces)
@@ -706,7 +588,7 @@ class _Cycle:
         if h.uri is None:
             flt = h.filter or d.filter
             keep = _holdout_video_filter(flt, d.splits, h.split)
-            parts = [read_faces(root, rows_, keep) for root, rows_ in videos.items()]
+            parts = [AnnotationOutput(root).faces_of(rows_, keep) for root, rows_ in videos.items()]
             hfaces = pd.concat([f for f in parts if len(f)], ignore_index=True) if any(len(f) for f in parts) \
                 else pd.DataFrame()
             hbuilt = instructions_from_annotations(",".join(videos), flt=flt,
@@ -741,7 +623,7 @@ class _Cycle:
 
         h = self.cfg.holdout
         table, _ = load_instructions(h.uri, h.format, tasks=("fe_category", "au_detection"),
-                                     flt=_all_faces_filter())
+                                     flt=PseudoLabelFilter.all_faces())
         if h.uri_split is not None:  # the rows `mien evaluate --split` scores
             if table.num_rows and table.column("split").null_count == table.num_rows:
                 table = assign_splits(table, self.cfg.data.splits)
@@ -772,34 +654,27 @@ class _Cycle:
         storage.write_text(self.path(*parts), json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
     def checkpoint(self, step: str) -> None:
-        if self.cfg.testing.fail_after == step:
-            raise RetrainInterrupted(f"testing.fail_after={step}: simulated crash after the {step} step")
+        faults.fail_at("testing.fail_after", self.cfg.testing.fail_after, step,
+                       f"simulated crash after the {step} step", RetrainInterrupted)
 
-    def open_run(self, plan: RetrainPlan) -> str:
-        from mlflow.entities import Param
-
+    def open_run(self, plan: RetrainPlan) -> Tracker:
+        """The cycle's MLflow run: the one an earlier attempt of this cycle opened, else a new one
+        with the config as params."""
         from workflows.core.config import to_dict
-        from workflows.training.train import ensure_experiment, flatten
 
-        exp = ensure_experiment(self.cfg.mlflow.experiment, self.tracking, self.cfg.mlflow.artifact_location)
-        found = self.client.search_runs([exp], f"tags.`{RETRAIN_ID_TAG}` = '{plan.retrain_id}'", max_results=1)
-        if found:
-            run_id = found[0].info.run_id
-            if found[0].info.status != "RUNNING":
-                self.client.update_run(run_id, status="RUNNING")
-            return run_id
-        run = self.client.create_run(exp, run_name=f"retrain-{plan.retrain_id}", tags={
-            "mien.job": "retrain", RETRAIN_ID_TAG: str(plan.retrain_id), "mien.model_name": self.cfg.model_name,
-            "mien.work_uri": str(plan.work_uri), "mien.base_version": str(plan.champion_version)})
-        # never the tracking URI: a database URI may carry a password
-        params = {k: str(v)[:6000] for k, v in flatten(to_dict(self.cfg)).items()
-                  if not k.startswith(("testing.", "mlflow."))}
-        params["data.sources"] = ",".join(self.sources)[:6000]
-        items = [Param(k, v) for k, v in params.items()]
-        for s in range(0, len(items), 100):
-            self.client.log_batch(run.info.run_id, params=items[s:s + 100])
-        self.client.log_dict(run.info.run_id, plan.to_dict(), "retrain/plan.json")
-        return run.info.run_id
+        m = self.cfg.mlflow
+        run = Tracker.find(self.tracking, m.experiment, {RETRAIN_ID_TAG: str(plan.retrain_id)}, m.artifact_location)
+        if run is not None:
+            return run
+        run = Tracker.start(self.tracking, m.experiment, run_name=f"retrain-{plan.retrain_id}", tags={
+            "mien.job": "retrain", RETRAIN_ID_TAG: plan.retrain_id, "mien.model_name": self.cfg.model_name,
+            "mien.work_uri": plan.work_uri, "mien.base_version": plan.champion_version},
+            artifact_location=m.artifact_location)
+        # testing.* differs between the attempts that share this run
+        run.log_params({**config_params(to_dict(self.cfg), drop=("testing.",)),
+                        "data.sources": ",".join(self.sources)})
+        run.log_dict(plan.to_dict(), "retrain/plan.json")
+        return run
 
     def write_data(self, selected: _Selected) -> None:
         from workflows.training.instructions import write_instructions
@@ -863,34 +738,26 @@ class _Cycle:
 
     def register(self, info: dict[str, Any]) -> str:
         """The candidate's version: the one `mien train` registered from its run, else registered here."""
-        import mlflow
-
-        from model.checkpoint import log_model_dir
+        from model.model_dir import materialize
 
         name = self.cfg.model_name
-        for run_id in (info.get("train_run_id"), self.run_id):
-            if not run_id:
-                continue
-            found = self.client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
-            if found:
-                return str(max(int(v.version) for v in found))
+        for run_id in (info.get("train_run_id"), self.run.run_id):
+            versions = self.registry.run_versions(name, run_id) if run_id else []
+            if versions:
+                return versions[-1]
         log.warning("training did not register the candidate; registering %s from run %s", info["output"],
-                    self.run_id)
-        mlflow.set_tracking_uri(self.tracking)
-        with mlflow.start_run(run_id=self.run_id):
-            uri = log_model_dir(info["output"], artifact_path="candidate", registered_model_name=name,
-                                alias=self.cfg.promotion.candidate_alias)
-        return str(self.client.get_model_version_by_alias(name, self.cfg.promotion.candidate_alias).version
-                   if "@" in uri else uri.rsplit("/", 1)[-1])
+                    self.run.run_id)
+        logged = self.run.log_model_dir(materialize(info["output"]), artifact_path="candidate",
+                                        registered_model_name=name, alias=self.cfg.promotion.candidate_alias)
+        return str(logged.version)
 
     def tag_candidate(self, plan: RetrainPlan, version: str, info: Mapping[str, Any]) -> None:
         tags = {RETRAIN_ID_TAG: plan.retrain_id, WATERMARK_TAG: json.dumps(plan.watermark, sort_keys=True),
                 "mien.data_runs": ",".join(plan.new_runs)[:5000], "mien.data_videos": str(plan.new_videos),
                 "mien.data_train_rows": str(plan.data.get("train_rows")),
-                "mien.retrain.base_version": str(plan.champion_version), "mien.retrain.run_id": str(self.run_id),
+                "mien.retrain.base_version": str(plan.champion_version), "mien.retrain.run_id": self.run.run_id,
                 "mien.model_id": str(info.get("model_id"))}
-        for k, v in tags.items():
-            self.client.set_model_version_tag(self.cfg.model_name, version, k, str(v))
+        self.registry.tag_version(self.cfg.model_name, version, tags)
 
     def evaluate(self, role: str, model_uri: str, holdout_uri: str, train_cfg: Any) -> dict[str, Any]:
         """The holdout report of one model (reused when an earlier attempt wrote it)."""
@@ -898,7 +765,7 @@ class _Cycle:
         if report is not None:
             self.reused.append(f"evaluate:{role}")
             return report
-        ecfg = _evaluate_config(self.cfg, train_cfg, pseudo=self.cfg.holdout.uri is None)
+        ecfg = _evaluate_config(self.cfg, train_cfg, pseudo=self.cfg.holdout.uri is None, tracking=self.tracking)
         output = self.path("eval", f"{role}.json")
         e = self.cfg.evaluate
         log.info("evaluating the %s %s on %s", role, model_uri, holdout_uri)
@@ -909,52 +776,40 @@ class _Cycle:
 
             init_ray(self.ray_address or train_cfg.ray.address, train_cfg.ray.num_cpus)
             task = ray.remote(_evaluate_model).options(num_cpus=e.num_cpus, num_gpus=e.num_gpus)
-            return ray.get(task.remote(model_uri, holdout_uri, ecfg, output, self.tracking))
-        return _evaluate_model(model_uri, holdout_uri, ecfg, output, self.tracking)
+            return ray.get(task.remote(model_uri, holdout_uri, ecfg, output))
+        return _evaluate_model(model_uri, holdout_uri, ecfg, output)
 
     def record(self, decision: Decision, reports: Mapping[str, Mapping[str, Any] | None]) -> None:
         """Decision, reasons and metrics as tags on the candidate version and on the retrain run."""
-        import time
-
-        from mlflow.entities import Metric, RunTag
-
         from workflows.evaluation.metrics import flat_metrics
 
         verdict = "promote" if decision.promote else "keep_champion"
-        tags = {"mien.retrain.decision": verdict, "mien.retrain.reasons": "\n".join(decision.reasons),
+        tags = {"mien.retrain.decision": verdict, "mien.retrain.reasons": "\n".join(decision.reasons)[:5000],
                 "mien.retrain.metric": decision.metric, "mien.retrain.margin": str(decision.margin),
                 "mien.retrain.minimum": str(decision.minimum),
                 "mien.retrain.candidate_value": _fmt(decision.candidate_value),
                 "mien.retrain.champion_value": _fmt(decision.champion_value),
                 "mien.retrain.champion_version": str(decision.champion_version),
                 "mien.retrain.delta": _fmt(decision.delta)}
-        for k, v in tags.items():
-            self.client.set_model_version_tag(self.cfg.model_name, decision.candidate_version, k, v[:5000])
-        if reports.get("candidate"):
-            for k, v in flat_metrics(reports["candidate"]).items():
-                if k.count("/") == 1:
-                    self.client.set_model_version_tag(self.cfg.model_name, decision.candidate_version,
-                                                      f"holdout.{k}", f"{v:.6g}")
-        now = int(time.time() * 1000)
-        metrics = [Metric(f"{role}/{k}", v, now, 0) for role, rep in reports.items() if rep
-                   for k, v in flat_metrics(rep).items()]
-        metrics.append(Metric("decision/promote", float(decision.promote), now, 0))
+        holdout = {f"holdout.{k}": f"{v:.6g}" for k, v in flat_metrics(reports.get("candidate") or {}).items()
+                   if k.count("/") == 1}
+        self.registry.tag_version(self.cfg.model_name, decision.candidate_version, {**tags, **holdout})
+        metrics = {f"{role}/{k}": v for role, rep in reports.items() if rep for k, v in flat_metrics(rep).items()}
+        metrics["decision/promote"] = float(decision.promote)
         if decision.delta is not None:
-            metrics.append(Metric("decision/delta", decision.delta, now, 0))
-        metrics += [Metric(f"data/{k}", float(v), now, 0) for k, v in decision.counts.items()
-                    if isinstance(v, int | float)]
-        run_tags = [RunTag(k, v[:5000]) for k, v in tags.items()]
-        run_tags.append(RunTag("mien.candidate_version", str(decision.candidate_version)))
-        self.client.log_batch(self.run_id, metrics=metrics, tags=run_tags)
-        self.client.log_dict(self.run_id, decision.to_dict(), "retrain/decision.json")
+            metrics["decision/delta"] = decision.delta
+        metrics.update({f"data/{k}": v for k, v in decision.counts.items()})
+        self.run.log_metrics(metrics)
+        self.run.set_tags({**tags, "mien.candidate_version": decision.candidate_version})
+        self.run.log_dict(decision.to_dict(), "retrain/decision.json")
         for role, rep in reports.items():
             if rep:
-                self.client.log_dict(self.run_id, dict(rep), f"retrain/eval_{role}.json")
+                self.run.log_dict(rep, f"retrain/eval_{role}.json")
 
     def move_alias(self, decision: Decision) -> str:
         """Compare and set: move the alias only from the champion the decision was made against."""
         name, alias = self.cfg.model_name, self.cfg.promotion.alias
-        current = aliased_version(self.client, name, alias)
+        current = self.registry.aliased_version(name, alias)
         now = str(current.version) if current is not None else None
         if not decision.promote:
             return "not_promoted"
@@ -963,12 +818,11 @@ class _Cycle:
         if now != decision.champion_version:
             log.warning("%s@%s is v%s now, not v%s the decision compared against: not moving it", name, alias,
                         now, decision.champion_version)
-            self.client.set_model_version_tag(name, decision.candidate_version, "mien.retrain.superseded_by",
-                                              str(now))
+            self.registry.tag_version(name, decision.candidate_version, {"mien.retrain.superseded_by": now})
             return "superseded"
-        self.client.set_registered_model_alias(name, alias, decision.candidate_version)
-        self.client.set_model_version_tag(name, decision.candidate_version, "mien.retrain.promoted_at",
-                                          dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+        self.registry.set_alias(name, alias, decision.candidate_version)
+        self.registry.tag_version(name, decision.candidate_version, {
+            "mien.retrain.promoted_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")})
         log.info("%s@%s -> v%s (was v%s)", name, alias, decision.candidate_version, now)
         return "promoted"
 
@@ -983,10 +837,6 @@ def _n_faces(table: Any) -> int:
     return len({face_id_of(i) for i in table.column("id").to_pylist()}) if table.num_rows else 0
 
 
-def _all_faces_filter() -> PseudoLabelFilter:
-    return PseudoLabelFilter(min_det_score=0.0, min_fe_confidence=0.0, max_per_track=1_000_000)
-
-
 def _holdout_video_filter(flt: PseudoLabelFilter, splits: Mapping[str, float],
                           split: str | None) -> Callable[[str], bool] | None:
     """With video groups, only the videos that hash into the holdout are read at all."""
@@ -997,23 +847,22 @@ def _holdout_video_filter(flt: PseudoLabelFilter, splits: Mapping[str, float],
     return lambda video_id: split_of(str(video_id), splits) == split
 
 
-def _evaluate_config(cfg: RetrainConfig, train_cfg: Any, pseudo: bool) -> Any:
-    from workflows.evaluation.evaluate import EvalMlflowConfig, EvaluateConfig
+def _evaluate_config(cfg: RetrainConfig, train_cfg: Any, pseudo: bool, tracking: str) -> Any:
+    """Holdout scoring: nothing logged (the cycle records the reports), but a ``models:/`` champion
+    resolves through the cycle's registry."""
+    from workflows.evaluation.evaluate import EvaluateConfig
 
     h, e = cfg.holdout, cfg.evaluate
     return EvaluateConfig(format="instructions" if pseudo else h.format, split=None if pseudo else h.uri_split,
                           splits=dict(cfg.data.splits), crop_size=train_cfg.data.crop_size,
                           batch_size=e.batch_size, max_faces=h.max_faces, seed=0, device=e.device,
-                          au_threshold=e.au_threshold, mlflow=EvalMlflowConfig(enabled=False))
+                          au_threshold=e.au_threshold, mlflow=MlflowConfig(enabled=False, tracking_uri=tracking))
 
 
-def _evaluate_model(model_uri: str, holdout_uri: str, ecfg: Any, output: str, tracking: str) -> dict[str, Any]:
+def _evaluate_model(model_uri: str, holdout_uri: str, ecfg: Any, output: str) -> dict[str, Any]:
     """Score one model on the holdout (in this process or a Ray task) and write its report."""
-    import mlflow
-
     from workflows.evaluation.evaluate import evaluate
 
-    mlflow.set_tracking_uri(tracking)  # a models:/ source resolves through this registry
     return evaluate(model_uri, holdout_uri, ecfg, output=output).report
 
 
@@ -1037,7 +886,7 @@ def retrain(cfg: RetrainConfig, extra_sources: Sequence[str] = (), *, dry_run: b
     plan.work_uri = cyc.work if storage.is_remote(cyc.work) else os.path.abspath(cyc.work)
     cyc.work = plan.work_uri
     if champion is not None:
-        plan.champion_uri = model_source(cyc.client, cfg.model_name, str(champion.version))
+        plan.champion_uri = cyc.registry.model_source(cfg.model_name, str(champion.version))
     p = cfg.promotion
     plan.promotion = {"metric": p.metric, "mode": p.mode, "margin": p.margin, "minimum": p.minimum,
                       "alias": p.alias, "candidate_alias": p.candidate_alias}
@@ -1055,8 +904,7 @@ def retrain(cfg: RetrainConfig, extra_sources: Sequence[str] = (), *, dry_run: b
             return RetrainResult("dry_run", f"dry run: cycle {plan.retrain_id} was decided already "
                                  f"({'promote' if decision.promote else 'keep the champion'})", plan=plan,
                                  decision=decision)
-        if cyc.client is None:
-            cyc.client = _client(cyc.tracking)
+        cyc.open_registry()
         status = cyc.move_alias(decision)
         return _finished(cyc, plan, decision, status, reused=["decision"])
 
@@ -1078,20 +926,19 @@ def retrain(cfg: RetrainConfig, extra_sources: Sequence[str] = (), *, dry_run: b
         return RetrainResult("dry_run", "dry run: nothing was written, trained or promoted", plan=plan)
 
     # ---- from here on, every step persists its result before the next one starts ----
-    if cyc.client is None:
-        cyc.client = _client(cyc.tracking)
+    cyc.open_registry()
     if selected is not None:
         cyc.write_json(plan.to_dict(), "plan.json")
-    cyc.run_id = cyc.open_run(plan)
+    cyc.run = cyc.open_run(plan)
     try:
         decision = _execute(cyc, plan, selected, champion, train_cfg)
     except RetrainInterrupted:
         raise  # a simulated crash leaves everything as a real one would
     except BaseException:
         try:
-            cyc.client.set_terminated(cyc.run_id, "FAILED")  # the next attempt reopens it
+            cyc.run.end("FAILED")  # the next attempt reopens it
         except Exception as e:  # noqa: BLE001 - the original error matters more
-            log.warning("could not mark MLflow run %s failed: %s", cyc.run_id, e)
+            log.warning("could not mark MLflow run %s failed: %s", cyc.run.run_id, e)
         raise
     status = cyc.move_alias(decision)
     return _finished(cyc, plan, decision, status)
@@ -1132,7 +979,7 @@ def _execute(cyc: _Cycle, plan: RetrainPlan, selected: _Selected | None, champio
     # this point leaves only the compare-and-set move, which the next attempt does.
     cyc.record(decision, reports)
     cyc.write_json(decision.to_dict(), "decision.json")
-    cyc.client.set_terminated(cyc.run_id, "FINISHED")
+    cyc.run.end("FINISHED")
     cyc.checkpoint("decide")
     return decision
 
@@ -1148,14 +995,10 @@ def _finished(cyc: _Cycle, plan: RetrainPlan, decision: Decision, status: str,
                                                  else " (none)") + f"; candidate v{v} not promoted",
         "superseded": f"candidate v{v} would have been promoted, but @{alias} moved since the decision: left as is",
     }
-    run_id = cyc.run_id
-    if run_id is None and cyc.client is not None:
-        from mlflow.exceptions import MlflowException
-
-        try:
-            run_id = cyc.client.get_model_version(name, v).tags.get("mien.retrain.run_id")
-        except MlflowException:
-            run_id = None
+    run_id = cyc.run.run_id if cyc.run is not None else None
+    if run_id is None and cyc.registry is not None:
+        version = cyc.registry.version(name, v)
+        run_id = version.tags.get("mien.retrain.run_id") if version is not None else None
     already = " (decided by an earlier attempt)" if "decision" in reused else ""
     return RetrainResult(status, f"cycle {plan.retrain_id}: {messages[status]}{already}",  # type: ignore[arg-type]
                          plan=plan, decision=decision, candidate_version=v, mlflow_run_id=run_id,

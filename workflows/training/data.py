@@ -6,12 +6,12 @@ embedded JPEG bytes (``image``) or as a reference (``image_uri``). Here they bec
 
 - **examples**: one per human→gpt turn pair, with the question in the model's own prompt format
   (``"\\n<question>\\nASSISTANT:"``, :mod:`model.prompts`), the answer text, the face crop bytes
-  and the face-prior inputs (``au_evidence`` (23,), ``fe_prior`` (7,), ``pose`` (3,), age,
-  gender). :class:`ExampleDataset` decodes them into the per-face dicts that
+  and the face-prior inputs (``au_evidence`` (23,), ``fe_prior`` (7,), ``blendshapes`` (52,),
+  ``pose`` (3,), age, gender). :class:`ExampleDataset` decodes them into the per-face dicts that
   ``FacialMLLM.collate`` takes;
 - **faces**: one per face (rows sharing an id before their ``/<task>`` suffix), with ``fe_label``
-  and ``au_active`` / ``au_labeled`` as ground truth; :func:`face_batch` turns them into the
-  annotate-style batch that ``FacialAnnotator.annotate`` scores.
+  and ``au_active`` / ``au_labeled`` as ground truth; :func:`face_dict` turns each into one face of
+  the batch (``model.face_batch.build_face_batch``) that ``FacialAnnotator.annotate`` scores.
 
 Crops: embedded bytes are used as they are, except that rows from labeled datasets (source not
 ``pseudo``) hold the whole image and are cut to their ``bbox`` when one is given. Rows that only
@@ -33,6 +33,8 @@ import numpy as np
 import pyarrow as pa
 
 from model import prompts
+from model.face_batch import FIELDS as FACE_FIELDS
+from model.face_batch import VECTOR_WIDTHS
 from model.taxonomy import AU_NAMES, FE_BASIC
 from workflows.core import storage
 from workflows.training.instructions import IMAGE_TOKEN
@@ -49,6 +51,7 @@ EXAMPLE_SCHEMA = pa.schema([
     pa.field("au_evidence", pa.list_(pa.float32())),  # (23,) AU_NAMES order, NaN = unknown
     pa.field("fe_prior", pa.list_(pa.float32())),  # (7,) FE_BASIC order, NaN = unknown
     pa.field("pose", pa.list_(pa.float32())),  # (3,) degrees, NaN = unknown
+    pa.field("blendshapes", pa.list_(pa.float32())),  # (52,) corpus schema's order, null = unknown
     pa.field("age", pa.float32()),
     pa.field("gender", pa.string()),
 ])
@@ -64,6 +67,7 @@ FACE_SCHEMA = pa.schema([
     pa.field("au_evidence", pa.list_(pa.float32())),
     pa.field("fe_prior", pa.list_(pa.float32())),
     pa.field("pose", pa.list_(pa.float32())),
+    pa.field("blendshapes", pa.list_(pa.float32())),
     pa.field("age", pa.float32()),
     pa.field("gender", pa.string()),
 ])
@@ -199,12 +203,16 @@ def embed_images(table: pa.Table, threads: int = 8) -> tuple[pa.Table, dict[str,
 # examples and faces
 
 
+def _fixed_vector(value: Sequence[float] | None, width: int) -> list[float] | None:
+    return [float(v) for v in value] if value is not None and len(value) == width else None
+
+
 def _prior_columns(row: Mapping[str, Any]) -> dict[str, Any]:
-    pose = row.get("pose")
     return {
         "au_evidence": named_vector(row.get("au_evidence"), AU_NAMES),
         "fe_prior": named_vector(row.get("fe_prior"), FE_BASIC),
-        "pose": [float(v) for v in pose] if pose is not None and len(pose) == 3 else None,
+        "pose": _fixed_vector(row.get("pose"), VECTOR_WIDTHS["pose"]),
+        "blendshapes": _fixed_vector(row.get("blendshapes"), VECTOR_WIDTHS["blendshapes"]),
         "age": None if row.get("age") is None or row["age"] != row["age"] else float(row["age"]),
         "gender": row.get("gender"),
     }
@@ -258,43 +266,17 @@ def faces_from_instructions(table: pa.Table) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=FACE_SCHEMA) if rows else FACE_SCHEMA.empty_table()
 
 
-def _vector(value: Sequence[float] | None, width: int) -> np.ndarray:
-    if value is None:
-        return np.full(width, np.nan, np.float32)
-    return np.asarray(value, np.float32).reshape(width)
-
-
 def face_dict(row: Mapping[str, Any], crop_size: int, with_crop: bool) -> dict[str, Any]:
-    """One example/face row → the per-face dict ``FacialMLLM.collate`` / ``stack_faces`` read."""
-    out: dict[str, Any] = {
-        "au_evidence": _vector(row.get("au_evidence"), len(AU_NAMES)),
-        "fe_prior": _vector(row.get("fe_prior"), len(FE_BASIC)),
-        "pose": _vector(row.get("pose"), 3),
-        "age": row.get("age"),
-        "gender": row.get("gender"),
-    }
+    """One example/face row → one face as ``model.face_batch.build_face_batch`` takes it (what
+    ``FacialMLLM.collate`` stacks): the row's face-batch fields, and with ``with_crop`` its crop
+    decoded to (crop_size, crop_size, 3) uint8 (black when the row has none). Each face is its
+    own track segment."""
+    out: dict[str, Any] = {k: row[k] for k in FACE_FIELDS if k in row}
     if with_crop:
         image = row.get("image")
         out["crop"] = (decode_crop(image, crop_size) if image
                        else np.zeros((crop_size, crop_size, 3), np.uint8))
     return out
-
-
-def face_batch(rows: Sequence[Mapping[str, Any]], crop_size: int, with_crop: bool = True) -> dict[str, Any]:
-    """Face rows → an annotate-style batch (``crop`` (B, S, S, 3) uint8, ``au_evidence`` (B, 23),
-    ``fe_prior`` (B, 7), ``pose`` (B, 3), ``age`` (B,), ``gender``, ``track_key`` (B,) one per face)."""
-    faces = [face_dict(r, crop_size, with_crop) for r in rows]
-    batch: dict[str, Any] = {
-        "au_evidence": np.stack([f["au_evidence"] for f in faces]),
-        "fe_prior": np.stack([f["fe_prior"] for f in faces]),
-        "pose": np.stack([f["pose"] for f in faces]),
-        "age": np.array([np.nan if f["age"] is None else f["age"] for f in faces], np.float32),
-        "gender": [f["gender"] for f in faces],
-        "track_key": np.arange(len(faces), dtype=np.int64),
-    }
-    if with_crop:
-        batch["crop"] = np.stack([f["crop"] for f in faces])
-    return batch
 
 
 class ExampleDataset:

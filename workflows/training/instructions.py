@@ -39,6 +39,7 @@ import pyarrow.parquet as pq
 from model import prompts
 from model.taxonomy import AU_NAMES, DATASET_CLASSES, FE_BASIC, FE_PROTOTYPE_AUS, au_label
 from workflows.core import storage
+from workflows.corpus.reader import AnnotationOutput
 from workflows.training.datasets import IMAGE_SUFFIXES, ParsedDataset
 
 IMAGE_TOKEN = "<image>"
@@ -84,6 +85,7 @@ INSTRUCTION_SCHEMA = pa.schema([
     pa.field("fe_prior", pa.map_(pa.string(), pa.float32())),  # face-prior expression probabilities
     pa.field("landmarks_5", pa.list_(pa.float32())),  # eyes, nose, mouth corners (source px)
     pa.field("pose", pa.list_(pa.float32())),  # yaw, pitch, roll in degrees
+    pa.field("blendshapes", pa.list_(pa.float32())),  # (52,) face-prior blendshapes (corpus schema's order)
     pa.field("age", pa.float32()),
     pa.field("gender", pa.string()),
     pa.field("model_id", pa.string()),
@@ -91,6 +93,8 @@ INSTRUCTION_SCHEMA = pa.schema([
     pa.field("conversations", pa.list_(_TURN), nullable=False),
 ])
 INSTRUCTION_COLUMNS: tuple[str, ...] = tuple(INSTRUCTION_SCHEMA.names)
+# Columns added after instruction Parquet was first written: files without them read back with nulls.
+ADDED_COLUMNS: tuple[str, ...] = ("blendshapes",)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,6 +224,11 @@ class PseudoLabelFilter:
     # "video": a whole video is one split unit (no person leaks through broken tracks).
     group_by: Literal["video", "track"] = "video"
 
+    @classmethod
+    def all_faces(cls) -> PseudoLabelFilter:
+        """Every labeled face, not a confident subset: what evaluating against an annotate output scores."""
+        return cls(min_det_score=0.0, min_fe_confidence=0.0, max_per_track=1_000_000)
+
     def validate(self) -> list[str]:
         problems = []
         for name in ("min_det_score", "min_fe_confidence", "min_track_agreement"):
@@ -265,39 +274,6 @@ def _as_list(value: Any) -> list[Any] | None:
     if isinstance(value, float) and pd.isna(value):
         return None
     return list(value)
-
-
-def _read_parquet_dir(uri: str) -> pd.DataFrame:
-    files = storage.list_files(uri, suffixes=(".parquet",))
-    tables = [pq.read_table(io.BytesIO(storage.read_bytes(f))) for f in files]
-    tables = [t for t in tables if t.num_rows]
-    if not tables:
-        return pd.DataFrame()
-    return pa.concat_tables(tables, promote_options="permissive").to_pandas()
-
-
-def read_annotation_faces(output_uri: str) -> pd.DataFrame:
-    """All rows of ``OUTPUT/faces/*.parquet``, with ``video_uri`` joined from ``videos/`` when present.
-
-    Map columns (``fe_probs``, ``au_probs``) come back as dicts, ``track_id`` as strings.
-    """
-    faces = _read_parquet_dir(storage.join(output_uri, "faces"))
-    if faces.empty:
-        return faces
-    for col in ("fe_probs", "au_probs", "au_evidence", "fe_prior"):
-        if col in faces:
-            faces[col] = faces[col].map(_as_dict).astype(object)
-    if "track_id" in faces:
-        faces["track_id"] = pd.Series([_track_str(v) for v in faces["track_id"]], index=faces.index,
-                                      dtype=object)
-    videos_dir = storage.join(output_uri, "videos")
-    if "video_uri" not in faces and storage.exists(videos_dir):
-        videos = _read_parquet_dir(videos_dir)
-        if {"video_id", "video_uri"} <= set(videos.columns):
-            ok = videos.sort_values("status", key=lambda s: s != "ok") if "status" in videos else videos
-            uris = ok.drop_duplicates("video_id").set_index("video_id")["video_uri"]
-            faces["video_uri"] = faces["video_id"].map(uris)
-    return faces
 
 
 def _track_str(value: Any) -> str | None:
@@ -395,7 +371,8 @@ def _media_of(uri: str | None) -> str:
 def instructions_from_annotations(output_uri: str, *, flt: PseudoLabelFilter | None = None,
                                   tasks: Sequence[str] = DEFAULT_TASKS,
                                   faces: pd.DataFrame | None = None) -> BuiltInstructions:
-    """Instruction rows from a ``mien annotate`` output directory (``faces/*.parquet``).
+    """Instruction rows from a ``mien annotate`` output directory (the faces of its committed videos,
+    :meth:`workflows.corpus.reader.AnnotationOutput.faces_of`).
 
     ``faces`` may be passed instead of reading ``output_uri`` (already-loaded or pre-filtered
     faces). The ``crop_jpeg`` (or ``crop``) JPEG bytes, if present, become ``image``; otherwise the row
@@ -405,7 +382,7 @@ def instructions_from_annotations(output_uri: str, *, flt: PseudoLabelFilter | N
     _check_tasks(tasks)
     flt = flt or PseudoLabelFilter()
     if faces is None:
-        faces = read_annotation_faces(output_uri)
+        faces = AnnotationOutput(output_uri).faces_of()
     report: dict[str, Any] = {"source": output_uri, "n_faces": len(faces)}
     if faces.empty:
         report.update(n_kept_faces=0, dropped={}, n_rows=0, tasks={})
@@ -441,7 +418,7 @@ def instructions_from_annotations(output_uri: str, *, flt: PseudoLabelFilter | N
             "au_active": au_active, "au_labeled": au_labeled, "au_probs": au_probs,
             "au_evidence": _as_dict(face.get("au_evidence")), "fe_prior": _as_dict(face.get("fe_prior")),
             "landmarks_5": _as_list(face.get("landmarks_5")), "pose": _as_list(face.get("pose")),
-            "age": face.get("age"),
+            "blendshapes": _as_list(face.get("blendshapes")), "age": face.get("age"),
             "gender": face.get("gender"), "model_id": face.get("model_id"), "run_id": face.get("run_id"),
         }
         for task in tasks:
@@ -634,6 +611,10 @@ def read_instructions(uri: str) -> pa.Table:
         raise FileNotFoundError(f"no instruction Parquet under {uri}")
     tables = [pq.read_table(io.BytesIO(storage.read_bytes(f))) for f in files]
     table = pa.concat_tables(tables, promote_options="permissive")
+    for name in ADDED_COLUMNS:
+        if name not in table.column_names:
+            field = INSTRUCTION_SCHEMA.field(name)
+            table = table.append_column(field, pa.nulls(table.num_rows, field.type))
     missing = [n for n in INSTRUCTION_COLUMNS if n not in table.column_names]
     if missing:
         raise ValueError(f"{uri}: not instruction Parquet, lacks columns {missing}")

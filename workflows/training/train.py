@@ -29,7 +29,6 @@ import json
 import logging
 import math
 import os
-import platform
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -37,13 +36,22 @@ from pathlib import Path
 from typing import Any, Literal
 
 from model.config import ModelConfig
-from workflows.core import storage
+from workflows.core import faults, storage
+from workflows.core.cluster import ClusterConfig
+from workflows.core.tracking import (
+    MlflowConfig,
+    Registry,
+    Tracker,
+    config_params,
+    resolve_tracking_uri,
+    system_info,
+    use_tracking_for,
+)
 from workflows.training.instructions import DEFAULT_SPLITS, DEFAULT_TASKS, TASKS, PseudoLabelFilter
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEEPSPEED_CONFIG_DIR = REPO_ROOT / "jobs" / "configs" / "deepspeed"
+DEEPSPEED_CONFIG_DIR = Path(__file__).resolve().parent / "deepspeed"  # package data
 DS_TAG = "deepspeed"  # sub-directory of every checkpoint holding DeepSpeed's files
 STATE_FILE = "mien_state.json"  # step / epoch / position, written by rank 0 into every checkpoint
 # Config sections that may change between a run and its resumption.
@@ -140,12 +148,6 @@ class ScalingConfig:
 
 
 @dataclasses.dataclass
-class ClusterConfig:
-    address: str | None = None  # else RAY_ADDRESS, else a local Ray on 127.0.0.1
-    num_cpus: int | None = None  # local Ray only
-
-
-@dataclasses.dataclass
 class CheckpointConfig:
     storage_path: str | None = None  # local dir or s3:// prefix; default: OUTPUT-checkpoints
     name: str = "run"  # Ray Train run name; the same storage_path + name resumes
@@ -160,17 +162,6 @@ class CheckpointConfig:
         if not self.name or "/" in self.name:
             problems.append(f"name: must be a non-empty name without '/', got {self.name!r}")
         return problems
-
-
-@dataclasses.dataclass
-class TrainMlflowConfig:
-    enabled: bool = True
-    tracking_uri: str | None = None  # MLFLOW_TRACKING_URI wins; default sqlite:///mlflow.db
-    experiment: str = "mien-train"
-    # For a new experiment; default: mlartifacts/ beside a sqlite database (never the Ray worker's cwd).
-    artifact_location: str | None = None
-    registered_model: str | None = None  # default: model.name; "" = do not register
-    alias: str = "candidate"
 
 
 @dataclasses.dataclass
@@ -201,7 +192,7 @@ class TrainConfig:
     max_steps: int = 0  # > 0: stop after this many optimizer steps (epochs repeat as needed)
     micro_batch_size: int = 4  # per worker
     gradient_accumulation_steps: int = 1
-    deepspeed: str = "zero2"  # jobs/configs/deepspeed/<name>.json, or a path to a DeepSpeed JSON
+    deepspeed: str = "zero2"  # workflows/training/deepspeed/<name>.json, or a path to a DeepSpeed JSON
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     gradient_checkpointing: bool = False
     seed: int = 0
@@ -210,7 +201,7 @@ class TrainConfig:
     scaling: ScalingConfig = dataclasses.field(default_factory=ScalingConfig)
     ray: ClusterConfig = dataclasses.field(default_factory=ClusterConfig)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
-    mlflow: TrainMlflowConfig = dataclasses.field(default_factory=TrainMlflowConfig)
+    mlflow: MlflowConfig = dataclasses.field(default_factory=lambda: MlflowConfig(experiment="mien-train"))
     evaluate: FinalEvalConfig = dataclasses.field(default_factory=FinalEvalConfig)
     testing: TestingConfig = dataclasses.field(default_factory=TestingConfig)
 
@@ -234,7 +225,7 @@ class TrainConfig:
             deepspeed_json(self.deepspeed)
         except (FileNotFoundError, ValueError) as e:
             problems.append(f"deepspeed: {e}")
-        return problems
+        return problems + self.mlflow.unused_settings("train", ("run_id",))
 
 
 def _has_trainable_part(m: ModelConfig) -> bool:
@@ -261,7 +252,7 @@ def load_train_config(path: str | None, overrides: list[str] | tuple[str, ...] =
 
 
 def deepspeed_json(name_or_path: str) -> dict[str, Any]:
-    """The DeepSpeed JSON named ``zero2`` / ``zero3`` (``jobs/configs/deepspeed/``) or at a path / URI."""
+    """The DeepSpeed JSON named ``zero2`` / ``zero3`` (shipped in ``workflows/training/deepspeed/``) or at a path / URI."""
     candidates = [DEEPSPEED_CONFIG_DIR / f"{name_or_path}.json"] if "/" not in name_or_path else []
     for c in candidates:
         if c.exists():
@@ -348,10 +339,13 @@ def skip_cpu_shm_comm_build() -> bool:
 
 
 def default_environment() -> None:
-    """Caches under the repo's ``.cache/`` unless set: compiled torch/DeepSpeed extensions, MLflow quiet."""
-    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO_ROOT / ".cache" / "torch_extensions"))
+    """Caches beside the asset cache (``MIEN_CACHE_DIR``) unless set: compiled torch/DeepSpeed
+    extensions, matplotlib; MLflow quiet."""
+    from workflows.core.assets import cache_dir
+
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(cache_dir().parent / "torch_extensions"))
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    os.environ.setdefault("MPLCONFIGDIR", str(REPO_ROOT / ".cache" / "matplotlib"))
+    os.environ.setdefault("MPLCONFIGDIR", str(cache_dir().parent / "matplotlib"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -547,75 +541,6 @@ def _save_record(run_uri: str, record: Mapping[str, Any]) -> None:
 # MLflow (driver side)
 
 
-def mlflow_tracking_uri(configured: str | None) -> str:
-    """``MLFLOW_TRACKING_URI`` wins, then the config, then ``sqlite:///mlflow.db``; sqlite paths made absolute
-    (Ray workers run in other directories)."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or configured or "sqlite:///mlflow.db"
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        uri = "sqlite:///" + os.path.abspath(uri[len("sqlite:///"):])
-    return uri
-
-
-def use_tracking_for(model_uri: str | None, tracking_uri: str) -> None:
-    """``models:/`` / ``runs:/`` model URIs resolve through MLflow's global tracking URI: point it at ours."""
-    if model_uri and model_uri.startswith(("models:/", "runs:/")):
-        import mlflow
-
-        mlflow.set_tracking_uri(tracking_uri)
-
-
-def default_artifact_location(tracking_uri: str) -> str | None:
-    """``mlartifacts/`` beside a sqlite database; None lets a tracking server choose."""
-    if tracking_uri.startswith("sqlite:///"):
-        return str(Path(tracking_uri[len("sqlite:///"):]).parent / "mlartifacts")
-    return None
-
-
-def ensure_experiment(name: str, tracking_uri: str, artifact_location: str | None) -> str:
-    """Experiment id of ``name``, created with an explicit artifact location when new."""
-    import mlflow
-
-    client = mlflow.MlflowClient(tracking_uri)
-    exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    return client.create_experiment(name, artifact_location=artifact_location
-                                    or default_artifact_location(tracking_uri))
-
-
-def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, Mapping) and v:
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def system_info() -> dict[str, str]:
-    """Versions and hardware of this process (MLflow tags: they may differ between resumed attempts)."""
-    import importlib.metadata as md
-
-    info = {"python": platform.python_version(), "platform": platform.platform(), "hostname": platform.node(),
-            "cpu_count": str(os.cpu_count())}
-    for pkg in ("torch", "deepspeed", "ray", "transformers", "peft", "mlflow"):
-        try:
-            info[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            info[pkg] = "-"
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            info["gpu"] = torch.cuda.get_device_name(0)
-            info["gpu_count"] = str(torch.cuda.device_count())
-            info["cuda"] = str(torch.version.cuda)
-    except Exception:  # noqa: BLE001 - system info is best effort
-        pass
-    return {f"system.{k}": v for k, v in info.items()}
-
-
 # ---------------------------------------------------------------------------------------------
 # the training worker
 
@@ -732,7 +657,7 @@ def _train_worker(loop: dict[str, Any]) -> None:  # noqa: C901 - one training lo
     if cfg.init_from:
         from model import load_model
 
-        tracking = loop.get("tracking_uri") or mlflow_tracking_uri(cfg.mlflow.tracking_uri)
+        tracking = loop.get("tracking_uri") or resolve_tracking_uri(cfg.mlflow.tracking_uri)
         use_tracking_for(cfg.init_from, tracking)
         mllm = load_model(cfg.init_from, device=str(device)).mllm
     else:
@@ -864,8 +789,8 @@ def _train_worker(loop: dict[str, Any]) -> None:  # noqa: C901 - one training lo
             if final or failing or state["step"] % cfg.checkpoint.every_steps == 0:
                 save({**metrics, "val_loss": last_val})
             if failing:
-                raise RuntimeError(f"testing.fail_at_step={cfg.testing.fail_at_step}: stopping after the "
-                                   "checkpoint of this step (rerun the same command to resume)")
+                faults.fail_at("testing.fail_at_step", cfg.testing.fail_at_step, state["step"],
+                               "stopping after the checkpoint of this step (rerun the same command to resume)")
             t_step = time.time()
             if final:
                 done = True
@@ -928,47 +853,31 @@ def _metric_key(name: str) -> str:
 
 
 class _StepTracker:
-    """Rank 0's per-step MLflow logging (a failing tracking server never stops training)."""
+    """Rank 0's per-step MLflow logging into the driver's run (a failing tracking server never
+    stops training)."""
 
     def __init__(self, loop: Mapping[str, Any], rank: int):
-        self.run_id = loop.get("mlflow_run_id")
-        self.client = None
-        if self.run_id:
-            import mlflow
+        run_id = loop.get("mlflow_run_id")
+        self.run = Tracker(loop["tracking_uri"], run_id) if run_id else None
 
-            self.client = mlflow.MlflowClient(loop["tracking_uri"])
-
-    def _call(self, fn: str, *args: Any, **kwargs: Any) -> None:
-        if self.client is None:
+    def _call(self, fn: str, *args: Any) -> None:
+        if self.run is None:
             return
         try:
-            getattr(self.client, fn)(self.run_id, *args, **kwargs)
+            getattr(self.run, fn)(*args)
         except Exception as e:  # noqa: BLE001 - tracking is best effort
             log.warning("MLflow %s failed (%s: %s)", fn, type(e).__name__, e)
 
     def start(self, ds_config: Mapping[str, Any], info: Mapping[str, Any]) -> None:
-        from mlflow.entities import RunTag
-
-        tags = {**system_info(), **{f"train.{k}": str(v) for k, v in info.items()}}
-        self._call("log_batch", tags=[RunTag(k, v) for k, v in tags.items()])
-        self._call("log_dict", dict(ds_config), "config/deepspeed.json")
+        self._call("set_tags", {**system_info(), **{f"train.{k}": v for k, v in info.items()}})
+        self._call("log_dict", ds_config, "config/deepspeed.json")
 
     def log_step(self, metrics: Mapping[str, Any]) -> None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        step = int(metrics["step"])
-        items = [Metric(_metric_key(k), float(v), now, step) for k, v in metrics.items()
-                 if k != "step" and isinstance(v, int | float)]
-        self._call("log_batch", metrics=items)
+        self._call("log_metrics", {_metric_key(k): v for k, v in metrics.items() if k != "step"},
+                   int(metrics["step"]))
 
     def finish(self, metrics: Mapping[str, Any]) -> None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        items = [Metric(f"final/{k}", float(v), now, int(metrics.get("steps") or 0))
-                 for k, v in metrics.items() if isinstance(v, int | float)]
-        self._call("log_batch", metrics=items)
+        self._call("log_metrics", {f"final/{k}": v for k, v in metrics.items()}, int(metrics.get("steps") or 0))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1054,24 +963,23 @@ def train(cfg: TrainConfig, data_uri: str, output_uri: str) -> TrainResult:
     from ray.train import ScalingConfig as RayScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from workflows.core.cluster import init_ray
     from workflows.core.config import to_dict
 
     storage.check_writable(output_uri)
     ds_base = deepspeed_json(cfg.deepspeed)
-    use_tracking_for(cfg.init_from, mlflow_tracking_uri(cfg.mlflow.tracking_uri))
+    use_tracking_for(cfg.init_from, resolve_tracking_uri(cfg.mlflow.tracking_uri))
     model_cfg = cfg.model if cfg.model is not None else _architecture_of(cfg.init_from)  # type: ignore[arg-type]
     storage_path, run_uri = run_uri_of(cfg, output_uri)
     staged, record = open_run(cfg, model_cfg, data_uri, run_uri)
     log.info("data: %s training examples, %s validation, %s holdout faces (%s)", staged.n_train,
              staged.report["examples"].get("val"), staged.report.get("eval_faces"), staged.report["splits"])
 
-    resources = init_ray(cfg.ray.address, cfg.ray.num_cpus)
+    resources = cfg.ray.connect()
     device = _device(cfg, resources)
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device == "cuda")
     ds_config = resolve_deepspeed_config(ds_base, cfg, cfg.scaling.num_workers, bf16)
 
-    tracking = mlflow_tracking_uri(cfg.mlflow.tracking_uri) if cfg.mlflow.enabled else None
+    tracking = resolve_tracking_uri(cfg.mlflow.tracking_uri) if cfg.mlflow.enabled else None
     run_id = None
     if tracking:
         run_id = _mlflow_open(cfg, tracking, record, run_uri, data_uri, output_uri, staged, ds_config)
@@ -1121,8 +1029,8 @@ def train(cfg: TrainConfig, data_uri: str, output_uri: str) -> TrainResult:
 
 
 def _architecture_of(uri: str) -> ModelConfig:
-    from model.checkpoint import read_manifest, resolve_model_uri
     from model.config import config_from_dict
+    from model.model_dir import read_manifest, resolve_model_uri
 
     manifest = read_manifest(resolve_model_uri(uri))
     return config_from_dict(manifest["architecture"], source=f"{uri} architecture")
@@ -1159,40 +1067,27 @@ def _mlflow_open(cfg: TrainConfig, tracking: str, record: Mapping[str, Any], run
                  output_uri: str, staged: StagedData, ds_config: Mapping[str, Any]) -> str | None:
     """Start (or reopen, when resuming) the MLflow run; log params, config and data report."""
     try:
-        import mlflow
         import yaml
 
         from workflows.core.config import to_dict
 
-        mlflow.set_tracking_uri(tracking)
-        exp_id = ensure_experiment(cfg.mlflow.experiment, tracking, cfg.mlflow.artifact_location)
-        client = mlflow.MlflowClient(tracking)
-        run_id = record.get("mlflow_run_id")
-        if run_id:
+        run = None
+        if record.get("mlflow_run_id"):
             try:
-                client.update_run(run_id, status="RUNNING")
+                run = Tracker.reopen(tracking, record["mlflow_run_id"])
             except Exception:  # noqa: BLE001 - the run lives in another tracking store: start a new one
-                run_id = None
-        if not run_id:
-            name = f"{cfg.checkpoint.name}-{Path(output_uri.rstrip('/')).name}"
-            run = client.create_run(exp_id, run_name=name, tags={"mien.job": "train"})
-            run_id = run.info.run_id
-            params = {k: str(v)[:6000] for k, v in flatten(to_dict(cfg)).items()}
-            params.update({"data_uri": data_uri, "output_uri": output_uri})
-            from mlflow.entities import Param
-
-            items = [Param(k, v) for k, v in params.items()]
-            for s in range(0, len(items), 100):
-                client.log_batch(run_id, params=items[s:s + 100])
-        from mlflow.entities import RunTag
-
-        client.log_batch(run_id, tags=[RunTag(k, v) for k, v in {
-            "mien.run_uri": run_uri, "mien.data": data_uri, "mien.output": output_uri,
-            "mien.examples_train": str(staged.n_train), **system_info()}.items()])
-        client.log_text(run_id, yaml.safe_dump(to_dict(cfg), sort_keys=False), "config/train_config.yaml")
-        client.log_dict(run_id, dict(ds_config), "config/deepspeed.json")
-        client.log_dict(run_id, staged.report, "data/data_report.json")
-        return run_id
+                run = None
+        if run is None:
+            run = Tracker.start(tracking, cfg.mlflow.experiment,
+                                run_name=f"{cfg.checkpoint.name}-{Path(output_uri.rstrip('/')).name}",
+                                tags={"mien.job": "train"}, artifact_location=cfg.mlflow.artifact_location)
+            run.log_params({**config_params(to_dict(cfg)), "data_uri": data_uri, "output_uri": output_uri})
+        run.set_tags({"mien.run_uri": run_uri, "mien.data": data_uri, "mien.output": output_uri,
+                      "mien.examples_train": staged.n_train, **system_info()})
+        run.log_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), "config/train_config.yaml")
+        run.log_dict(ds_config, "config/deepspeed.json")
+        run.log_dict(staged.report, "data/data_report.json")
+        return run.run_id
     except Exception as e:  # noqa: BLE001 - tracking must not stop training
         log.warning("MLflow unavailable (%s: %s); training goes on without tracking", type(e).__name__, e)
         return None
@@ -1202,52 +1097,36 @@ def _mlflow_close(tracking: str | None, run_id: str | None, status: str) -> None
     if not (tracking and run_id):
         return
     try:
-        import mlflow
-
-        mlflow.MlflowClient(tracking).set_terminated(run_id, status=status)
+        Tracker(tracking, run_id).end(status)
     except Exception as e:  # noqa: BLE001
         log.warning("MLflow: could not close run %s (%s)", run_id, e)
 
 
 def _mlflow_finish(cfg: TrainConfig, tracking: str, run_id: str, out: TrainResult) -> None:
-    """Eval report and plots as artifacts, the model directory registered with the alias."""
+    """Eval report and plots as artifacts, the model directory registered with the alias; the run ends."""
     try:
-        import mlflow
-
-        from model.checkpoint import log_model_dir
+        from model.model_dir import materialize
         from workflows.evaluation.metrics import flat_metrics, report_plots
 
-        client = mlflow.MlflowClient(tracking)
+        run = Tracker(tracking, run_id)
         if out.eval_report:
-            client.log_dict(run_id, out.eval_report, "eval/report.json")
-            now = int(time.time() * 1000)
-            from mlflow.entities import Metric
-
-            client.log_batch(run_id, metrics=[Metric(f"eval/{k}", v, now, out.steps)
-                                              for k, v in flat_metrics(out.eval_report).items()])
-            with tempfile.TemporaryDirectory() as d:
-                for name, png in report_plots(out.eval_report).items():
-                    Path(d, name).write_bytes(png)
-                client.log_artifacts(run_id, d, "eval")
+            run.log_dict(out.eval_report, "eval/report.json")
+            run.log_metrics({f"eval/{k}": v for k, v in flat_metrics(out.eval_report).items()}, out.steps)
+            run.log_files(report_plots(out.eval_report), "eval")
         name = cfg.mlflow.registered_model
         if name is None:
             name = (cfg.model.name if cfg.model is not None else _architecture_of(cfg.init_from).name)  # type: ignore[arg-type]
-        mlflow.set_tracking_uri(tracking)
-        with mlflow.start_run(run_id=run_id):
-            uri = log_model_dir(out.output, artifact_path="model", registered_model_name=name or None,
-                                alias=cfg.mlflow.alias or None)
-            mlflow.set_tag("mien.model_id", out.model_id)
-        if name:
-            out.registered_uri = uri
-            version = (client.get_model_version_by_alias(name, cfg.mlflow.alias) if cfg.mlflow.alias
-                       else client.get_latest_versions(name)[0])
-            out.model_version = version.version
+        logged = run.log_model_dir(materialize(out.output), artifact_path="model", registered_model_name=name or None,
+                                   alias=cfg.mlflow.alias or None)
+        run.set_tags({"mien.model_id": out.model_id})
+        if name and logged.version:
+            out.registered_uri, out.model_version = logged.uri, logged.version
             tags = {"mien.model_id": out.model_id, "mien.run_uri": out.run_uri, "mien.steps": str(out.steps)}
             if out.eval_report:
                 tags.update({f"eval.{k}": f"{v:.6g}" for k, v in flat_metrics(out.eval_report).items()
                              if k.count("/") == 1})
-            for k, v in tags.items():
-                client.set_model_version_tag(name, version.version, k, v)
+            Registry(tracking).tag_version(name, logged.version, tags)
+        run.end("FINISHED")
     except Exception as e:  # noqa: BLE001 - the model directory is complete either way
         log.warning("MLflow finishing failed (%s: %s); the model is at %s", type(e).__name__, e, out.output)
         _mlflow_close(tracking, run_id, "FINISHED")

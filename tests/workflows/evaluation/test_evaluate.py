@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
+import datetime as dt
 import json
 from pathlib import Path
 
@@ -83,17 +83,18 @@ def _annotate_output(root: Path) -> str:
                      "au_probs": [], "au_active": [], "au_evidence": [],
                      "fe_prior": list(zip(FE_BASIC, _fe(prior, 0.64), strict=True)),
                      "model_id": "m", "run_id": "r"})
-    (root / "faces").mkdir(parents=True)
-    pq.write_table(schema.table("faces", rows), root / "faces" / "part-0.parquet")
+    videos = [{"video_id": r["video_id"], "video_uri": f"/corpus/{r['video_id']}.mp4", "status": "ok", "run_id": "r",
+               "finished_at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC)} for r in rows]
+    for name, table_rows in (("faces", rows), ("videos", videos)):  # the videos part commits the faces part
+        (root / name).mkdir(parents=True)
+        pq.write_table(schema.table(name, table_rows), root / name / "part-0.parquet")
     return str(root)
 
 
 def _cli(argv: list[str]) -> int:
-    from jobs import train_cmd
+    from jobs.cli import main
 
-    parser = argparse.ArgumentParser(prog="mien")
-    train_cmd.add_parsers(parser.add_subparsers(dest="command"))
-    return train_cmd.run(parser.parse_args(argv))
+    return main(argv)
 
 
 def test_cli_evaluates_the_default_model_on_an_annotate_output(tmp_path, monkeypatch, capsys) -> None:

@@ -10,7 +10,6 @@ training is the real ``mien train`` (Ray Train, 2 workers, gloo, DeepSpeed ZeRO-
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import io
 import json
 from pathlib import Path
@@ -21,10 +20,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from workflows.core.assets import sha256_file
 from workflows.core.config import ConfigError
 from workflows.corpus import schema
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]  # the repository
 RETRAIN_CONFIGS = sorted((ROOT / "jobs" / "configs" / "retrain").glob("*.yaml"))
 COLOURS = {"happiness": (220, 60, 60), "sadness": (60, 60, 220), "surprise": (60, 200, 60),
            "neutral": (200, 200, 200)}
@@ -114,10 +114,6 @@ def _aliases(client) -> dict[str, str]:
     return {k: str(v) for k, v in client.get_registered_model("mien-test").aliases.items()}
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 # ----------------------------------------------------------------------------------- configs
 
 
@@ -194,7 +190,7 @@ def test_a_small_holdout_never_promotes() -> None:
 
 
 def test_only_committed_ok_videos_are_read_and_prefixes_are_searched(tmp_path) -> None:
-    from workflows.retrain.cycle import discover_outputs, read_committed_videos, read_faces
+    from workflows.corpus.reader import AnnotationOutput, discover_outputs
 
     night1, night2 = tmp_path / "annotations" / "night1", tmp_path / "annotations" / "night2"
     write_run(night1, "r1", T0, ["a", "b"], error_videos=("broken",))
@@ -204,31 +200,27 @@ def test_only_committed_ok_videos_are_read_and_prefixes_are_searched(tmp_path) -
     assert discover_outputs(str(night1)) == [str(night1)]
     with pytest.raises(FileNotFoundError, match="no mien annotate output"):
         discover_outputs(str(night1 / "faces"))
-    videos = read_committed_videos(str(night1))
+    videos = AnnotationOutput(str(night1)).committed_videos()
     assert sorted(videos["video_id"]) == ["a", "b"] and set(videos["part"]) == {"r1-00000.parquet"}
-    faces = read_faces(str(night1), videos)
+    faces = AnnotationOutput(str(night1)).faces_of(videos)
     assert sorted(faces["video_id"].unique()) == ["a", "b"] and len(faces) == 16
     assert set(faces["video_uri"]) == {"/corpus/a.mp4", "/corpus/b.mp4"}
 
 
 def test_dry_run_without_a_champion_plans_and_writes_nothing(tmp_path, capsys) -> None:
-    import argparse
-
-    from jobs import retrain_cmd
+    from jobs.cli import main
 
     out = tmp_path / "out"
     write_run(out, "r1", T0, [f"v{i}" for i in range(12)])
     holdout = labeled_holdout(tmp_path / "labeled")
-    parser = argparse.ArgumentParser(prog="mien")
-    retrain_cmd.add_parsers(parser.add_subparsers(dest="command"))
     cfg_file = tmp_path / "retrain.yaml"
     cfg_file.write_text((ROOT / "jobs/configs/retrain/local.yaml").read_text())
-    args = parser.parse_args(["retrain", "--config", str(cfg_file), "--data", str(out), "--dry-run",
-                              "--set", f"work_dir={tmp_path}/work", "--set", f"holdout.uri={holdout}",
-                              "--set", f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
-                              "--set", "data.filter.max_per_track=1"])
+    args = ["retrain", "--config", str(cfg_file), "--data", str(out), "--dry-run",
+            "--set", f"work_dir={tmp_path}/work", "--set", f"holdout.uri={holdout}",
+            "--set", f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+            "--set", "data.filter.max_per_track=1"]
     before = sorted(p.name for p in tmp_path.iterdir())
-    assert retrain_cmd.run(args) == 0
+    assert main(args) == 0
     text = capsys.readouterr().out
     assert "new data: 12 video(s) from 1 annotate run(s)" in text and "runs r1" in text
     assert "96 faces read, 96 kept" in text and "champion: mien-tiny-cpu: none yet" in text
@@ -371,10 +363,10 @@ def test_first_cycle_survives_crashes_promotes_once_and_then_does_nothing(first_
 
     # no new data: nothing happens, and it says so
     db = Path(s["tracking"][len("sqlite:///"):])
-    before = (sha256(db), sorted(p.name for p in (s["tmp"] / "work").iterdir()))
+    before = (sha256_file(db), sorted(p.name for p in (s["tmp"] / "work").iterdir()))
     again = retrain(retrain_config(s["tmp"], holdout=s["holdout"]), s["data"])
     assert again.status == "no_new_data" and "no new data since the champion's watermark" in again.message
-    assert (sha256(db), sorted(p.name for p in (s["tmp"] / "work").iterdir())) == before
+    assert (sha256_file(db), sorted(p.name for p in (s["tmp"] / "work").iterdir())) == before
 
 
 def test_registration_falls_back_when_training_did_not_register(first_cycle) -> None:
@@ -382,15 +374,14 @@ def test_registration_falls_back_when_training_did_not_register(first_cycle) -> 
     itself, once: a second attempt finds that version by its run instead of adding another."""
     import mlflow
 
-    from workflows.retrain.cycle import _client, _Cycle
-    from workflows.training.train import ensure_experiment
+    from workflows.core.tracking import Tracker
+    from workflows.retrain.cycle import _Cycle
 
     s = first_cycle
     cfg = retrain_config(s["tmp"], "model_name=mien-fallback", holdout=s["holdout"])
     cyc = _Cycle(cfg, [], dry_run=False, ray_address=None)
-    cyc.client = _client(cyc.tracking)
-    exp = ensure_experiment(cfg.mlflow.experiment, cyc.tracking, None)
-    cyc.run_id = cyc.client.create_run(exp).info.run_id
+    cyc.open_registry()
+    cyc.run = Tracker.start(cyc.tracking, cfg.mlflow.experiment)
     info = {"train_run_id": None, "output": str(s["work"] / "model")}
     assert cyc.register(info) == "1" and cyc.register(info) == "1"
     client = mlflow.MlflowClient(s["tracking"])
@@ -409,6 +400,22 @@ def test_holdout_scoring_in_a_ray_task_matches_in_process(first_cycle) -> None:
     report = cyc.evaluate("candidate", str(s["work"] / "model"), s["holdout"], load_candidate_train_config(cfg))
     in_process = json.loads((s["work"] / "eval" / "candidate.json").read_text())
     assert report["fe"]["uar"] == pytest.approx(in_process["fe"]["uar"]) and report["n_faces"] == 24
+
+
+def test_a_registry_champion_is_scored_from_the_cycles_registry(first_cycle, tmp_path, monkeypatch) -> None:
+    """A champion whose files are only reachable as models:/NAME/VERSION (a tracking server's
+    artifact store) loads through the cycle's configured registry, not a default one in the cwd."""
+    from workflows.retrain.cycle import _Cycle, load_candidate_train_config
+
+    s = first_cycle
+    cfg = retrain_config(s["tmp"], holdout=s["holdout"])
+    monkeypatch.chdir(tmp_path)
+    cyc = _Cycle(cfg, [], dry_run=False, ray_address=None)
+    cyc.work = str(tmp_path / "work")
+    report = cyc.evaluate("champion", "models:/mien-test/1", s["holdout"], load_candidate_train_config(cfg))
+    in_process = json.loads((s["work"] / "eval" / "candidate.json").read_text())
+    assert report["fe"]["uar"] == pytest.approx(in_process["fe"]["uar"])
+    assert not (tmp_path / "mlflow.db").exists()
     assert (s["tmp"] / "ray-task-eval" / "eval" / "candidate.json").exists()
 
 
@@ -416,11 +423,9 @@ def test_holdout_scoring_in_a_ray_task_matches_in_process(first_cycle) -> None:
 def test_worse_new_labels_leave_the_champion_in_place_with_reasons(first_cycle, capsys) -> None:
     """Cycle 2: a night of wrong pseudo-labels. The dry run changes nothing; the real run trains a
     candidate from the champion, finds it worse on the labeled holdout and keeps the champion."""
-    import argparse
-
     import mlflow
 
-    from jobs import retrain_cmd
+    from jobs.cli import main
     from workflows.retrain.cycle import retrain
 
     s = first_cycle
@@ -428,18 +433,16 @@ def test_worse_new_labels_leave_the_champion_in_place_with_reasons(first_cycle, 
     write_run(tmp / "annotations" / "night2", "r2", T0 + dt.timedelta(days=1), [f"w{i}" for i in range(8)],
               labels=SWAPPED, seed=5)
 
-    parser = argparse.ArgumentParser(prog="mien")
-    retrain_cmd.add_parsers(parser.add_subparsers(dest="command"))
     db = Path(s["tracking"][len("sqlite:///"):])
-    before = (sha256(db), sorted(p.name for p in (tmp / "work").iterdir()))
+    before = (sha256_file(db), sorted(p.name for p in (tmp / "work").iterdir()))
     args = ["retrain", "--config", str(ROOT / "jobs/configs/retrain/local.yaml"), "--data", *s["data"], "--dry-run"]
     for item in retrain_overrides(tmp, holdout=s["holdout"]):
         args += ["--set", item]
-    assert retrain_cmd.run(parser.parse_args(args)) == 0
+    assert main(args) == 0
     text = capsys.readouterr().out
     assert "champion: mien-test v1" in text and "new data: 8 video(s) from 1 annotate run(s)" in text
     assert "runs r2" in text and "64 faces read, 64 kept" in text and "evaluate: candidate and v1" in text
-    assert (sha256(db), sorted(p.name for p in (tmp / "work").iterdir())) == before
+    assert (sha256_file(db), sorted(p.name for p in (tmp / "work").iterdir())) == before
 
     result = retrain(retrain_config(tmp, holdout=s["holdout"]), s["data"])
     assert result.status == "not_promoted", result.render()

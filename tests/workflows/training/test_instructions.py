@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import random
 from pathlib import Path
 
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
@@ -70,7 +70,8 @@ SMILE = {"AU06": 0.9, "AU12": 0.8, "AU25": 0.55}
 
 @pytest.fixture
 def annotate_output(tmp_path: Path) -> Path:
-    """A small mien annotate output: two part files of faces and a videos table."""
+    """A small mien annotate output: two committed chunks (a faces part and the videos part of the
+    same name that commits it, as workflows.corpus.writer writes them)."""
     out = tmp_path / "out"
     part0 = [
         face("v1", 0, 0, "happiness", 0.90, aus=SMILE, crop=jpeg()),
@@ -84,14 +85,14 @@ def annotate_output(tmp_path: Path) -> Path:
         face("v3", 0, 5, "happiness", 0.90), face("v3", 1, 5, "happiness", 0.80),
         face("v3", 2, 5, "anger", 0.95),
     ]
+    uris = {"v1": "/data/v1.mp4", "v2": "/data/p.jpg", "v3": "/data/v3.mkv"}
+    finished = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     for i, rows in enumerate((part0, part1)):
-        (out / "faces").mkdir(parents=True, exist_ok=True)
-        pq.write_table(schema.table("faces", rows), out / "faces" / f"part-{i}.parquet")
-    videos = pa.table({"video_id": ["v1", "v2", "v3"],
-                       "video_uri": ["/data/v1.mp4", "/data/p.jpg", "/data/v3.mkv"],
-                       "status": ["ok", "ok", "ok"]})
-    (out / "videos").mkdir()
-    pq.write_table(videos, out / "videos" / "part-0.parquet")
+        videos = [{"video_id": v, "video_uri": uris[v], "status": "ok", "run_id": "run-1", "finished_at": finished}
+                  for v in dict.fromkeys(r["video_id"] for r in rows)]
+        for name, table_rows in (("faces", rows), ("videos", videos)):  # videos last: it commits the chunk
+            (out / name).mkdir(parents=True, exist_ok=True)
+            pq.write_table(schema.table(name, table_rows), out / name / f"part-{i}.parquet")
     return out
 
 
@@ -176,9 +177,9 @@ def test_pseudo_labels_filtered_deduped_by_track(annotate_output):
 
 
 def test_track_agreement_class_cap_and_required_crop(annotate_output):
-    from workflows.training.instructions import read_annotation_faces
+    from workflows.corpus.reader import AnnotationOutput
 
-    faces = read_annotation_faces(str(annotate_output))
+    faces = AnnotationOutput(str(annotate_output)).faces_of()
     # v3/5: happiness 2 of 3 faces = 0.67 agreement; majority faces only
     kept, dropped = select_pseudo_labels(faces, PseudoLabelFilter(min_track_agreement=0.6))
     v3 = kept[kept["video_id"] == "v3"]

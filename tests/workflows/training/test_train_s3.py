@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.workflows.test_train import colour_records, tiny_cpu
+from tests.workflows.training.test_train import colour_records, tiny_cpu
 from workflows.core import storage
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]

@@ -1,17 +1,22 @@
-"""``mien retrain``: argument parsing, config loading, exit codes, the printed plan / outcome.
+"""``mien retrain``: one retraining cycle; config loading, exit codes, the printed plan / outcome.
 
-Only argparse is imported at module level (``mien --help`` stays instant). Exit status: 0 for
-every finished cycle (no new data, not enough data, not promoted, promoted, dry run); 2 for
-configuration problems and missing inputs; 1 when training failed (rerun the same command:
-it resumes where the cycle stopped).
+Exit status: 0 for every finished cycle (no new data, not enough data, not promoted, promoted,
+dry run); 2 for configuration problems and missing inputs; 1 when training failed (rerun the
+same command: it resumes where the cycle stopped).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-COMMANDS = ("retrain",)
+from jobs.commands.arguments import add_config_args
+
+# Where the shipped jobs/configs live (a checkout or site-packages): relative paths in retrain
+# configs, such as the default train.config, are found there after the working directory and
+# the config file's own directory.
+INSTALL_ROOT = str(Path(__file__).resolve().parents[2])
 
 DESCRIPTION = """\
 One retraining cycle, safe to run on a schedule (it holds no scheduler loop):
@@ -37,41 +42,30 @@ examples:
 """
 
 
-def add_parsers(sub: argparse._SubParsersAction) -> None:
-    """Register ``retrain`` on the ``mien`` subparsers object."""
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "retrain", help="retrain on new pseudo-labels; promote the candidate only when it beats the champion",
         description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", metavar="FILE", default=None,
-                   help="YAML config (see jobs/configs/retrain/; local or s3://); defaults apply without it")
+    add_config_args(p, "promotion.margin=0.02", configs="jobs/configs/retrain/")
     p.add_argument("--data", dest="data", metavar="URI", nargs="+", action="extend", default=[],
                    help="annotate output(s), or a prefix holding several; added to data.sources (repeatable)")
-    p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append", default=[],
-                   help="override a config key with a dotted path, e.g. --set promotion.margin=0.02 (repeatable)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan (new runs, counts after filtering, what would be trained and evaluated) "
                         "and change nothing")
     p.add_argument("--address", metavar="ADDR", default=None,
                    help="Ray cluster address for training (default: RAY_ADDRESS, else a local Ray on 127.0.0.1)")
+    p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``mien retrain`` from parsed arguments; returns the exit status."""
-    from workflows.core.config import ConfigError
-
-    if args.command != "retrain":
-        raise ValueError(f"not a retrain command: {args.command}")
-    from model.checkpoint import ModelDirError
+    from model.model_dir import ModelDirError
     from workflows.retrain.cycle import load_retrain_config, retrain
     from workflows.training.train import TrainingError
 
     try:
-        cfg = load_retrain_config(args.config, args.overrides)
+        cfg = load_retrain_config(args.config, args.overrides, search_dirs=[INSTALL_ROOT])
         result = retrain(cfg, args.data, dry_run=args.dry_run, ray_address=args.address)
-    except ConfigError as e:
-        print(f"mien retrain: {e}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, PermissionError, ValueError) as e:
+    except (FileNotFoundError, PermissionError, ValueError) as e:  # ConfigError is a ValueError
         print(f"mien retrain: {e}", file=sys.stderr)
         return 2
     except (TrainingError, ModelDirError) as e:

@@ -1,0 +1,60 @@
+"""``mien annotate``: label every face of a corpus into Parquet; exit codes and the printed summary."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from jobs.commands.arguments import MODEL_URI_HELP, RAY_ADDRESS_HELP, add_config_args
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("annotate", help="label every face in a corpus into Parquet (videos/faces/tracks)",
+                       description="Run the annotate pipeline: discover -> decode+sample -> faces -> tracks "
+                                   "-> MLLM -> Parquet. Reruns on the same OUTPUT only process videos "
+                                   "without an ok row.")
+    p.add_argument("--input", required=True, metavar="URI",
+                   help="a directory, s3://bucket/prefix, a media file, or a manifest (.parquet/.csv/.jsonl "
+                        "with a 'uri' column)")
+    p.add_argument("--output", required=True, metavar="URI", help="output root (local path or s3://...)")
+    p.add_argument("--model", metavar="URI", default=None, help=MODEL_URI_HELP)
+    add_config_args(p, "faces.crop_size=336", configs="jobs/configs/annotate/")
+    p.add_argument("--address", metavar="ADDR", default=None, help=RAY_ADDRESS_HELP)
+    p.add_argument("--force", action="store_true", help="re-annotate videos that already have an ok row")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N videos (smoke runs)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from model.model_dir import ModelDirError
+    from workflows.annotate.ingest import InputError
+    from workflows.annotate.pipeline import AnnotateConfig, annotate
+    from workflows.core.config import load_config
+
+    overrides = list(args.overrides)
+    if args.model:
+        overrides.append(f"model.uri={args.model}")
+    if args.address:
+        overrides.append(f"ray.address={args.address}")
+    cfg = load_config(AnnotateConfig, args.config, overrides)
+    try:
+        summary = annotate(args.input, args.output, cfg, force=args.force, limit=args.limit,
+                           progress=not args.no_progress)
+    except InputError as e:
+        print(f"mien annotate: {e}", file=sys.stderr)
+        return 2
+    except ModelDirError as e:
+        print(f"mien annotate: model {cfg.model.uri}: {e}", file=sys.stderr)
+        return 2
+    except PermissionError:  # not a storage fault to resume from: jobs.cli names the fix, exit 2
+        raise
+    except OSError as e:  # storage still failing after retries with backoff (storage.with_retries)
+        logging.getLogger(__name__).debug("storage failure", exc_info=True)
+        print(f"mien annotate: storage error that persisted through retries: {type(e).__name__}: {e}. "
+              "Committed parts are kept; rerun the same command to resume", file=sys.stderr)
+        return 1
+    print(summary.render())
+    print(f"output: {args.output}  (videos/, faces/, tracks/, runs/{summary.run_id}.json)")
+    return 0
