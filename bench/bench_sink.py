@@ -37,6 +37,7 @@ def result_row(video_id: str, n_faces: int, crops: bool, rng: np.random.Generato
         "age": rng.uniform(18, 70, n_faces), "gender": np.array(["female"] * n_faces),
         "gender_score": rng.random(n_faces), "au_evidence": rng.random((n_faces, len(AU_NAMES)), np.float32),
         "fe_prior": rng.dirichlet(np.ones(len(FE_BASIC)), n_faces), "flags": np.array([""] * n_faces),
+        "blendshapes": rng.random((n_faces, 52), np.float32),
         "crop_jpeg": [rng.bytes(15_000) for _ in range(n_faces)],
     }
     s = {"fe": rng.dirichlet(np.ones(len(FE_BASIC)), n_faces).astype(np.float32),

@@ -104,7 +104,7 @@ def wrap_optimizer(mllm: Any, lr: float, micro_batch: int, bf16: bool, stage: in
     except ImportError:
         return None, optimizer, "torch (deepspeed not installed: plain AdamW, no ZeRO)"
     try:
-        from workflows.training.train import skip_cpu_shm_comm_build
+        from workflows.training.recipe import skip_cpu_shm_comm_build
 
         skip_cpu_shm_comm_build()
     except ImportError:
@@ -220,8 +220,9 @@ def run_ray(args: argparse.Namespace) -> dict[str, Any]:
     from PIL import Image
 
     from workflows.core.config import load_config
+    from workflows.training.config import TrainConfig
     from workflows.training.instructions import instructions_from_records, write_instructions
-    from workflows.training.train import TrainConfig, train
+    from workflows.training.ray_train import train
 
     tmp = Path(tempfile.mkdtemp(prefix="mien-bench-train-"))
     rng = np.random.default_rng(0)

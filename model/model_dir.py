@@ -164,11 +164,24 @@ def _download_mlflow(uri: str) -> str:
         import mlflow
     except ImportError as e:  # pragma: no cover - mlflow is a core dependency
         raise ImportError("loading models:/ URIs needs mlflow: pip install 'mlflow>=3.17,<3.19'") from e
-    dest = _cache_root() / "mlflow" / sha256_bytes(f"{mlflow.get_tracking_uri()}|{uri}".encode())[:16]
+    # MLFLOW_TRACKING_URI wins over a tracking URI an earlier job in this process left set globally
+    tracking = os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
+    dest = _cache_root() / "mlflow" / sha256_bytes(f"{tracking}|{uri}".encode())[:16]
     if dest.exists():
         shutil.rmtree(dest)  # aliases move: always fetch what the alias points at now
     dest.mkdir(parents=True)
-    return mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest))
+    source = uri
+    if uri.startswith("models:/"):
+        # MLflow's models:/ repository looks the version up in the global registry whatever it is
+        # given, so the version is resolved here against ``tracking`` and its files fetched directly.
+        client = mlflow.MlflowClient(tracking_uri=tracking, registry_uri=tracking)
+        name, sep, alias = uri[len("models:/"):].rstrip("/").partition("@")
+        if sep:
+            version = client.get_model_version_by_alias(name, alias).version
+        else:
+            name, _, version = name.rpartition("/")
+        source = client.get_model_version_download_uri(name, version)
+    return mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dest), tracking_uri=tracking)
 
 
 # ------------------------------------------------------------------ reading, verifying

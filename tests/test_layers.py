@@ -146,7 +146,7 @@ def test_no_import_cycles():
 
 @pytest.mark.parametrize("src,dst,ok", [
     ("model.mllm", "workflows.core.storage", True),
-    ("model.mllm", "workflows.training.train", False),
+    ("model.mllm", "workflows.training.ray_train", False),
     ("workflows.core.config", "model.config", False),
     ("workflows.annotate.runner", "jobs.cli", False),
     ("jobs.cli", "workflows.annotate.pipeline", True),

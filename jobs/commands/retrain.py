@@ -60,7 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from model.model_dir import ModelDirError
     from workflows.retrain.cycle import load_retrain_config, retrain
-    from workflows.training.train import TrainingError
+    from workflows.training.ray_train import TrainingError
 
     try:
         cfg = load_retrain_config(args.config, args.overrides, search_dirs=[INSTALL_ROOT])

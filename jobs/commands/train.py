@@ -46,7 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from workflows.training.train import TrainingError, load_train_config, train
+    from workflows.training.config import load_train_config
+    from workflows.training.ray_train import TrainingError, train
 
     overrides = list(args.overrides)
     if args.address:

@@ -194,3 +194,9 @@ def test_mlflow_models_alias_round_trip(saved, tmp_path, monkeypatch):
     assert uri == "models:/mien-tiny@champion"
     loaded = load_model(uri)
     assert loaded.model_id == json.loads((saved / MANIFEST).read_text())["model_id"]
+    # an earlier job in the same process pointed MLflow's global URI elsewhere, then the user set
+    # MLFLOW_TRACKING_URI: the environment wins (DESIGN.md section 6)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'other.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
+    assert load_model(uri).model_id == loaded.model_id
+    mlflow.set_tracking_uri(tracking)

@@ -7,7 +7,7 @@ Kubernetes CronJob or a KubeRay RayCronJob)::
                           the newest committed finished_at it was trained up to)
     annotate outputs ─► committed ok videos rows newer than the watermark ─► none: "no new data", exit
                      ─► their faces ─► PseudoLabelFilter ─► instruction rows ─► hash split by group
-    train (workflows.training.train, from the champion's weights by default) ─► registered @candidate
+    train (workflows.training.ray_train, from the champion's weights by default) ─► registered @candidate
     evaluate candidate AND champion on the same fixed holdout ─► decide ─► record ─► move @champion
 
 The holdout is either a labeled data set (``holdout.uri``) or the ``holdout`` split of the
@@ -249,10 +249,10 @@ def _train_config_data(cfg: RetrainConfig) -> dict[str, Any]:
 
 
 def load_candidate_train_config(cfg: RetrainConfig, runtime: Mapping[str, Any] | None = None) -> Any:
-    """The :class:`workflows.training.train.TrainConfig` of the candidate: file, ``train.overrides``, then
+    """The :class:`workflows.training.config.TrainConfig` of the candidate: file, ``train.overrides``, then
     ``runtime`` (settings the retrain owns: checkpoint path, registry name, init_from ...)."""
     from workflows.core.config import deep_merge, from_dict
-    from workflows.training.train import TrainConfig
+    from workflows.training.config import TrainConfig
 
     data = _train_config_data(cfg)
     if runtime:
@@ -492,7 +492,7 @@ class _Cycle:
 
     def __init__(self, cfg: RetrainConfig, extra_sources: Sequence[str], dry_run: bool,
                  ray_address: str | None):
-        from workflows.training.train import default_environment
+        from workflows.training.recipe import default_environment
 
         default_environment()
         self.cfg = cfg
@@ -691,7 +691,8 @@ class _Cycle:
 
     def train_candidate(self, plan: RetrainPlan) -> dict[str, Any]:
         """Train (or find the finished training of an earlier attempt) and register the candidate."""
-        from workflows.training.train import run_uri_of, train
+        from workflows.training.ray_train import train
+        from workflows.training.staging import run_uri_of
 
         done = self.read_json("train.json")
         if done is not None:
@@ -871,7 +872,7 @@ def retrain(cfg: RetrainConfig, extra_sources: Sequence[str] = (), *, dry_run: b
     """Run one retraining cycle (see the module doc); ``dry_run`` only plans and changes nothing.
 
     Raises ConfigError for configuration problems, FileNotFoundError for a missing source or
-    holdout, :class:`workflows.training.train.TrainingError` when training fails (rerun to resume)."""
+    holdout, :class:`workflows.training.ray_train.TrainingError` when training fails (rerun to resume)."""
     cyc = _Cycle(cfg, extra_sources, dry_run, ray_address)
     champion = cyc.champion()
     sources, videos, marks = cyc.scan(champion)

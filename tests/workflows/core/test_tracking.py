@@ -145,7 +145,7 @@ def _job_configs():
     from workflows.annotate.pipeline import AnnotateConfig
     from workflows.evaluation.evaluate import EvaluateConfig
     from workflows.retrain.cycle import load_retrain_config
-    from workflows.training.train import load_train_config
+    from workflows.training.config import load_train_config
 
     train = str(Path(__file__).resolve().parents[3] / "jobs" / "configs" / "train" / "tiny_cpu.yaml")
     return {"annotate": lambda o: load_config(AnnotateConfig, None, o),

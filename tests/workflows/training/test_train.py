@@ -53,7 +53,7 @@ def instructions(tmp_path_factory) -> str:
 
 
 def tiny_cpu(tmp: Path, *overrides: str):
-    from workflows.training.train import TrainConfig
+    from workflows.training.config import TrainConfig
 
     return load_config(TrainConfig, ROOT / "jobs/configs/train/tiny_cpu.yaml", [
         "data.crop_size=32", "scaling.cpus_per_worker=0.5", "epochs=2",
@@ -65,7 +65,7 @@ def tiny_cpu(tmp: Path, *overrides: str):
 
 @pytest.mark.parametrize("path", TRAIN_CONFIGS, ids=lambda p: p.name)
 def test_shipped_train_configs_load_and_validate(path: Path) -> None:
-    from workflows.training.train import deepspeed_json, load_train_config, zero_stage
+    from workflows.training.config import deepspeed_json, load_train_config, zero_stage
 
     first = path.read_text().splitlines()[0]
     assert first.startswith(f"# mien train --config jobs/configs/train/{path.name} --data ")
@@ -83,7 +83,7 @@ def test_there_is_one_config_per_model_and_method() -> None:
 
 
 def test_config_errors_are_collected_and_named() -> None:
-    from workflows.training.train import TrainConfig
+    from workflows.training.config import TrainConfig
 
     tiny = ROOT / "jobs/configs/train/tiny_cpu.yaml"
     with pytest.raises(ConfigError) as e:  # structure first: unknown keys and types
@@ -108,7 +108,7 @@ def test_cli_exits_2_on_config_errors(capsys) -> None:
 
 
 def test_deepspeed_autos_are_filled_and_conflicts_refused(tmp_path) -> None:
-    from workflows.training.train import deepspeed_json, resolve_deepspeed_config
+    from workflows.training.config import deepspeed_json, resolve_deepspeed_config
 
     cfg = tiny_cpu(tmp_path, "micro_batch_size=3", "gradient_accumulation_steps=2", "optim.max_grad_norm=0.5")
     ds = resolve_deepspeed_config(deepspeed_json("zero3"), cfg, world_size=4, bf16=True, hidden_size=64)
@@ -127,7 +127,7 @@ def test_deepspeed_autos_are_filled_and_conflicts_refused(tmp_path) -> None:
 
 
 def test_lr_schedule_warms_up_then_decays() -> None:
-    from workflows.training.train import lr_factor
+    from workflows.training.recipe import lr_factor
 
     assert lr_factor(0, 100, 4, "cosine", 0.0) == pytest.approx(0.25)
     assert lr_factor(3, 100, 4, "cosine", 0.0) == pytest.approx(1.0)
@@ -139,7 +139,7 @@ def test_lr_schedule_warms_up_then_decays() -> None:
 
 
 def test_rank_shards_are_disjoint_deterministic_and_even() -> None:
-    from workflows.training.train import _rank_indices
+    from workflows.training.recipe import _rank_indices
 
     a = _rank_indices(11, 2, 0, seed=1, epoch=0, shuffle=True, drop_last=True)
     b = _rank_indices(11, 2, 1, seed=1, epoch=0, shuffle=True, drop_last=True)
@@ -169,7 +169,7 @@ def test_training_questions_are_the_scoring_prompts(instructions) -> None:
 
 
 def test_staging_splits_by_group_and_refuses_a_changed_config(instructions, tmp_path) -> None:
-    from workflows.training.train import open_run, run_uri_of
+    from workflows.training.staging import open_run, run_uri_of
 
     cfg = tiny_cpu(tmp_path)
     output = str(tmp_path / "model")
@@ -192,7 +192,7 @@ def test_staging_splits_by_group_and_refuses_a_changed_config(instructions, tmp_
 def test_cpu_shm_comm_op_is_not_jit_compiled() -> None:
     import deepspeed.ops
 
-    from workflows.training.train import skip_cpu_shm_comm_build
+    from workflows.training.recipe import skip_cpu_shm_comm_build
 
     assert skip_cpu_shm_comm_build() is True
     assert deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] is False
@@ -212,7 +212,7 @@ def test_zero2_interrupted_run_resumes_learns_and_registers_candidate(local_ray,
     import mlflow
 
     from model import load_model
-    from workflows.training.train import TrainingError, train
+    from workflows.training.ray_train import TrainingError, train
 
     output = str(tmp_path / "model")
     cfg = tiny_cpu(tmp_path, "testing.fail_at_step=5", "checkpoint.every_steps=100")
@@ -266,7 +266,7 @@ def test_zero2_interrupted_run_resumes_learns_and_registers_candidate(local_ray,
 
 def test_zero3_learns_and_exports_gathered_parameters(local_ray, instructions, tmp_path) -> None:
     from model import load_model
-    from workflows.training.train import train
+    from workflows.training.ray_train import train
 
     output = str(tmp_path / "model")
     cfg = tiny_cpu(tmp_path, "deepspeed=zero3", "max_steps=8", "evaluate.enabled=false",

@@ -16,7 +16,7 @@ def test_checkpoints_data_and_model_on_s3(s3_bucket, tmp_path, monkeypatch) -> N
 
     from model import load_model
     from workflows.training.instructions import instructions_from_records, write_instructions
-    from workflows.training.train import TrainingError, train
+    from workflows.training.ray_train import TrainingError, train
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     built = instructions_from_records(colour_records(tmp_path), tasks=["fe_category"], embed_images=True)

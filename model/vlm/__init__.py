@@ -1,0 +1,1 @@
+"""Pretrained Hugging Face VLMs as mien's facial MLLM."""
