@@ -21,8 +21,8 @@ if TYPE_CHECKING:
     from model.annotator import FacialAnnotator
     from model.mllm import FacialMLLM
 
-__all__ = ["ModelConfig", "build_model", "config_from_dict", "load_model", "load_model_config", "resolve_device",
-           "save_model"]
+__all__ = ["ModelConfig", "build_model", "config_from_dict", "load_model", "load_model_config", "open_model",
+           "resolve_device", "save_model"]
 
 
 def build_model(cfg: ModelConfig, device: str = "cpu", **kwargs: Any) -> FacialMLLM:
@@ -40,11 +40,28 @@ def save_model(m: FacialAnnotator | FacialMLLM, uri: str, metrics: Mapping[str, 
     return _save(m, uri, metrics=metrics, bundle_base=bundle_base)
 
 
+def open_model(uri: str = "default") -> tuple[str | None, dict[str, Any]]:
+    """The local directory (None for the default) and manifest of a model URI, nothing built.
+
+    A mien model directory gives its ``mien_model.json`` (pickles refused); a plain Hugging Face
+    VLM checkpoint gives a zero-shot manifest (:func:`model.vlm.base.base_manifest`: safetensors
+    only, an architecture transformers loads, the checkpoint hashed)."""
+    from model.default import default_manifest
+    from model.model_dir import read_manifest, resolve_model_uri
+    from model.vlm.base import base_manifest, is_hf_vlm_dir
+
+    if uri == "default":
+        return None, default_manifest()
+    directory = resolve_model_uri(uri)
+    return directory, base_manifest(uri, directory) if is_hf_vlm_dir(directory) else read_manifest(directory)
+
+
 def load_model(uri: str = "default", device: str = "cpu",
                overrides: Sequence[str] | Mapping[str, Any] | None = None) -> FacialAnnotator:
     """Load a model for annotation.
 
-    ``uri``: ``"default"`` (the embedded offline model), a local directory, an ``s3://``
+    ``uri``: ``"default"`` (the embedded offline model), a local directory (a mien model
+    directory or a plain Hugging Face VLM checkpoint, run zero-shot), an ``s3://``
     prefix, or an MLflow ``models:/name@alias`` / ``models:/name/version`` / ``runs:/`` URI.
     ``overrides``: ``["generation.enabled=true", ...]`` or ``{"generation.enabled": True}``,
     applied to the saved architecture (validated; unknown keys raise).
@@ -53,27 +70,22 @@ def load_model(uri: str = "default", device: str = "cpu",
     need it (``prior_weight < 1``) or generation is on, otherwise on first use."""
     from model.annotator import FacialAnnotator
     from model.checkpoint import apply_overrides, flat_overrides, load_parts_into
-    from model.default import default_manifest
     from model.model_dir import (
         MANIFEST,
         compute_model_id,
-        read_manifest,
-        resolve_model_uri,
         verify_component,
         verify_parts,
     )
-
-    if uri == "default":
-        directory, manifest = None, default_manifest()
-    else:
-        directory = resolve_model_uri(uri)
-        manifest = read_manifest(directory)
+    directory, manifest = open_model(uri)
+    plain_vlm = bool(manifest.get("components", {}).get("vlm", {}).get("uri"))
     cfg = config_from_dict(apply_overrides(manifest["architecture"], overrides),
                            source=f"{uri} ({MANIFEST} architecture)")
     blobs = verify_parts(directory, manifest) if directory else {}
     components = manifest.get("components", {})
     verified = {name: verify_component(name, meta, directory or "")  # shipped with the model: check now
                 for name, meta in components.items() if meta.get("source", "").startswith(("asset:", "bundled:"))}
+    if plain_vlm:
+        verified["vlm"] = directory  # hashed just now by base_manifest
     model_id = compute_model_id(manifest, flat_overrides(overrides))
 
     def build() -> FacialMLLM:
@@ -81,6 +93,12 @@ def load_model(uri: str = "default", device: str = "cpu",
 
         dirs = {name: verified[name] if name in verified else verify_component(name, meta, directory or "")
                 for name, meta in components.items()}
+        if cfg.is_vlm:
+            from model.vlm.facial import build_vlm_model
+
+            mllm = build_vlm_model(cfg, dirs["vlm"], device=resolve_device(device))
+            load_parts_into(mllm, blobs)
+            return mllm
         mllm = _build(cfg, device=resolve_device(device), llm_dir=dirs.get("llm"), vision_dir=dirs.get("vision"),
                       tokenizer_dir=dirs.get("tokenizer"))
         load_parts_into(mllm, blobs)

@@ -269,6 +269,28 @@ class ClipConfig:
 
 
 @dataclasses.dataclass
+class VLMConfig:
+    """A pretrained Hugging Face image-text-to-text checkpoint (``save_pretrained`` output with its
+    processor, safetensors only) as the whole MLLM: vision tower, projector and language model.
+    ``source``: a local or ``s3://`` directory or an MLflow URI; empty = the composed model of the
+    ``vision``/``fim``/``llm`` sections (then set ``llm.enabled: false`` when using a VLM).
+    ``family``: the adapter for the checkpoint's quirks (``model/vlm/adapters.py``); ``auto``
+    reads ``model_type`` from its config.json."""
+
+    source: str = ""
+    family: str = "auto"
+    dtype: Dtype = "float32"
+    attn_implementation: str = "sdpa"
+
+    def validate(self) -> list[str]:
+        from model.vlm.adapters import known_families
+
+        if self.family not in known_families():
+            return [f"family: unknown {self.family!r}; one of {', '.join(known_families())}"]
+        return []
+
+
+@dataclasses.dataclass
 class ModelConfig:
     """The whole model. ``prior_weight`` is the share of the calibrated face prior in the
     final probabilities; 1.0 means the LLM is not consulted for scores (and not even loaded
@@ -281,6 +303,7 @@ class ModelConfig:
     fim: FIMConfig = dataclasses.field(default_factory=FIMConfig)
     clip: ClipConfig = dataclasses.field(default_factory=ClipConfig)
     llm: LLMConfig = dataclasses.field(default_factory=LLMConfig)
+    vlm: VLMConfig = dataclasses.field(default_factory=VLMConfig)
     prompt: PromptConfig = dataclasses.field(default_factory=PromptConfig)
     scoring: ScoringConfig = dataclasses.field(default_factory=ScoringConfig)
     generation: GenerationConfig = dataclasses.field(default_factory=GenerationConfig)
@@ -292,10 +315,18 @@ class ModelConfig:
         problems = []
         if not 0.0 <= self.prior_weight <= 1.0:
             problems.append(f"prior_weight: must be in [0, 1], got {self.prior_weight}")
-        if self.prior_weight < 1.0 and not self.llm.enabled:
-            problems.append("prior_weight: below 1 the LLM scores faces, so llm.enabled must be true")
-        if self.generation.enabled and not self.llm.enabled:
-            problems.append("generation.enabled: generation needs llm.enabled")
+        if self.vlm.source:
+            composed = [name for name, on in (("llm.enabled", self.llm.enabled), ("vision.enabled", self.vision.enabled),
+                                              ("face_prior.enabled", self.face_prior.enabled),
+                                              ("clip.frames", bool(self.clip.frames))) if on]
+            if composed:
+                problems.append(f"vlm.source: a pretrained VLM brings its own vision tower and language model; "
+                                f"turn off {', '.join(composed)}")
+        elif self.prior_weight < 1.0 and not self.llm.enabled:
+            problems.append("prior_weight: below 1 the LLM scores faces, so llm.enabled must be true "
+                            "(or set vlm.source)")
+        if self.generation.enabled and not (self.llm.enabled or self.vlm.source):
+            problems.append("generation.enabled: generation needs llm.enabled or vlm.source")
         if self.clip.frames and not self.vision.enabled:
             problems.append("clip.frames: clip tokens are made from visual tokens; enable vision")
         if self.face_prior.enabled and self.fim.prior_queries == 0:
@@ -305,7 +336,12 @@ class ModelConfig:
 
     @property
     def uses_llm_for_scores(self) -> bool:
-        return self.llm.enabled and self.prior_weight < 1.0
+        return (self.llm.enabled or bool(self.vlm.source)) and self.prior_weight < 1.0
+
+    @property
+    def is_vlm(self) -> bool:
+        """The MLLM is a pretrained VLM checkpoint (``vlm.source``), not the composed model."""
+        return bool(self.vlm.source)
 
 
 def config_from_dict(data: dict[str, Any], source: str | None = None) -> ModelConfig:

@@ -131,7 +131,8 @@ def _refuse_pickle_path(path: str) -> None:
 
 
 def resolve_model_uri(uri: str) -> str:
-    """Local directory holding ``mien_model.json`` for a local path, ``s3://`` prefix, or MLflow
+    """Local directory holding ``mien_model.json`` (or a plain Hugging Face ``save_pretrained``
+    checkpoint with ``config.json``) for a local path, ``s3://`` prefix, or MLflow
     ``models:/name@alias`` / ``models:/name/version`` / ``runs:/id/path`` URI."""
     _refuse_pickle_path(uri)
     if uri.startswith(("models:/", "runs:/")):
@@ -147,6 +148,8 @@ def resolve_model_uri(uri: str) -> str:
     if not path.exists():
         raise MissingPartError(f"model directory not found: {uri}")
     if not (path / MANIFEST).exists():
+        if (path / "config.json").is_file():
+            return str(path)  # a plain save_pretrained checkpoint (model.vlm.base checks it)
         found = [p for p in path.rglob(MANIFEST)]
         if len(found) == 1:
             return str(found[0].parent)

@@ -54,21 +54,18 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from model.model_dir import ModelDirError, read_manifest, resolve_model_uri
+    from model import open_model
+    from model.model_dir import ModelDirError, compute_model_id
 
-    if args.uri == "default":
-        from model.default import default_manifest
-
-        manifest = default_manifest()
-    else:
-        try:
-            manifest = read_manifest(resolve_model_uri(args.uri))
-        except ModelDirError as e:
-            print(f"mien model inspect: {e}", file=sys.stderr)
-            return 2
+    try:
+        _, manifest = open_model(args.uri)
+    except (ModelDirError, ValueError) as e:
+        print(f"mien model inspect: {e}", file=sys.stderr)
+        return 2
     arch = manifest["architecture"]
     summary = {
-        "model_id": manifest.get("model_id", "(computed at load)"),
+        "model_id": manifest.get("model_id") or compute_model_id(manifest),
+        "kind": "pretrained VLM, zero-shot" if arch.get("vlm", {}).get("source") else "mien model",
         "prior_weight": arch.get("prior_weight"),
         "components": manifest.get("components", {}),
         "parts": {k: {"file": v["file"], "parameters": v.get("parameters")}

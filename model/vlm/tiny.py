@@ -2,7 +2,7 @@
 
 :func:`build_tiny_vlm` writes a directory laid out like the family's checkpoint on the Hub
 (``config.json`` + ``model.safetensors``, tokenizer, image-processor config, ``chat_template.jinja``)
-that loads with ``AutoModelForImageTextToText.from_pretrained`` and :func:`load_processor`. Weights
+that loads with ``AutoModelForImageTextToText.from_pretrained`` and :func:`model.vlm.processors.load_processor`. Weights
 are random (fixed seed); the tokenizer is a byte-level BPE trained on mien's prompt corpus
 (:func:`model.prompts.prompt_corpus`), so the prompts take few tokens, every class answer
 (:data:`ANSWER_WORDS`, with and without a leading space) is one token, and any other text still
@@ -28,7 +28,7 @@ Facts per family (transformers 5.24, no torchvision: image processors resolve to
                 (B, 1 + tiles, 3, 28, 28).
     qwen2_vl    Qwen2-VL: ViT with 2x2 patch merger + Qwen2 with M-RoPE. AutoProcessor FAILS without
     qwen2_5_vl  torchvision (Qwen2VLProcessor / Qwen2_5_VLProcessor require a video processor, and every
-                video processor imports torchvision): load with :func:`load_processor`, which builds an
+                video processor imports torchvision): load with :func:`model.vlm.processors.load_processor`, which builds an
                 image-only subclass of the family's processor (same name and behaviour; videos are
                 unsupported). The image processor resizes to multiples of 28 px within
                 [28^2, 56^2] pixels, so a 112x112 face becomes 56x56: image_grid_thw (1, 4, 4),
@@ -62,14 +62,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from model.prompts import NO, YES, prompt_corpus
 from model.taxonomy import FE_EXTENDED_AFFECTNET8, FE_SYNONYMS
+from model.vlm.processors import image_only_processor_class
 
 TINY_FAMILIES: tuple[str, ...] = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "idefics3")
 
@@ -325,48 +324,3 @@ def build_tiny_vlm(family: str, directory: str | Path, seed: int = 0) -> Path:
     model.save_pretrained(out, safe_serialization=True)
     processor.save_pretrained(out)
     return out
-
-
-@functools.cache
-def image_only_processor_class(processor_class: type) -> type:
-    """``processor_class`` without its video processor: a subclass of the same name whose constructor
-    takes only the image processor, the tokenizer and the chat template.
-
-    Qwen2-VL-style processors require a video processor, and every video processor imports
-    torchvision; this one works without it for images and text (videos are unsupported)."""
-
-    def __init__(self: Any, image_processor: Any = None, tokenizer: Any = None, chat_template: str | None = None,
-                 **kwargs: Any) -> None:
-        # the base stores only the attributes of this signature, so the video slot is dropped
-        processor_class.__init__(self, image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
-
-    return type(processor_class.__name__, (processor_class,), {"__init__": __init__})
-
-
-def load_processor(directory: str | Path) -> Any:
-    """The processor stored in ``directory`` (a tiny checkpoint or a real one), loaded offline.
-
-    ``AutoProcessor``, except that a processor that needs a video processor is loaded as
-    :func:`image_only_processor_class` when torchvision is missing (Qwen2-VL, Qwen2.5-VL)."""
-    import transformers
-    from transformers.utils import is_torchvision_available
-
-    directory = Path(directory)
-    name = _processor_class_name(directory)
-    cls = getattr(transformers, name, None) if name else None
-    if (cls is not None and not is_torchvision_available()
-            and "video_processor" in inspect.signature(cls.__init__).parameters):
-        return image_only_processor_class(cls).from_pretrained(directory, local_files_only=True)
-    return transformers.AutoProcessor.from_pretrained(directory, local_files_only=True)
-
-
-def _processor_class_name(directory: Path) -> str | None:
-    """``processor_class`` as recorded by the checkpoint (newer saves: processor_config.json; older
-    Hub checkpoints: the image-processor or tokenizer config)."""
-    for file in ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json"):
-        path = directory / file
-        if path.is_file():
-            name = json.loads(path.read_text()).get("processor_class")
-            if name:
-                return name
-    return None

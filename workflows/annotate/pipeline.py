@@ -273,10 +273,11 @@ def _check_model(cfg: AnnotateConfig) -> None:
             cfg.ray.address or os.environ.get("RAY_ADDRESS")):
         log.info("model %s is not on this machine; the cluster's MLLM workers will load it", uri)
         return
-    from model.model_dir import read_manifest, resolve_model_uri, verify_parts
+    from model import open_model
+    from model.model_dir import verify_parts
 
-    directory = resolve_model_uri(uri)
-    verify_parts(directory, read_manifest(directory))
+    directory, manifest = open_model(uri)
+    verify_parts(directory, manifest)
 
 
 def _run(todo: list, cfg: AnnotateConfig, run_id: str, sink: Any, summary: AnnotateSummary,

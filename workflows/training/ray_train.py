@@ -258,10 +258,10 @@ def train(cfg: TrainConfig, data_uri: str, output_uri: str) -> TrainResult:
 
 
 def _architecture_of(uri: str) -> ModelConfig:
+    from model import open_model
     from model.config import config_from_dict
-    from model.model_dir import read_manifest, resolve_model_uri
 
-    manifest = read_manifest(resolve_model_uri(uri))
+    _, manifest = open_model(uri)
     return config_from_dict(manifest["architecture"], source=f"{uri} architecture")
 
 

@@ -11,7 +11,7 @@ import pytest
 def tiny_vlms(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """``{family: checkpoint dir}`` for every family of ``model.vlm.tiny.TINY_FAMILIES`` (seed 0),
     built once per session; load with ``AutoModelForImageTextToText.from_pretrained(dir)`` and
-    ``model.vlm.tiny.load_processor(dir)``. Treat the directories as read-only."""
+    ``model.vlm.processors.load_processor(dir)``. Treat the directories as read-only."""
     from model.vlm.tiny import TINY_FAMILIES, build_tiny_vlm
 
     root = tmp_path_factory.mktemp("tiny_vlms")

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model.vlm.tiny import ANSWER_WORDS, TINY_FAMILIES, build_tiny_vlm, load_processor
+from model.vlm.processors import load_processor
+from model.vlm.tiny import ANSWER_WORDS, TINY_FAMILIES, build_tiny_vlm
 
 # image-placeholder tokens a 112x112 face expands to (documented in model.vlm.tiny)
 IMAGE_TOKENS = {"llava": 16, "llava_next": 24, "qwen2_vl": 4, "qwen2_5_vl": 4, "idefics3": 20}

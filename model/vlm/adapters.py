@@ -1,0 +1,120 @@
+"""Family adapters: the few things that differ between image-text-to-text families, behind one interface.
+
+Everything else — loading (``AutoModelForImageTextToText``), the processor that expands image
+placeholders, the chat template that renders a turn — is the checkpoint's own, so a family the
+adapters below do not name runs through :class:`FamilyAdapter` (the generic adapter) untouched,
+as long as its processor expands the image tokens itself and it uses 1-D rotary positions.
+
+What an adapter decides:
+
+* **positions** of a prefill (``prefill_positions``) and of a continuation after a cached prefix
+  (``continuation_positions``). Scoring encodes each face's image + context once and then runs
+  every question against the cached keys/values; the continuation must get exactly the position
+  ids a full forward pass would give it, or cached and uncached scores differ. Plain RoPE
+  families count real (unpadded) tokens; Qwen2-VL / Qwen2.5-VL use 3-D M-RoPE, whose image tokens
+  advance the position by the image grid's side, not its area (``rope_deltas``).
+* **extra per-token inputs** that must be extended when text is appended to a prefill in a full
+  (uncached) pass: Qwen's ``mm_token_type_ids`` (0 for text).
+
+Families by ``config.json`` ``model_type``: see :data:`ADAPTERS`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+class FamilyAdapter:
+    """The generic adapter: 1-D positions counted over real tokens, no extra per-token inputs."""
+
+    name = "generic"
+    model_types: tuple[str, ...] = ()
+
+    def prefill_positions(self, model: Any, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(position_ids for the prefill, next position per row (B,)) for processor ``inputs``
+        (left-padded rows: pads get position 0 and are masked)."""
+        mask = inputs["attention_mask"].long()
+        pos = (mask.cumsum(-1) - 1).clamp(min=0) * mask
+        return pos, mask.sum(-1)
+
+    def continuation_positions(self, next_pos: torch.Tensor, length: int) -> torch.Tensor:
+        """Position ids of ``length`` tokens appended after a prefill whose next position is ``next_pos``."""
+        return next_pos[:, None] + torch.arange(length, device=next_pos.device)[None, :]
+
+    def concat_positions(self, prefill: torch.Tensor, continuation: torch.Tensor) -> torch.Tensor:
+        return torch.cat([prefill, continuation], dim=-1)
+
+    def extend_token_inputs(self, inputs: dict[str, Any], length: int) -> dict[str, Any]:
+        """Per-token inputs other than ids/mask, extended by ``length`` text tokens (full passes)."""
+        return {}
+
+    def repeat_image_inputs(self, inputs: dict[str, Any], repeats: int) -> dict[str, Any]:
+        """Image inputs of B prefills, each repeated ``repeats`` times in row order (full passes)."""
+        out = {}
+        for k, v in inputs.items():
+            if k in ("input_ids", "attention_mask") or not torch.is_tensor(v):
+                continue
+            out[k] = v.repeat_interleave(repeats, dim=0)
+        return out
+
+
+class QwenVLAdapter(FamilyAdapter):
+    """Qwen2-VL / Qwen2.5-VL: 3-D M-RoPE positions computed from ``mm_token_type_ids`` and
+    ``image_grid_thw``; image patches are flattened across images (``pixel_values`` (sum t*h*w, D)),
+    so repeating a face repeats its own patch rows and grid row."""
+
+    name = "qwen2_vl"
+    model_types = ("qwen2_vl", "qwen2_5_vl")
+
+    def prefill_positions(self, model: Any, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        inner = model.model if hasattr(model, "model") else model
+        pos, _ = inner.get_rope_index(inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"],
+                                      image_grid_thw=inputs.get("image_grid_thw"),
+                                      attention_mask=inputs["attention_mask"])
+        return pos, pos.amax(dim=(0, 2)) + 1
+
+    def continuation_positions(self, next_pos: torch.Tensor, length: int) -> torch.Tensor:
+        flat = super().continuation_positions(next_pos, length)
+        return flat[None].expand(3, -1, -1)
+
+    def concat_positions(self, prefill: torch.Tensor, continuation: torch.Tensor) -> torch.Tensor:
+        return torch.cat([prefill, continuation], dim=-1)
+
+    def extend_token_inputs(self, inputs: dict[str, Any], length: int) -> dict[str, Any]:
+        t = inputs["mm_token_type_ids"]
+        return {"mm_token_type_ids": torch.cat([t, t.new_zeros(t.shape[0], length)], dim=1)}
+
+    def repeat_image_inputs(self, inputs: dict[str, Any], repeats: int) -> dict[str, Any]:
+        grid = inputs["image_grid_thw"]  # (B, 3): one image per face
+        sizes = (grid[:, 0] * grid[:, 1] * grid[:, 2]).tolist()
+        chunks = torch.split(inputs["pixel_values"], sizes, dim=0)
+        pixels = torch.cat([c for c in chunks for _ in range(repeats)], dim=0)
+        return {"pixel_values": pixels, "image_grid_thw": grid.repeat_interleave(repeats, dim=0)}
+
+
+ADAPTERS: dict[str, FamilyAdapter] = {}
+for _adapter in (QwenVLAdapter(),):
+    for _t in _adapter.model_types:
+        ADAPTERS[_t] = _adapter
+GENERIC = FamilyAdapter()
+# Families tested end to end with the generic adapter (their processors expand image tokens,
+# positions are 1-D): named so that `family: llava` in a config is checked, not guessed.
+TESTED_GENERIC = ("llava", "llava_next", "idefics3", "smolvlm")
+
+
+def adapter_for(model_type: str, family: str = "auto") -> FamilyAdapter:
+    """The adapter for a checkpoint's ``model_type`` (``family`` = ``auto``) or the named family."""
+    key = model_type if family == "auto" else family
+    if key in ADAPTERS:
+        return ADAPTERS[key]
+    if family not in ("auto", "generic", *TESTED_GENERIC):
+        raise ValueError(f"vlm.family: unknown family {family!r}; use auto, generic, "
+                         f"{', '.join(sorted({*ADAPTERS, *TESTED_GENERIC}))}")
+    return GENERIC
+
+
+def known_families() -> tuple[str, ...]:
+    """Values ``vlm.family`` accepts."""
+    return ("auto", "generic", *sorted({*ADAPTERS, *TESTED_GENERIC}))

@@ -1,0 +1,295 @@
+"""A pretrained Hugging Face VLM as mien's facial MLLM: the same scoring and generation interface as
+:class:`model.mllm.FacialMLLM` (``face_inputs``, ``score``, ``generate``), so
+:class:`model.annotator.FacialAnnotator` and the annotate pipeline run it unchanged.
+
+Per face the prompt is one user turn of the checkpoint's own chat template: the face crop as the
+image, then mien's system text, the EMO-LLaMA attribute sentence and the face prior as text
+(``model.prompts.face_context``), then a question; the assistant's answer is scored.
+
+Scoring (``scoring.reuse_prefix``, default on): the B faces' prefixes (image + context, everything
+before the question) are encoded once in one batched prefill; every question of every face then
+runs against those cached keys/values in one batched forward (the cache repeated per question).
+Without reuse, every (face, question) pair is a full forward pass over image + context + question;
+both give the same numbers up to float rounding (tests hold them within 1e-4 for every family).
+FE probabilities come from the likelihood of each class answer, AU probabilities from the yes/no
+likelihood of one question per AU. When every answer of a question is a single token with a
+distinct id, the question needs one sequence (the answers are read off its last position);
+otherwise each answer is its own sequence and its token log-probabilities are summed.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from model import prompts
+from model.config import ModelConfig
+from model.face_batch import batch_rows
+from model.prior import CalibratedFacePrior, PriorScores
+from model.taxonomy import AU_NAMES
+from model.vlm.adapters import FamilyAdapter
+
+_SENTINEL = "\u2063MIENQ\u2063"  # never produced by a prompt; marks where the question goes
+
+
+@dataclasses.dataclass
+class VLMFaces:
+    """B faces ready for the VLM: RGB crops (B, S, S, 3) uint8 and each face's context text."""
+
+    crops: np.ndarray
+    contexts: list[str]
+
+    @property
+    def rows(self) -> int:
+        return len(self.contexts)
+
+
+@dataclasses.dataclass
+class _Sequence:
+    """One scored continuation: token ids after the prefix, and where to read which tokens."""
+
+    ids: list[int]
+    reads: list[tuple[int, list[int]]]  # (position in ids whose next-token logits are read, token ids)
+
+
+class VLMFacialModel(nn.Module):
+    """``model``: an ``AutoModelForImageTextToText``; ``processor``: its processor; ``adapter``:
+    the family's :class:`~model.vlm.adapters.FamilyAdapter`."""
+
+    def __init__(self, cfg: ModelConfig, model: nn.Module, processor: Any, adapter: FamilyAdapter):
+        super().__init__()
+        self.cfg = cfg
+        self.vlm = model
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.adapter = adapter
+        self.prior = CalibratedFacePrior(cfg.prior)
+        self._prefix_tail = self._template()
+        self._sequences = self._build_sequences()
+
+    # ------------------------------------------------------------------ basics
+    @property
+    def device(self) -> torch.device:
+        return next(self.vlm.parameters()).device
+
+    def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+
+    def part_modules(self) -> dict[str, nn.Module]:
+        return {}
+
+    def ids(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _template(self) -> tuple[str, str]:
+        """The rendered user turn split at the question: (text before it after the context
+        placeholder, text after it up to where the assistant's answer starts)."""
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": _SENTINEL}]}]
+        rendered = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        if rendered.count(_SENTINEL) != 1:
+            raise ValueError("the checkpoint's chat template does not render a user text turn once; "
+                             "set vlm.family or fix its chat_template")
+        head, tail = rendered.split(_SENTINEL)
+        return head, tail
+
+    def _prefix_text(self, context: str) -> str:
+        head, _ = self._prefix_tail
+        return f"{head}{self.cfg.prompt.system}\n{context}\n"
+
+    def _answer(self, word: str) -> str:
+        _, tail = self._prefix_tail
+        return word if tail[-1:].isspace() else " " + word
+
+    # ------------------------------------------------------------------ inputs
+    def face_inputs(self, batch: Mapping[str, Any], prior: PriorScores | None = None) -> VLMFaces:
+        """The VLM's view of a face batch (fields in ``model/face_batch.py``; ``crop`` required)."""
+        rows = batch_rows(batch)
+        if batch.get("crop") is None:
+            raise ValueError("a VLM reads pixels: the face batch needs 'crop' (B, S, S, 3) uint8")
+        if prior is None:
+            prior = self.prior(batch.get("fe_prior"), batch.get("au_evidence"), rows)
+        ages = np.asarray(batch["age"], dtype=np.float32).reshape(-1) if batch.get("age") is not None else None
+        genders, races = batch.get("gender"), batch.get("race")
+        p = self.cfg.prompt
+        contexts = []
+        for i in range(rows):
+            face = prompts.FaceText(age=None if ages is None else float(ages[i]),
+                                    gender=None if genders is None else genders[i],
+                                    race=None if races is None else races[i],
+                                    fe_prior=prior.fe_probs[i], au_prior=prior.au_probs[i])
+            contexts.append(prompts.face_context(face, p.attributes, p.prior_as_text, p.race,
+                                                 p.prior_top_aus).strip())
+        return VLMFaces(crops=np.ascontiguousarray(batch["crop"]), contexts=contexts)
+
+    def _prefill_inputs(self, faces: VLMFaces, rows: Sequence[int] | None = None,
+                        suffixes: Sequence[str] | None = None) -> dict[str, Any]:
+        from PIL import Image
+
+        rows = list(range(faces.rows)) if rows is None else list(rows)
+        texts = [self._prefix_text(faces.contexts[r]) + (suffixes[j] if suffixes else "")
+                 for j, r in enumerate(rows)]
+        images = [Image.fromarray(faces.crops[r]) for r in rows]
+        inputs = self.processor(images=images, text=texts, padding=True, return_tensors="pt")
+        return {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in inputs.items()}
+
+    # ------------------------------------------------------------------ questions
+    def _build_sequences(self) -> tuple[list[_Sequence], list[tuple[str, int, int]]]:
+        """Every continuation scored per face, and what each question's results are: a list of
+        (kind, first sequence, number of sequences) for the FE question and each AU question."""
+        _, tail = self._prefix_tail
+        questions = [("fe", prompts.fe_question(self.cfg.prompt.fe_classes), list(self.cfg.prompt.fe_classes))]
+        if self.cfg.scoring.au:
+            questions += [("au", prompts.au_question(a), [prompts.YES, prompts.NO]) for a in AU_NAMES]
+        seqs: list[_Sequence] = []
+        layout: list[tuple[str, int, int]] = []
+        for kind, question, answers in questions:
+            q = self.ids(question + tail)
+            cands = [self.ids(self._answer(a)) for a in answers]
+            firsts = [c[0] for c in cands]
+            start = len(seqs)
+            if (self.cfg.scoring.first_token_shortcut and all(len(c) == 1 for c in cands)
+                    and len(set(firsts)) == len(firsts)):
+                seqs.append(_Sequence(q, [(len(q) - 1, firsts)]))
+            else:
+                for c in cands:
+                    seqs.append(_Sequence(q + c, [(len(q) - 1 + k, [t]) for k, t in enumerate(c)]))
+            layout.append((kind, start, len(seqs) - start))
+        return seqs, layout
+
+    # ------------------------------------------------------------------ scoring
+    @torch.no_grad()
+    def score(self, faces: VLMFaces, reuse_prefix: bool | None = None) -> Any:
+        """FE class log-likelihoods (B, C) and AU yes-probabilities (B, 23) for B faces."""
+        from model.mllm import LLMScores
+
+        reuse = self.cfg.scoring.reuse_prefix if reuse_prefix is None else reuse_prefix
+        seqs, layout = self._sequences
+        inputs = self._prefill_inputs(faces)
+        logp = self._score_cached(inputs, seqs) if reuse else self._score_full(inputs, seqs)
+        # logp: per sequence, (B, n_reads_tokens) log-probabilities
+        fe = au = None
+        au_cols = []
+        for kind, start, n in layout:
+            if n == 1:  # shortcut: one row holds every answer
+                scores = logp[start]
+            else:
+                scores = torch.stack([logp[start + j].sum(dim=1) for j in range(n)], dim=1)
+            if kind == "fe":
+                fe = scores
+            else:
+                au_cols.append(torch.softmax(scores, dim=1)[:, 0])
+        if au_cols:
+            au = torch.stack(au_cols, dim=1)
+        return LLMScores(fe_logprobs=fe, au_yes=au)
+
+    def _suffix_batch(self, seqs: list[_Sequence], b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B*S, Lmax) right-padded suffix ids and mask, face-major (face i's S rows together)."""
+        lmax = max(len(s.ids) for s in seqs)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.full((len(seqs), lmax), pad, dtype=torch.long)
+        mask = torch.zeros((len(seqs), lmax), dtype=torch.long)
+        for j, s in enumerate(seqs):
+            ids[j, :len(s.ids)] = torch.tensor(s.ids)
+            mask[j, :len(s.ids)] = 1
+        return ids.repeat(b, 1).to(self.device), mask.repeat(b, 1).to(self.device)
+
+    def _gather(self, logits: torch.Tensor, seqs: list[_Sequence], b: int, offset: int) -> list[torch.Tensor]:
+        """Per sequence: (B, k) log-probs of its read tokens; ``logits`` (B*S, L, V), face-major."""
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        s_n = len(seqs)
+        out = []
+        for j, s in enumerate(seqs):
+            rows = torch.arange(b, device=logp.device) * s_n + j
+            cols = []
+            for pos, tokens in s.reads:
+                cols.append(logp[rows, offset + pos][:, tokens])
+            out.append(torch.cat(cols, dim=1))
+        return out
+
+    def _score_cached(self, inputs: dict[str, Any], seqs: list[_Sequence]) -> list[torch.Tensor]:
+        b = inputs["input_ids"].shape[0]
+        pos, next_pos = self.adapter.prefill_positions(self.vlm, inputs)
+        out = self.vlm(**inputs, position_ids=pos, use_cache=True)
+        s_n = len(seqs)
+        cache = copy.deepcopy(out.cache)
+        cache.batch_repeat_interleave(s_n)
+        ids, mask = self._suffix_batch(seqs, b)
+        prefill_mask = inputs["attention_mask"].repeat_interleave(s_n, dim=0)
+        cont = self.adapter.continuation_positions(next_pos.repeat_interleave(s_n, dim=0), ids.shape[1])
+        res = self.vlm(input_ids=ids, attention_mask=torch.cat([prefill_mask, mask], dim=1), position_ids=cont,
+                       cache=cache, use_cache=True)
+        return self._gather(res.logits, seqs, b, 0)
+
+    def _score_full(self, inputs: dict[str, Any], seqs: list[_Sequence]) -> list[torch.Tensor]:
+        b, lp = inputs["input_ids"].shape
+        s_n = len(seqs)
+        pos, next_pos = self.adapter.prefill_positions(self.vlm, inputs)
+        ids, mask = self._suffix_batch(seqs, b)
+        rep = {k: v.repeat_interleave(s_n, dim=0) for k, v in inputs.items()
+               if k in ("input_ids", "attention_mask")}
+        full = {"input_ids": torch.cat([rep["input_ids"], ids], dim=1),
+                "attention_mask": torch.cat([rep["attention_mask"], mask], dim=1)}
+        cont = self.adapter.continuation_positions(next_pos.repeat_interleave(s_n, dim=0), ids.shape[1])
+        dim = 1 if pos.ndim == 3 else 0
+        positions = self.adapter.concat_positions(pos.repeat_interleave(s_n, dim=dim), cont)
+        extra = self.adapter.extend_token_inputs({k: v.repeat_interleave(s_n, dim=0) for k, v in inputs.items()
+                                                  if k == "mm_token_type_ids"}, ids.shape[1])
+        res = self.vlm(**full, **self.adapter.repeat_image_inputs(inputs, s_n), **extra, position_ids=positions,
+                       use_cache=False)
+        return self._gather(res.logits, seqs, b, lp)
+
+    # ------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def generate(self, faces: VLMFaces, rows: Sequence[int] | None = None,
+                 openings: Sequence[str] | None = None) -> list[str]:
+        """A description with FE<->AU reasoning for each face in ``rows`` (``openings``: text the
+        answer must start with, e.g. an anchored label)."""
+        g = self.cfg.generation
+        rows = list(range(faces.rows)) if rows is None else list(rows)
+        if not rows:
+            return []
+        _, tail = self._prefix_tail
+        opens = list(openings) if openings is not None else [""] * len(rows)
+        suffixes = [prompts.describe_question() + tail + o for o in opens]
+        inputs = self._prefill_inputs(faces, rows, suffixes)
+        kwargs: dict[str, Any] = {"max_new_tokens": g.max_new_tokens, "do_sample": g.temperature > 0,
+                                  "pad_token_id": self.tokenizer.pad_token_id}
+        if g.temperature > 0:
+            torch.manual_seed(g.seed)
+            kwargs.update(temperature=g.temperature, top_p=g.top_p)
+        out = self.vlm.generate(**inputs, **kwargs)
+        new = out[:, inputs["input_ids"].shape[1]:]
+        texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
+        return [(o + t).strip() for o, t in zip(opens, texts, strict=True)]
+
+
+def build_vlm_model(cfg: ModelConfig, directory: str, device: str = "cpu") -> VLMFacialModel:
+    """Load the checkpoint in ``directory`` (a local ``save_pretrained`` VLM) as a facial model."""
+    import json
+    from pathlib import Path
+
+    from transformers import AutoModelForImageTextToText
+
+    from model.llm import resolve_dtype
+    from model.vlm.adapters import adapter_for
+    from model.vlm.processors import load_processor
+
+    model_type = json.loads((Path(directory) / "config.json").read_text()).get("model_type", "")
+    adapter = adapter_for(model_type, cfg.vlm.family)
+    dtype = resolve_dtype(cfg.vlm.dtype, device)
+    model = AutoModelForImageTextToText.from_pretrained(directory, dtype=dtype, local_files_only=True,
+                                                        attn_implementation=cfg.vlm.attn_implementation,
+                                                        use_safetensors=True)
+    model.to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return VLMFacialModel(cfg, model, load_processor(directory), adapter)

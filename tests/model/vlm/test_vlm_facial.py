@@ -1,0 +1,91 @@
+"""A plain Hugging Face VLM checkpoint as mien's facial model: loading, scoring, generation, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from model import load_model, open_model
+from model.prompts import parse_description
+
+FAMILIES = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "idefics3")
+
+
+def face_batch(rows: int = 3, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    return {"crop": rng.integers(0, 255, (rows, 112, 112, 3), dtype=np.uint8),
+            "au_evidence": rng.random((rows, 23)).astype(np.float32),
+            "fe_prior": rng.dirichlet(np.ones(7), rows).astype(np.float32),
+            # different ages/genders give contexts of different lengths: padded prefills
+            "age": np.array([30.0, np.nan, 55.0][:rows], np.float32), "gender": ["female", None, "male"][:rows],
+            "track_key": np.arange(rows)}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_zero_shot_scores_agree_cached_and_uncached(tiny_vlms, family):
+    model = load_model(str(tiny_vlms[family]))
+    assert model.model_id.startswith(f"{family}-zeroshot+") and model.config.prior_weight == 0.5
+    mllm = model.mllm
+    faces = mllm.face_inputs(face_batch())
+    cached, full = mllm.score(faces, reuse_prefix=True), mllm.score(faces, reuse_prefix=False)
+    assert cached.fe_logprobs.shape == (3, 7) and cached.au_yes.shape == (3, 23)
+    assert float((cached.fe_logprobs - full.fe_logprobs).abs().max()) < 1e-4
+    assert float((cached.au_yes - full.au_yes).abs().max()) < 1e-4
+    # one face alone scores as it does inside the padded batch
+    alone = mllm.score(mllm.face_inputs({k: v[2:] for k, v in face_batch().items()}))
+    assert float((alone.fe_logprobs[0] - cached.fe_logprobs[2]).abs().max()) < 1e-4
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "idefics3"])
+def test_annotate_mixes_the_vlm_with_the_prior_and_describes(tiny_vlms, family):
+    model = load_model(str(tiny_vlms[family]), overrides=["generation.enabled=true", "generation.mode=all",
+                                                          "generation.max_new_tokens=8"])
+    batch = face_batch()
+    out = model.annotate(batch)
+    assert np.allclose(out["fe_probs"].sum(1), 1.0, atol=1e-5)
+    assert np.all((out["au_probs"] >= 0) & (out["au_probs"] <= 1))
+    prior = model.score_prior(batch)
+    assert not np.allclose(out["fe_probs"], prior.fe_probs, atol=1e-4)  # the VLM's half counts
+    assert len(out["description"]) == 3 and all(isinstance(d, str) and d for d in out["description"])
+    for d in out["description"]:
+        parse_description(d)  # a random tiny model's text still parses (to nothing, usually)
+
+
+def test_model_id_follows_the_weights(tiny_vlms, tmp_path):
+    from model.vlm.tiny import build_tiny_vlm
+
+    other = build_tiny_vlm("llava", tmp_path / "llava", seed=1)
+    assert load_model(str(other)).model_id != load_model(str(tiny_vlms["llava"])).model_id
+
+
+def test_pickled_weights_are_refused_with_the_conversion_command(tiny_vlms, tmp_path):
+    from model.model_dir import UnsafeCheckpointError
+
+    d = shutil.copytree(tiny_vlms["llava"], tmp_path / "pickled")
+    (d / "model.safetensors").rename(d / "pytorch_model.bin")
+    with pytest.raises(UnsafeCheckpointError, match="safe_serialization=True"):
+        load_model(str(d))
+
+
+def test_a_checkpoint_that_is_not_image_text_to_text_lists_what_is_supported(tiny_vlms, tmp_path):
+    d = shutil.copytree(tiny_vlms["llava"], tmp_path / "text_only")
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["model_type"] = "bert"
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="not an image-text-to-text.*qwen2_vl"):
+        open_model(str(d))
+
+
+def test_a_vlm_config_must_turn_off_the_composed_parts():
+    from model.config import config_from_dict
+    from workflows.core.config import ConfigError
+
+    with pytest.raises(ConfigError, match="turn off llm.enabled"):
+        config_from_dict({"vlm": {"source": "/some/dir"}})
+    with pytest.raises(ConfigError, match="vlm.family: unknown"):
+        config_from_dict({"vlm": {"source": "/d", "family": "nope"}, "llm": {"enabled": False}})
+    cfg = config_from_dict({"vlm": {"source": "/d"}, "llm": {"enabled": False}, "prior_weight": 0.5})
+    assert cfg.is_vlm and cfg.uses_llm_for_scores
