@@ -169,12 +169,15 @@ class AnnotateSummary:
     def utilisation(self) -> dict[str, float | None]:
         """Busy fraction of each stage's actor pool over the run's wall time (1.0 = every
         actor busy all the time; low values mean start-up, stragglers or a starved stage)."""
+        from workflows.annotate.stages import PIPELINE, pipeline_stages
+
+        busy: dict[str, float] = {cls.pool: 0.0 for cls in PIPELINE}
+        for cls in pipeline_stages(bool((self.plan.get("mllm") or {}).get("fused"))):
+            busy[cls.pool] += sum(getattr(self, f) for f in cls.busy_fields)
         out: dict[str, float | None] = {}
-        fused = bool((self.plan.get("mllm") or {}).get("fused"))
-        faces_busy = self.decode_faces_s + (self.mllm_s if fused else 0.0)
-        for stage, busy in (("faces", faces_busy), ("mllm", self.mllm_s)):
-            n = (self.plan.get(stage) or {}).get("concurrency")
-            out[stage] = busy / (self.wall_s * n) if n and self.wall_s else None
+        for pool, seconds in busy.items():
+            n = (self.plan.get(pool) or {}).get("concurrency")
+            out[pool] = seconds / (self.wall_s * n) if n and self.wall_s else None
         return out
 
     def pools_line(self) -> str:

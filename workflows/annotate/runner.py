@@ -88,7 +88,7 @@ def run_pipeline(sources: list[dict[str, str]], cfg: Any, run_id: str, plan: dic
     """Stream per-video result rows of the annotate pipeline as they finish."""
     import ray.data
 
-    from workflows.annotate.stages import DecodeFacesStage, FusedStage, MllmStage
+    from workflows.annotate.stages import pipeline_stages
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = progress
@@ -100,8 +100,6 @@ def run_pipeline(sources: list[dict[str, str]], cfg: Any, run_id: str, plan: dic
     ctx.max_errored_blocks = -1
     retries = {"max_restarts": -1, "max_task_retries": cfg.ray.max_task_retries}
     ds = ray.data.from_items(sources, override_num_blocks=max(1, len(sources)))
-    fp, mp = plan["faces"], plan["mllm"]
-
     def stage(ds: Any, cls: type, args: tuple, p: dict[str, Any]) -> Any:
         # Ray 2.60 deprecates the free-form remote args but has no named parameter for actor
         # restarts / task retries, and its default (retry forever) would let one video that
@@ -113,9 +111,7 @@ def run_pipeline(sources: list[dict[str, str]], cfg: Any, run_id: str, plan: dic
                                   num_cpus=p["num_cpus"], num_gpus=p["num_gpus"] or None,
                                   batch_format="default", **retries)
 
-    if mp.get("fused"):  # the face pool runs both stages
-        ds = stage(ds, FusedStage, (cfg, run_id), fp)
-    else:
-        ds = stage(stage(ds, DecodeFacesStage, (cfg,), fp), MllmStage, (cfg, run_id), mp)
+    for cls in pipeline_stages(bool(plan["mllm"].get("fused"))):
+        ds = stage(ds, cls, cls.constructor_args(cfg, run_id), plan[cls.pool])
     for batch in ds.iter_batches(batch_size=1, batch_format="pyarrow"):
         yield from batch.to_pylist()

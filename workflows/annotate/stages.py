@@ -112,6 +112,15 @@ def model_batch(faces: dict[str, Any], rows: range, video_key: int) -> dict[str,
 class DecodeFacesStage:
     """Decode + sample + face extraction for whole videos (the unit of work and of failure)."""
 
+    # What the runner and the run summary read, stated once per stage: its actor pool (sized by
+    # ``runner.stage_plan`` from ``ray.<pool>``), the per-video seconds it spends (its busy time).
+    pool = "faces"
+    busy_fields: tuple[str, ...] = ("decode_faces_s",)
+
+    @staticmethod
+    def constructor_args(cfg: Any, run_id: str) -> tuple:
+        return (cfg,)
+
     def __init__(self, cfg: Any):
         from workflows.faces import FaceExtractor
 
@@ -182,6 +191,13 @@ def read_ipc(data: bytes) -> pa.Table:
 class MllmStage:
     """Scores every face of a batch of videos with the MLLM, aggregates track segments, and
     emits the final faces/tracks tables (Arrow IPC) per video."""
+
+    pool = "mllm"
+    busy_fields: tuple[str, ...] = ("mllm_s",)
+
+    @staticmethod
+    def constructor_args(cfg: Any, run_id: str) -> tuple:
+        return (cfg, run_id)
 
     def __init__(self, cfg: Any, run_id: str):
         from model import load_model
@@ -305,6 +321,10 @@ class FusedStage:
     waits for an MLLM batch to fill. A crash in either part loses only this actor's videos,
     as with separate pools."""
 
+    pool = "faces"
+    busy_fields: tuple[str, ...] = ("decode_faces_s", "mllm_s")
+    constructor_args = MllmStage.constructor_args
+
     def __init__(self, cfg: Any, run_id: str):
         self.faces = DecodeFacesStage(cfg)
         self.mllm = MllmStage(cfg, run_id)
@@ -313,3 +333,13 @@ class FusedStage:
         outs = [self.mllm.process_video(self.faces.process_video(str(v), str(u)), i)
                 for i, (v, u) in enumerate(zip(batch["video_id"], batch["uri"], strict=True))]
         return _columns(outs, RESULT_FIELDS)
+
+
+# The annotate pipeline as lists of stages, in order: two actor pools, or one that runs both
+# (``ray.fuse_stages``). The runner maps each onto Ray Data; the run summary reports each pool.
+PIPELINE: tuple[type, ...] = (DecodeFacesStage, MllmStage)
+FUSED_PIPELINE: tuple[type, ...] = (FusedStage,)
+
+
+def pipeline_stages(fused: bool) -> tuple[type, ...]:
+    return FUSED_PIPELINE if fused else PIPELINE

@@ -56,7 +56,12 @@ from workflows.core.tracking import (
     store_exists,
 )
 from workflows.corpus.reader import AnnotationOutput, discover_outputs
-from workflows.training.instructions import DEFAULT_SPLITS, DEFAULT_TASKS, TASKS, PseudoLabelFilter
+from workflows.training.instructions import (
+    DEFAULT_SPLITS,
+    DEFAULT_TASKS,
+    PseudoLabelFilter,
+    task_and_split_problems,
+)
 
 log = logging.getLogger(__name__)
 
@@ -84,13 +89,7 @@ class RetrainDataConfig:
     min_train_rows: int = 1  # fewer training rows after filtering: wait for more data, train nothing
 
     def validate(self) -> list[str]:
-        problems = []
-        unknown = [t for t in self.tasks if t not in TASKS]
-        if unknown or not self.tasks:
-            problems.append(f"tasks: must be a non-empty subset of {list(TASKS)}, got {self.tasks}")
-        fractions = list(self.splits.values())
-        if not fractions or any(v < 0 for v in fractions) or abs(sum(fractions) - 1) > 1e-6:
-            problems.append(f"splits: fractions must be >= 0 and sum to 1, got {self.splits}")
+        problems = task_and_split_problems(self.tasks, self.splits)
         if self.min_train_rows < 1:
             problems.append(f"min_train_rows: must be >= 1, got {self.min_train_rows}")
         return problems

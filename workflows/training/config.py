@@ -18,7 +18,12 @@ from model.config import ModelConfig
 from workflows.core import storage
 from workflows.core.cluster import ClusterConfig
 from workflows.core.tracking import MlflowConfig
-from workflows.training.instructions import DEFAULT_SPLITS, DEFAULT_TASKS, TASKS, PseudoLabelFilter
+from workflows.training.instructions import (
+    DEFAULT_SPLITS,
+    DEFAULT_TASKS,
+    PseudoLabelFilter,
+    task_and_split_problems,
+)
 
 DEEPSPEED_CONFIG_DIR = Path(__file__).resolve().parent / "deepspeed"  # package data
 
@@ -46,14 +51,8 @@ class TrainDataConfig:
     loader_workers: int = 0  # DataLoader processes decoding crops per training worker (0 = in the loop)
 
     def validate(self) -> list[str]:
-        problems = []
-        unknown = [t for t in self.tasks if t not in TASKS]
-        if unknown or not self.tasks:
-            problems.append(f"tasks: must be a non-empty subset of {list(TASKS)}, got {self.tasks}")
-        fractions = list(self.splits.values())
-        if not fractions or any(v < 0 for v in fractions) or abs(sum(fractions) - 1) > 1e-6:
-            problems.append(f"splits: fractions must be >= 0 and sum to 1, got {self.splits}")
-        elif self.train_split not in self.splits:
+        problems = task_and_split_problems(self.tasks, self.splits)
+        if not problems and self.train_split not in self.splits:
             problems.append(f"train_split: {self.train_split!r} is not one of splits {list(self.splits)}")
         if not 16 <= self.crop_size <= 1024:
             problems.append(f"crop_size: must be in [16, 1024], got {self.crop_size}")

@@ -199,6 +199,18 @@ def _check_tasks(tasks: Sequence[str]) -> None:
         raise ValueError(f"tasks must be a non-empty subset of {list(TASKS)}, got {list(tasks)}")
 
 
+def task_and_split_problems(tasks: Sequence[str], splits: Mapping[str, float]) -> list[str]:
+    """Config problems (``tasks:``, ``splits:``) of a data section that builds and splits instructions."""
+    problems = []
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown or not tasks:
+        problems.append(f"tasks: must be a non-empty subset of {list(TASKS)}, got {tasks}")
+    fractions = list(splits.values())
+    if not fractions or any(v < 0 for v in fractions) or abs(sum(fractions) - 1) > 1e-6:
+        problems.append(f"splits: fractions must be >= 0 and sum to 1, got {splits}")
+    return problems
+
+
 # ---------------------------------------------------------------------------------------------
 # pseudo-labels from annotate output
 

@@ -97,3 +97,20 @@ def test_fuse_stages_is_checked():
 
     with pytest.raises(ConfigError, match="fuse_stages"):
         load_config(AnnotateConfig, None, ["ray.fuse_stages=yes"])
+
+
+def test_each_stage_declares_its_pool_and_the_summary_loops_over_them():
+    """Pool utilisation comes from the stages' own declarations: with fused stages the face pool
+    does both stages' work; with two pools each pool its own."""
+    from workflows.annotate.pipeline import AnnotateSummary
+    from workflows.annotate.stages import FUSED_PIPELINE, PIPELINE, DecodeFacesStage, MllmStage
+
+    assert [c.pool for c in PIPELINE] == ["faces", "mllm"] and [c.pool for c in FUSED_PIPELINE] == ["faces"]
+    assert DecodeFacesStage.constructor_args("cfg", "r") == ("cfg",)
+    assert MllmStage.constructor_args("cfg", "r") == ("cfg", "r")
+    two = AnnotateSummary("r", "out", wall_s=10.0, decode_faces_s=16.0, mllm_s=4.0,
+                          plan={"faces": {"concurrency": 2}, "mllm": {"concurrency": 1, "fused": False}})
+    assert two.utilisation() == {"faces": 0.8, "mllm": 0.4}
+    fused = AnnotateSummary("r", "out", wall_s=10.0, decode_faces_s=16.0, mllm_s=2.0,
+                            plan={"faces": {"concurrency": 2}, "mllm": {"concurrency": 0, "fused": True}})
+    assert fused.utilisation() == {"faces": 0.9, "mllm": None}
