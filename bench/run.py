@@ -4,7 +4,8 @@
 
 Runs, one after another (each in its own process so one's memory does not colour the next):
 decode (``bench_decode``), face extraction (``bench_faces``), the model in scoring and
-generation mode (``bench_model``), the end-to-end pipeline against a sequential loop and
+generation mode (``bench_model``), pretrained VLMs with and without prefix reuse
+(``bench_vlm``), the end-to-end pipeline against a sequential loop and
 a no-seek pipeline (``bench_pipeline``), detection cost vs small-face recall (``bench_detect``), the driver's ceiling (``bench_sink``) and what
 per-segment LLM calls change on real video (``bench_segments``) and what dispatching the
 largest files first does to a job's tail (``bench_order``). ``bench_cluster`` (a multi-node
@@ -92,6 +93,16 @@ def summary_rows(r: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
         if key in m:
             unit = "x" if key.endswith("speedup") else " faces/s"
             rows.append((label, f"{m[key]:,.1f}{unit}"))
+    vlm = r.get("vlm", {})
+    for name, v in vlm.get("measured", {}).items():
+        rows.append((f"VLM {name}, prefix reuse vs none", f"{v['reuse_faces_per_s']:.1f} vs "
+                     f"{v['no_reuse_faces_per_s']:.1f} faces/s ({v['reuse_speedup']:.2f}x)"
+                     + ("" if v["scores_agree"] else f"; SCORES DIFFER by {v['max_abs_diff']:.1e}")))
+    for f in vlm.get("flops", {}).values():
+        rows.append((f"{f['name']} scoring, analytic", f"{f['reuse_flops'] / 1e12:.1f} TFLOP/face "
+                     f"({f['analytic_reuse_speedup']:.1f}x less than no reuse); H100 ceiling "
+                     f"{f['reuse_h100_peak_faces_per_s']:.0f} faces/s, {f['reuse_h100_at_mfu_faces_per_s']:.0f} "
+                     f"at {vlm['mfu']:.0%} MFU"))
     p = r.get("pipeline", {})
     if p:
         seq, big = p["sequential"], p["pipeline_big"]
@@ -143,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         "decode": ("bench_decode", ["--seconds", "6" if q else "20", "--repeat", "1" if q else "2"]),
         "faces": ("bench_faces", ["--frames", "8" if q else "48", *(["--variant", "default"] if q else [])]),
         "model": ("bench_model", [*([] if a.gemma else ["--skip-gemma"]), "--reps", "1" if q else "3"]),
+        "vlm": ("bench_vlm", ["--reps", "1" if q else "5", *(["--families", "llava,qwen2_5_vl"] if q else [])]),
         "detect": ("bench_detect", ["--reps", "1" if q else "3", *(["--sizes", "16,24,48"] if q else [])]),
         "pipeline": ("bench_pipeline", ["--copies", "1" if q else "2", "--scale", "2" if q else "10",
                                         "--pairs", "1" if q else "3"]),
