@@ -235,6 +235,9 @@ def annotate(input_uri: str, output_uri: str, cfg: AnnotateConfig, force: bool =
 
     t0 = time.perf_counter()
     run_id = new_run_id()
+    # Actors do not share the driver's working directory: paths the user gave are fixed here.
+    output_uri = storage.absolute(output_uri)
+    cfg.model.uri = storage.absolute(cfg.model.uri)
     summary = AnnotateSummary(run_id=run_id, output=output_uri)
     storage.check_writable(output_uri)
     sources, rejected = discover(input_uri, cfg.ingest.allowed_roots or None)

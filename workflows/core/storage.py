@@ -45,6 +45,15 @@ def strip_file_scheme(uri: str) -> str:
     return uri[len("file://"):] if uri.startswith("file://") else uri
 
 
+def absolute(uri: str) -> str:
+    """``uri`` as the user meant it, fixed before anything is shipped to Ray workers (whose working
+    directory is not the user's): a local path made absolute against this process's working
+    directory (``~`` expanded); URIs (``s3://``, ``models:/``, ...) unchanged."""
+    if is_remote(uri) or uri.startswith(("models:/", "runs:/")) or uri == "default":
+        return uri
+    return os.path.abspath(os.path.expanduser(strip_file_scheme(uri)))
+
+
 def s3_storage_options() -> dict[str, Any]:
     """s3fs options from the environment: endpoint override; credentials stay with botocore."""
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")

@@ -21,6 +21,7 @@ from typing import Any, Literal
 import numpy as np
 
 from model.taxonomy import AU_NAMES, FE_BASIC
+from workflows.core import storage
 from workflows.core.tracking import MlflowConfig, Tracker, resolve_tracking_uri, use_tracking_for
 from workflows.training.instructions import DEFAULT_SPLITS, PseudoLabelFilter
 
@@ -203,6 +204,8 @@ def evaluate(model_uri: str, data_uri: str, cfg: EvaluateConfig | None = None,
 
     cfg = cfg or EvaluateConfig()
     t0 = time.time()
+    model_uri, data_uri = storage.absolute(model_uri), storage.absolute(data_uri)
+    output = storage.absolute(output) if output else output
     use_tracking_for(model_uri, resolve_tracking_uri(cfg.mlflow.tracking_uri))
     annotator = load_model(model_uri, device=resolve_device(cfg.device))
     faces, data_report = load_faces(data_uri, cfg, with_crops=_needs_crops(annotator))

@@ -74,3 +74,14 @@ def test_s3_roundtrip_listing_streaming(s3_bucket):
     storage.check_writable(f"{s3_bucket}/out")
     with pytest.raises(FileNotFoundError):
         storage.list_files(f"{s3_bucket}/nothing-here")
+
+
+def test_absolute_fixes_user_paths_before_workers_see_them(tmp_path, monkeypatch):
+    from workflows.core import storage
+
+    monkeypatch.chdir(tmp_path)
+    assert storage.absolute("models/tiny") == str(tmp_path / "models" / "tiny")
+    assert storage.absolute("file://out") == str(tmp_path / "out")
+    assert storage.absolute("~/x") == str(Path.home() / "x")
+    for uri in ("s3://b/p", "models:/m@champion", "runs:/abc/model", "default", "/abs/path"):
+        assert storage.absolute(uri) == uri
