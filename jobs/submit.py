@@ -69,12 +69,35 @@ def submit(job: str, address: str, job_args: list[str], wait: bool = False,
     env = _forwarded_env()
     if env:
         runtime_env["env_vars"] = env
-    job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env,
+    job_id = submit_when_ready(client, entrypoint=entrypoint, runtime_env=runtime_env,
                                metadata={"mien_job": job})
     print(job_id, file=out, flush=True)
     if not wait:
         return 0
     return follow(client, job_id, out)
+
+
+# A cluster that has just started answers on its dashboard port before its job agent is up; the
+# Jobs API then says "No available agent to submit job, please try again later" (HTTP 500).
+AGENT_NOT_READY = "No available agent"
+AGENT_WAIT_S = float(os.environ.get("MIEN_SUBMIT_AGENT_WAIT_S", "120"))
+
+
+def submit_when_ready(client, wait_s: float = AGENT_WAIT_S, err=sys.stderr, **kwargs) -> str:
+    """``client.submit_job(**kwargs)``, retried with backoff for up to ``wait_s`` seconds while the
+    cluster's job agent is not up yet; any other error, or the agent still missing, raises."""
+    deadline = time.monotonic() + wait_s
+    delay = 0.5
+    while True:
+        try:
+            return client.submit_job(**kwargs)
+        except RuntimeError as e:
+            if AGENT_NOT_READY not in str(e) or time.monotonic() + delay > deadline:
+                raise
+            print(f"mien submit: the cluster's job agent is not up yet; retrying in {delay:.1f} s", file=err,
+                  flush=True)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 def follow(client, job_id: str, out=sys.stdout) -> int:

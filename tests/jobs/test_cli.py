@@ -96,3 +96,34 @@ def test_permission_denied_names_the_fix_and_a_bug_keeps_its_traceback(monkeypat
     monkeypatch.setattr(workflows.outputs.inspect, "inspect_output", bug)
     with pytest.raises(KeyError):
         main(["inspect", "s3://bucket/out"])
+
+
+class _AgentStartingClient:
+    """The Ray Jobs client as a just-started cluster answers it: the job agent comes up late."""
+
+    def __init__(self, failures: int, message: str = "Request failed with status code 500: No available agent "
+                                                     "to submit job, please try again later."):
+        self.failures, self.message, self.calls = failures, message, 0
+
+    def submit_job(self, **kwargs):
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise RuntimeError(self.message)
+        return "raysubmit_1"
+
+
+def test_submit_waits_for_the_job_agent_with_bounded_retries():
+    import io
+
+    from jobs.submit import submit_when_ready
+
+    err = io.StringIO()
+    client = _AgentStartingClient(failures=2)
+    assert submit_when_ready(client, wait_s=30, err=err, entrypoint="x") == "raysubmit_1" and client.calls == 3
+    assert "job agent is not up yet" in err.getvalue()
+    with pytest.raises(RuntimeError, match="No available agent"):  # bounded: gives up
+        submit_when_ready(_AgentStartingClient(failures=100), wait_s=0.0, err=io.StringIO(), entrypoint="x")
+    other = _AgentStartingClient(failures=1, message="Request failed with status code 400: bad runtime_env")
+    with pytest.raises(RuntimeError, match="bad runtime_env"):  # other errors are not retried
+        submit_when_ready(other, wait_s=30, err=io.StringIO(), entrypoint="x")
+    assert other.calls == 1
