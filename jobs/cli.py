@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 # argparse only; each command's implementation is imported when it runs
@@ -71,10 +72,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return args.handler(args)
+        status = args.handler(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler below, not at exit
+        return status
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `mien inspect out --json | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
     except Exception as e:  # noqa: BLE001 - a problem the user can fix becomes a message and exit 2
         message = _user_error(e)
         if message is None:
@@ -94,6 +100,9 @@ def _user_error(e: Exception) -> str | None:
         return str(e)
     if isinstance(e, PermissionError):
         return f"{e} (check the path, its permissions or your S3 credentials)"
+    if isinstance(e, FileExistsError | NotADirectoryError | IsADirectoryError) or (
+            isinstance(e, FileNotFoundError) and e.filename):
+        return f"{e} (check the path you gave)"
     return None
 
 

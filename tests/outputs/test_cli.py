@@ -32,3 +32,31 @@ def test_export_without_a_format_says_which(annotated, capsys):
 
     assert mien("export") == 2
     assert "openface or hf" in capsys.readouterr().err
+
+
+def test_bad_output_paths_are_messages_not_tracebacks(annotated, tmp_path, capsys):
+    from tests.outputs.conftest import mien
+
+    existing = tmp_path / "a_file"
+    existing.write_text("x")
+    assert mien("export", "openface", "--input", str(annotated.root), "--output", str(existing)) == 2
+    assert "File exists" in capsys.readouterr().err
+    assert mien("report", "--input", str(annotated.root), "--output", str(existing / "r.html")) == 2
+    assert "check the path you gave" in capsys.readouterr().err
+
+
+def test_inspect_into_a_closed_pipe_exits_quietly(annotated, monkeypatch):
+    """`mien inspect out --json | head -1`: the reader left early; exit 0, no BrokenPipe traceback."""
+    import os
+
+    from tests.outputs.conftest import mien
+
+    r, w = os.pipe()
+    os.close(r)  # the reader is gone before anything is written
+    closed = os.fdopen(w, "w")
+    monkeypatch.setattr(sys, "stdout", closed)
+    try:
+        assert mien("inspect", str(annotated.root), "--json") == 0
+    finally:
+        monkeypatch.undo()
+        closed.close()
