@@ -74,6 +74,7 @@ class EvaluationResult:
 
         n = self.report.get("n_faces", 0)
         lines = [f"model {self.model_id}: {n} faces scored in {self.wall_s:.1f} s"]
+        lines += [f"WARNING {w}" for w in self.report.get("warnings", [])]
         fe, au = self.report.get("fe"), self.report.get("au")
         if fe and fe.get("n"):
             lines.append(f"FE  accuracy {fmt(fe['accuracy'])}  UAR {fmt(fe['uar'])}  WAR {fmt(fe['war'])}  "
@@ -164,7 +165,7 @@ def load_faces(data_uri: str, cfg: EvaluateConfig, with_crops: bool = True) -> t
     """Face table (:data:`workflows.training.data.FACE_SCHEMA`) of ``data_uri`` and a load report."""
     import pyarrow.compute as pc
 
-    from workflows.training.data import embed_images, faces_from_instructions, load_instructions
+    from workflows.training.data import embed_images, face_id_of, faces_from_instructions, load_instructions
 
     table, load_report = load_instructions(data_uri, cfg.format, tasks=("fe_category", "au_detection"),
                                            flt=cfg.filter)
@@ -174,6 +175,15 @@ def load_faces(data_uri: str, cfg: EvaluateConfig, with_crops: bool = True) -> t
 
             table = assign_splits(table, cfg.splits)
         table = table.filter(pc.equal(table.column("split"), cfg.split))
+    label_models: dict[str, int] = {}  # faces whose pseudo-labels each model made
+    if table.num_rows and "model_id" in table.column_names:
+        seen: set[str] = set()
+        for rid, source, mid in zip(table.column("id").to_pylist(), table.column("source").to_pylist(),
+                                    table.column("model_id").to_pylist(), strict=True):
+            face = face_id_of(rid)
+            if source == "pseudo" and mid and face not in seen:
+                seen.add(face)
+                label_models[mid] = label_models.get(mid, 0) + 1
     images: dict[str, int] = {}
     if with_crops and table.num_rows:
         table, images = embed_images(table)
@@ -187,7 +197,20 @@ def load_faces(data_uri: str, cfg: EvaluateConfig, with_crops: bool = True) -> t
         dropped = faces.num_rows - int(pc.sum(keep.cast("int64")).as_py() or 0)
         faces = faces.filter(keep)
     return faces, {"load": load_report, "images": images, "faces": faces.num_rows, "dropped_no_crop": dropped,
-                   "split": cfg.split}
+                   "split": cfg.split, "label_models": label_models}
+
+
+def self_graded_warning(model_id: str, data_report: dict[str, Any]) -> str | None:
+    """The warning for labels made by the model under test (it would be graded against itself),
+    or None when the labels are independent of it."""
+    label_models = data_report.get("label_models") or {}
+    own = label_models.get(model_id, 0)
+    if not own:
+        return None
+    share = own / max(sum(label_models.values()), 1)
+    return (f"NOT A RESULT: {share:.0%} of these labels are pseudo-labels made by {model_id} itself, so this "
+            "grades the model against its own output. Evaluate on a labeled holdout (RAF-DB, AffectNet, DISFA, "
+            "... via `mien evaluate --data LABELED_DIR`) or on pseudo-labels of another model")
 
 
 def plots_dir_for(json_uri: str) -> str:
@@ -216,6 +239,11 @@ def evaluate(model_uri: str, data_uri: str, cfg: EvaluateConfig | None = None,
                             fe_classes=cfg.fe_classes, au_threshold=cfg.au_threshold)
     report["model_uri"] = model_uri
     report["data"] = {"uri": data_uri, **data_report}
+    warning = self_graded_warning(annotator.model_id, data_report)
+    report["self_graded"] = warning is not None
+    if warning:
+        report["warnings"] = [*report.get("warnings", []), warning]
+        log.warning(warning)
     files: dict[str, str] = {}
     if output:
         files = write_report(report, output, plots_dir_for(output))

@@ -434,6 +434,12 @@ def decide(candidate: Mapping[str, Any], champion: Mapping[str, Any] | None, p: 
                        f"{p.margin}")
         if verdict == "<":
             ok = False
+    for role, report in (("candidate", candidate), ("champion", champion)):
+        if report is not None and report.get("self_graded"):
+            warning = (f"WARNING: the holdout's labels are pseudo-labels of the {role} itself, so its score "
+                       "grades it against its own output; set holdout.uri to a labeled holdout")
+            reasons.append(warning)
+            log.warning(warning)
     return Decision(promote=ok, reasons=reasons, metric=p.metric, mode=p.mode, margin=p.margin,
                     minimum=p.minimum, candidate_value=cand, champion_value=champ,
                     candidate_version=candidate_version, champion_version=champion_version, delta=delta,

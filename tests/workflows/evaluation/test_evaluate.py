@@ -70,7 +70,7 @@ def test_report_matches_a_hand_computed_example() -> None:
     json.dumps(report, allow_nan=False)
 
 
-def _annotate_output(root: Path) -> str:
+def _annotate_output(root: Path, model_id: str = "m") -> str:
     """A minimal `mien annotate` output: faces whose prior readings are known, with pseudo-labels."""
     faces = [  # (pseudo-label, argmax of the face prior)
         ("happiness", "happiness"), ("happiness", "sadness"), ("sadness", "sadness"), ("anger", "anger")]
@@ -82,7 +82,7 @@ def _annotate_output(root: Path) -> str:
                      "fe_label": label, "fe_confidence": 0.9, "fe_probs": [(label, 0.9)],
                      "au_probs": [], "au_active": [], "au_evidence": [],
                      "fe_prior": list(zip(FE_BASIC, _fe(prior, 0.64), strict=True)),
-                     "model_id": "m", "run_id": "r"})
+                     "model_id": model_id, "run_id": "r"})
     videos = [{"video_id": r["video_id"], "video_uri": f"/corpus/{r['video_id']}.mp4", "status": "ok", "run_id": "r",
                "finished_at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC)} for r in rows]
     for name, table_rows in (("faces", rows), ("videos", videos)):  # the videos part commits the faces part
@@ -170,3 +170,25 @@ def test_data_formats_are_detected(tmp_path) -> None:
     (tmp_path / "rec").mkdir()
     pq.write_table(records_to_arrow(records), tmp_path / "rec" / "r.parquet")
     assert data_format(str(tmp_path / "rec")) == "records"
+
+
+def test_grading_a_model_on_its_own_pseudo_labels_is_flagged_not_a_result(tmp_path, capsys) -> None:
+    """`mien evaluate --model default --data OUT` where OUT was annotated by the default model grades
+    the teacher against itself: the report says so, loudly, and names the fix."""
+    from model import load_model
+
+    own = load_model("default").model_id
+    data = _annotate_output(tmp_path / "out", model_id=own)
+    out = tmp_path / "eval.json"
+    assert _cli(["evaluate", "--model", "default", "--data", data, "--output", str(out),
+                 "--set", "mlflow.enabled=false"]) == 0
+    printed = capsys.readouterr().out
+    assert "WARNING NOT A RESULT: 100% of these labels are pseudo-labels made by" in printed
+    assert "labeled holdout" in printed
+    report = json.loads(out.read_text())
+    assert report["self_graded"] is True and report["data"]["label_models"] == {own: 4}
+    other = _annotate_output(tmp_path / "out2")  # labels from another model: a result
+    assert _cli(["evaluate", "--model", "default", "--data", other, "--output", str(tmp_path / "e2.json"),
+                 "--set", "mlflow.enabled=false"]) == 0
+    assert "NOT A RESULT" not in capsys.readouterr().out
+    assert json.loads((tmp_path / "e2.json").read_text())["self_graded"] is False

@@ -179,6 +179,20 @@ def test_promotion_rule(cand, champ, mode, promote, why) -> None:
     assert any(why in r for r in d.reasons), d.reasons
 
 
+def test_a_champion_graded_on_its_own_pseudo_labels_is_a_loud_warning_in_the_decision() -> None:
+    from workflows.retrain.cycle import PromotionConfig, decide
+
+    champion = {**_report(0.5), "self_graded": True}
+    d = decide(_report(0.6), champion, PromotionConfig(metric="fe/uar", margin=0.05, minimum=0.4),
+               holdout_faces=40, min_faces=20, candidate_version="2", champion_version="1")
+    warnings = [r for r in d.reasons if r.startswith("WARNING")]
+    assert len(warnings) == 1 and "pseudo-labels of the champion itself" in warnings[0]
+    assert "holdout.uri" in warnings[0]
+    clean = decide(_report(0.6), _report(0.5), PromotionConfig(metric="fe/uar", margin=0.05, minimum=0.4),
+                   holdout_faces=40, min_faces=20, candidate_version="2", champion_version="1")
+    assert not [r for r in clean.reasons if r.startswith("WARNING")]
+
+
 def test_a_small_holdout_never_promotes() -> None:
     from workflows.retrain.cycle import PromotionConfig, decide
 
