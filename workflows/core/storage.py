@@ -9,6 +9,7 @@ Transient storage errors are retried with exponential backoff; local writes are 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -245,10 +246,22 @@ def remove(uri: str) -> None:
 
 
 def check_writable(uri: str) -> None:
-    """Raise PermissionError/OSError naming ``uri`` when the output root cannot be written."""
+    """Raise PermissionError/OSError naming ``uri`` when the output root cannot be written. Leaves
+    nothing behind: local directories the probe had to create are removed again (a run that then
+    fails its other checks must not leave an empty output)."""
     probe = join(uri, f".mien-write-test-{os.getpid()}-{random.randrange(1 << 30)}")
+    created: list[str] = []
+    if not is_remote(uri):
+        d = os.path.abspath(strip_file_scheme(uri))
+        while d and not os.path.exists(d) and os.path.dirname(d) != d:
+            created.append(d)
+            d = os.path.dirname(d)
     try:
         write_bytes(probe, b"ok")
         remove(probe)
     except Exception as e:
         raise PermissionError(f"output is not writable: {uri} ({type(e).__name__}: {e})") from e
+    finally:
+        for d in created:  # deepest first; only still-empty directories
+            with contextlib.suppress(OSError):
+                os.rmdir(d)

@@ -85,3 +85,14 @@ def test_absolute_fixes_user_paths_before_workers_see_them(tmp_path, monkeypatch
     assert storage.absolute("~/x") == str(Path.home() / "x")
     for uri in ("s3://b/p", "models:/m@champion", "runs:/abc/model", "default", "/abs/path"):
         assert storage.absolute(uri) == uri
+
+
+def test_the_writability_probe_leaves_nothing_behind(tmp_path):
+    from workflows.core import storage
+
+    target = tmp_path / "new" / "deeper" / "out"
+    storage.check_writable(str(target))
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "kept").mkdir()
+    storage.check_writable(str(tmp_path / "kept"))
+    assert (tmp_path / "kept").is_dir() and not list((tmp_path / "kept").iterdir())
