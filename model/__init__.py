@@ -6,6 +6,7 @@ Entry points::
     m = load_model("default")               # or a local dir, s3://..., models:/name@alias
     out = m.annotate(batch)                 # fe_probs (B, 7), au_probs (B, 23), description
     mllm = build_model(cfg)                 # a FacialMLLM for training: collate -> forward -> loss
+    init_from_base("ckpt/", "models/m")     # a model dir around a pretrained VLM (zero-shot or for LoRA)
 
 Importing this package is cheap: torch and transformers load when a model is built.
 """
@@ -21,12 +22,13 @@ if TYPE_CHECKING:
     from model.annotator import FacialAnnotator
     from model.mllm import FacialMLLM
 
-__all__ = ["ModelConfig", "build_model", "config_from_dict", "load_model", "load_model_config", "open_model",
-           "resolve_device", "save_model"]
+__all__ = ["ModelConfig", "build_model", "config_from_dict", "init_from_base", "load_model", "load_model_config",
+           "open_model", "resolve_device", "save_model"]
 
 
 def build_model(cfg: ModelConfig, device: str = "cpu", **kwargs: Any) -> FacialMLLM:
-    """A :class:`model.mllm.FacialMLLM` for ``cfg`` (see ``model.builder.build_model``)."""
+    """A :class:`model.mllm.FacialMLLM` for ``cfg``, or for a config with ``vlm.source`` the
+    pretrained VLM with its trainable parts (see ``model.builder.build_model``)."""
     from model.builder import build_model as _build
 
     return _build(cfg, device=device, **kwargs)
@@ -76,8 +78,10 @@ def load_model(uri: str = "default", device: str = "cpu",
         verify_component,
         verify_parts,
     )
+    from model.vlm.base import is_hf_vlm_dir
+
     directory, manifest = open_model(uri)
-    plain_vlm = bool(manifest.get("components", {}).get("vlm", {}).get("uri"))
+    plain_vlm = directory is not None and is_hf_vlm_dir(directory)
     cfg = config_from_dict(apply_overrides(manifest["architecture"], overrides),
                            source=f"{uri} ({MANIFEST} architecture)")
     blobs = verify_parts(directory, manifest) if directory else {}
@@ -91,14 +95,17 @@ def load_model(uri: str = "default", device: str = "cpu",
     def build() -> FacialMLLM:
         from model.builder import build_model as _build  # torch and transformers load here
 
-        dirs = {name: verified[name] if name in verified else verify_component(name, meta, directory or "")
-                for name, meta in components.items()}
         if cfg.is_vlm:
+            from model.vlm.base import verified_base
             from model.vlm.facial import build_vlm_model
 
-            mllm = build_vlm_model(cfg, dirs["vlm"], device=resolve_device(device))
-            load_parts_into(mllm, blobs)
+            # the architecture's vlm.source (an override may move it) checked against the saved base
+            base = verified["vlm"] if plain_vlm else verified_base(cfg.vlm.source, components.get("vlm", {}))
+            mllm = build_vlm_model(cfg, base, device=resolve_device(device))
+            load_parts_into(mllm, blobs, fresh=manifest.get("fresh_parts", ()))
             return mllm
+        dirs = {name: verified[name] if name in verified else verify_component(name, meta, directory or "")
+                for name, meta in components.items()}
         mllm = _build(cfg, device=resolve_device(device), llm_dir=dirs.get("llm"), vision_dir=dirs.get("vision"),
                       tokenizer_dir=dirs.get("tokenizer"))
         load_parts_into(mllm, blobs)
@@ -108,6 +115,36 @@ def load_model(uri: str = "default", device: str = "cpu",
     if cfg.uses_llm_for_scores or cfg.generation.enabled:
         _ = annotator.mllm
     return annotator
+
+
+def init_from_base(base: str, output: str, config: str | None = None,
+                   overrides: Sequence[str] = ()) -> str:
+    """Write a model directory at ``output`` around the plain Hugging Face VLM checkpoint ``base``
+    (local, ``s3://`` or MLflow); returns its model id.
+
+    The architecture is the zero-shot one (:func:`model.vlm.base.base_manifest`) with the model
+    config file ``config`` and ``key=value`` ``overrides`` merged in; ``vlm.source`` is ``base``.
+    The base is referenced by URI and checksums, never copied, and nothing is loaded: with
+    ``vlm.lora.enabled`` (or ``vlm.train_projector``) the directory lists those parts as
+    ``fresh_parts``, which start from their initialisation (LoRA B = 0: the base's scores) until
+    ``mien train`` (``init_from: OUTPUT``) trains them."""
+    from model.annotator import FacialAnnotator
+    from model.checkpoint import save_model as _save
+    from model.model_dir import ModelDirError
+    from model.vlm.base import is_hf_vlm_dir
+    from workflows.core.config import deep_merge, parse_overrides, read_yaml
+
+    directory, manifest = open_model(base)
+    if directory is None or not is_hf_vlm_dir(directory):
+        raise ModelDirError(f"--base {base} is a mien model, not a plain save_pretrained checkpoint; a base is "
+                            "the Hugging Face directory itself")
+    arch = deep_merge(manifest["architecture"], read_yaml(config) if config else {})
+    arch = deep_merge(arch, parse_overrides(overrides))
+    arch["vlm"] = {**arch.get("vlm", {}), "source": base}
+    cfg = config_from_dict(arch, source=config or f"--base {base}")
+    component = manifest["components"]["vlm"]
+    init = {"components": {"vlm": component}, "fresh_parts": list(cfg.vlm.trained_parts)}
+    return _save(FacialAnnotator(cfg, f"{cfg.name}-{cfg.version}+unsaved", manifest=init), output)
 
 
 def resolve_device(device: str) -> str:

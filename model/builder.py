@@ -3,10 +3,14 @@
 Like torchtune's model builders: plain functions, explicit ``trainable`` flags per part.
 The vision tower is frozen (and run under ``no_grad``) unless ``vision.trainable``; the LLM's
 base weights are frozen unless ``llm.trainable``; LoRA adapters, the face-prior encoder,
-Face Info Mining and the frame compressor follow their own flags.
+Face Info Mining and the frame compressor follow their own flags. A config with ``vlm.source``
+builds the pretrained VLM instead (``model.vlm.facial.build_vlm_model``: base frozen, LoRA on its
+language model and the projector by the ``vlm`` section's flags).
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -20,10 +24,14 @@ from model.tokenizer import load_tokenizer
 from model.video import FrameCompressor
 from model.vision import build_vision_tower
 
+if TYPE_CHECKING:
+    from model.vlm.facial import VLMFacialModel
+
 
 def build_model(cfg: ModelConfig, device: str = "cpu", llm_dir: str | None = None,
-                vision_dir: str | None = None, tokenizer_dir: str | None = None) -> FacialMLLM:
-    """A :class:`FacialMLLM` for ``cfg`` on ``device``.
+                vision_dir: str | None = None, tokenizer_dir: str | None = None) -> FacialMLLM | VLMFacialModel:
+    """A :class:`FacialMLLM` for ``cfg`` on ``device`` (a :class:`VLMFacialModel` around the checkpoint
+    at ``vlm.source`` - local, ``s3://`` or MLflow - when it is set).
 
     ``llm_dir`` / ``vision_dir`` / ``tokenizer_dir`` override where base weights and the
     tokenizer come from (local directories; the model-directory loader passes resolved,
@@ -32,6 +40,11 @@ def build_model(cfg: ModelConfig, device: str = "cpu", llm_dir: str | None = Non
     ``hf_config`` with ``cfg.seed``."""
     from model.model_dir import materialize
 
+    if cfg.is_vlm:
+        from model.vlm.base import open_base
+        from model.vlm.facial import build_vlm_model
+
+        return build_vlm_model(cfg, open_base(cfg.vlm.source), device=device)
     if llm_dir is None and cfg.llm.source:
         llm_dir = llm_source_dir(cfg.llm)
         llm_dir = materialize(llm_dir) if llm_dir else None

@@ -1,9 +1,10 @@
 """Writing a model's weights into a model directory and loading them back into a model.
 
 ``save_model`` turns a :class:`model.annotator.FacialAnnotator` / :class:`model.mllm.FacialMLLM`
-into the directory that ``model.model_dir`` describes: trained parts as safetensors, base
-components referenced by source + sha256 (bundled under ``base/`` only when they have no other
-source), the manifest written last. ``load_parts_into`` loads verified part blobs into a built
+(or a pretrained-VLM model, :class:`model.vlm.facial.VLMFacialModel`) into the directory that
+``model.model_dir`` describes: trained parts as safetensors, base components referenced by source +
+sha256 (bundled under ``base/`` only when they have no other source; a VLM base never), the
+manifest written last. ``load_parts_into`` loads verified part blobs into a built
 model strictly, so saved tensors that do not fit the architecture raise
 :class:`~model.model_dir.ArchitectureMismatchError` naming the keys and shapes;
 ``apply_overrides`` merges load-time overrides into the saved architecture.
@@ -69,6 +70,10 @@ def save_model(m: FacialAnnotator | FacialMLLM, uri: str, metrics: Mapping[str, 
     parts: dict[str, dict[str, Any]] = {}
     components: dict[str, dict[str, Any]] = {}
     try:
+        fresh: list[str] = []
+        if cfg.is_vlm:
+            fresh = _save_vlm_parts(ann, files, parts, components)
+            arch["vlm"]["source"] = components["vlm"]["source"]
         needs_llm = bool(cfg.llm.enabled and (not cfg.llm.source or cfg.llm.trainable or cfg.llm.lora.enabled
                                               or bundle_base or ann.llm_loaded or _has_trained_parts(cfg)))
         mllm = ann.mllm if needs_llm else None
@@ -76,11 +81,7 @@ def save_model(m: FacialAnnotator | FacialMLLM, uri: str, metrics: Mapping[str, 
             tensors = {name: module.state_dict() for name, module in mllm.part_modules().items()}
             if cfg.llm.lora.enabled:
                 tensors["lora"] = lora_state_dict(mllm.llm)
-            for name, sd in tensors.items():
-                data = _safetensors_bytes(sd)
-                files[f"{name}.safetensors"] = data
-                parts[name] = {"file": f"{name}.safetensors", "sha256": sha256_bytes(data), "tensors": len(sd),
-                               "parameters": int(sum(v.numel() for v in sd.values()))}
+            _add_parts(tensors, files, parts)
         if cfg.llm.enabled:
             if mllm is not None and (not cfg.llm.source or cfg.llm.trainable or bundle_base):
                 save_base_pretrained(mllm.llm, tmp / "base" / "llm")
@@ -112,6 +113,8 @@ def save_model(m: FacialAnnotator | FacialMLLM, uri: str, metrics: Mapping[str, 
             "metrics": dict(metrics or {}),
             "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         }
+        if fresh:
+            manifest["fresh_parts"] = fresh
         model_id = compute_model_id(manifest)
         manifest["model_id"] = model_id
         storage.makedirs(uri)
@@ -121,6 +124,45 @@ def save_model(m: FacialAnnotator | FacialMLLM, uri: str, metrics: Mapping[str, 
         return model_id
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _add_parts(tensors: Mapping[str, Mapping[str, Any]], files: dict[str, bytes],
+               parts: dict[str, dict[str, Any]]) -> None:
+    for name, sd in tensors.items():
+        data = _safetensors_bytes(sd)
+        files[f"{name}.safetensors"] = data
+        parts[name] = {"file": f"{name}.safetensors", "sha256": sha256_bytes(data), "tensors": len(sd),
+                       "parameters": int(sum(v.numel() for v in sd.values()))}
+
+
+def _save_vlm_parts(ann: FacialAnnotator, files: dict[str, bytes], parts: dict[str, dict[str, Any]],
+                    components: dict[str, dict[str, Any]]) -> list[str]:
+    """A pretrained-VLM model's trained parts (LoRA adapters of its language model, the projector)
+    and its base as component ``vlm`` (URI, sha256 overall and per file, architecture; never the
+    weights). Parts the model has not trained yet are not built to be saved: a directory that
+    ``mien model init`` wrote lists them as ``fresh_parts``, which start from their initialisation
+    when loaded (LoRA B = 0: the base's own scores). Returns the fresh parts."""
+    from model.llm import lora_state_dict
+    from model.vlm.base import base_component, open_base
+    from workflows.core.storage import absolute
+
+    cfg = ann.config
+    fresh = [] if ann.llm_loaded else [p for p in ann.manifest.get("fresh_parts", []) if p in cfg.vlm.trained_parts]
+    wanted = [p for p in cfg.vlm.trained_parts if p not in fresh]
+    mllm = ann.mllm if wanted else None
+    if mllm is not None:
+        tensors = {name: module.state_dict() for name, module in mllm.part_modules().items()}
+        if cfg.vlm.lora.enabled:
+            tensors["lora"] = lora_state_dict(mllm.llm)
+        _add_parts(tensors, files, parts)
+    source = absolute(cfg.vlm.source)  # the manifest is read from other working directories
+    meta = ann.manifest.get("components", {}).get("vlm") or {}
+    if meta.get("files") and absolute(meta.get("uri") or meta.get("source", "")) == source:
+        component = {k: v for k, v in meta.items() if k != "uri"}  # hashed when it was opened
+    else:
+        component = base_component(source, getattr(mllm, "base_dir", None) or open_base(cfg.vlm.source))
+    components["vlm"] = {**component, "source": source}
+    return fresh
 
 
 def _has_trained_parts(cfg: ModelConfig) -> bool:
@@ -153,15 +195,17 @@ def _mismatch_text(part: str, missing: Sequence[str], unexpected: Sequence[str],
             + ". The manifest's architecture section must be the config the part was trained with")
 
 
-def load_parts_into(mllm: FacialMLLM, blobs: Mapping[str, bytes]) -> None:
-    """Load verified safetensors blobs into ``mllm`` (strict: architecture mismatches raise)."""
+def load_parts_into(mllm: FacialMLLM, blobs: Mapping[str, bytes], fresh: Sequence[str] = ()) -> None:
+    """Load verified safetensors blobs into ``mllm`` (strict: architecture mismatches raise).
+    ``fresh``: parts the manifest says start from their initialisation (``fresh_parts``)."""
     from safetensors.torch import load
 
     from model.llm import load_lora_state_dict, lora_state_dict
 
     modules = mllm.part_modules()
-    expected = set(modules) | ({"lora"} if mllm.cfg.llm.lora.enabled else set())
-    absent = sorted(expected - set(blobs))
+    lora = mllm.cfg.llm.lora.enabled or (mllm.cfg.is_vlm and mllm.cfg.vlm.lora.enabled)
+    expected = set(modules) | ({"lora"} if lora else set())
+    absent = sorted(expected - set(blobs) - set(fresh))
     if absent:
         raise MissingPartError(f"the architecture has trained part(s) {absent} but {MANIFEST} lists none for them")
     extra = sorted(set(blobs) - expected)

@@ -275,19 +275,33 @@ class VLMConfig:
     ``source``: a local or ``s3://`` directory or an MLflow URI; empty = the composed model of the
     ``vision``/``fim``/``llm`` sections (then set ``llm.enabled: false`` when using a VLM).
     ``family``: the adapter for the checkpoint's quirks (``model/vlm/adapters.py``); ``auto``
-    reads ``model_type`` from its config.json."""
+    reads ``model_type`` from its config.json.
+
+    Training (``mien train``): ``lora`` puts peft LoRA adapters on the checkpoint's language model
+    only (its decoder; ``target_modules`` are names inside it), ``train_projector`` also trains the
+    vision-to-language projector; the vision tower and every other base weight stay frozen."""
 
     source: str = ""
     family: str = "auto"
     dtype: Dtype = "float32"
     attn_implementation: str = "sdpa"
+    lora: LoRAConfig = dataclasses.field(default_factory=LoRAConfig)
+    train_projector: bool = False
 
     def validate(self) -> list[str]:
         from model.vlm.adapters import known_families
 
+        problems = []
         if self.family not in known_families():
-            return [f"family: unknown {self.family!r}; one of {', '.join(known_families())}"]
-        return []
+            problems.append(f"family: unknown {self.family!r}; one of {', '.join(known_families())}")
+        if (self.lora.enabled or self.train_projector) and not self.source:
+            problems.append("lora/train_projector: train a pretrained VLM by setting vlm.source")
+        return problems
+
+    @property
+    def trained_parts(self) -> tuple[str, ...]:
+        """Names of the parts a tuned model of this config stores (``lora``, ``projector``)."""
+        return (("lora",) if self.lora.enabled else ()) + (("projector",) if self.train_projector else ())
 
 
 @dataclasses.dataclass

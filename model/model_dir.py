@@ -30,7 +30,7 @@ import json
 import os
 import shutil
 from collections.abc import Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 MANIFEST = "mien_model.json"
@@ -67,16 +67,23 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def tree_sha256(directory: str | os.PathLike[str]) -> str:
-    """sha256 over ``relative path + file sha256`` of every file under ``directory`` (sorted)."""
+def file_sha256s(directory: str | os.PathLike[str]) -> dict[str, str]:
+    """``relative path -> sha256`` of every file under ``directory`` (dotfiles and mien's
+    ``mien_source.json`` note excluded), sorted by path."""
     from workflows.core.assets import sha256_file
 
     root = Path(directory)
-    lines = []
-    for p in sorted(q for q in root.rglob("*") if q.is_file() and not q.name.startswith(".")):
-        if p.name == "mien_source.json":
-            continue
-        lines.append(f"{p.relative_to(root).as_posix()}:{sha256_file(p)}")
+    return {p.relative_to(root).as_posix(): sha256_file(p)
+            for p in sorted(q for q in root.rglob("*") if q.is_file() and not q.name.startswith("."))
+            if p.name != "mien_source.json"}
+
+
+def tree_sha256(directory: str | os.PathLike[str] | None = None,
+                files: Mapping[str, str] | None = None) -> str:
+    """sha256 over ``relative path + file sha256`` of every file under ``directory`` (sorted by path
+    components), or of ``files`` (:func:`file_sha256s` of it, when already computed)."""
+    files = file_sha256s(directory) if files is None else files
+    lines = [f"{rel}:{sha}" for rel, sha in sorted(files.items(), key=lambda kv: PurePosixPath(kv[0]).parts)]
     return sha256_bytes("\n".join(lines).encode())
 
 
@@ -264,11 +271,31 @@ def verify_component(name: str, meta: Mapping[str, Any], directory: str) -> str 
         local = materialize(source)
     if not Path(local).is_dir():
         raise MissingPartError(f"component {name!r}: {source} not found (looked in {local})")
-    got = tree_sha256(local)
-    if meta.get("sha256") and got != meta["sha256"]:
-        raise ChecksumError(f"component {name!r} at {source}: sha256 {got}, the manifest says {meta['sha256']}; "
-                            "the base weights changed since this model was saved")
+    verify_tree(name, meta, local, source)
     return local
+
+
+def verify_tree(name: str, meta: Mapping[str, Any], local: str, source: str) -> None:
+    """Check the files of component ``name`` (materialized at ``local`` from ``source``) against the
+    manifest's ``sha256``; with per-file checksums (``files``) a mismatch names every changed,
+    missing and new file."""
+    if not meta.get("sha256"):
+        return
+    files = file_sha256s(local)
+    got = tree_sha256(files=files)
+    if got == meta["sha256"]:
+        return
+    saved = meta.get("files") or {}
+    changed = [f"{rel} (sha256 {files[rel][:12]}…, saved {sha[:12]}…)" for rel, sha in saved.items()
+               if rel in files and files[rel] != sha]
+    missing = [rel for rel in saved if rel not in files]
+    new = [rel for rel in files if saved and rel not in saved]
+    detail = "; ".join(f"{what}: {', '.join(items)}" for what, items in
+                       (("changed", changed), ("missing", missing), ("new", new)) if items)
+    raise ChecksumError(f"component {name!r} at {source}: sha256 {got}, the manifest says {meta['sha256']}"
+                        + (f" ({detail})" if detail else "")
+                        + "; the base weights changed since this model was saved - restore the files "
+                        "the model was trained on, or retrain on the new base")
 
 
 def copy_tree(src: str, dst: str) -> None:
@@ -286,6 +313,6 @@ def copy_tree(src: str, dst: str) -> None:
 __all__ = [
     "ArchitectureMismatchError", "ChecksumError", "MissingPartError", "ModelDirError", "UnsafeCheckpointError",
     "FORMAT", "FORMAT_VERSION", "MANIFEST", "PICKLE_SUFFIXES", "compute_model_id", "copy_tree", "inside",
-    "materialize", "read_manifest", "resolve_model_uri", "sha256_bytes", "tree_sha256", "verify_component",
-    "verify_parts",
+    "file_sha256s", "materialize", "read_manifest", "resolve_model_uri", "sha256_bytes", "tree_sha256",
+    "verify_component", "verify_parts", "verify_tree",
 ]

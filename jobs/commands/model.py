@@ -9,6 +9,7 @@ import sys
 EPILOG = """\
 examples:
   mien model init jobs/configs/model/tiny_cpu.yaml --output /tmp/mien-tiny   # build + save (untrained parts)
+  mien model init --base /models/llava-1.5-7b-hf --output models/llava-lora --set vlm.lora.enabled=true
   mien model inspect /tmp/mien-tiny
   mien model inspect models:/mien@champion
 
@@ -23,9 +24,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.set_defaults(handler=lambda args: _usage(p))
     msub = p.add_subparsers(dest="model_command", metavar="ACTION")
-    a = msub.add_parser("init", help="build a model from a config and save it as a model directory; "
-                                     "prints its model id")
-    a.add_argument("config", metavar="CONFIG", help="model config YAML (see jobs/configs/model/; local or s3://)")
+    a = msub.add_parser("init", help="build a model from a config (or around a pretrained VLM, --base) and save "
+                                     "it as a model directory; prints its model id")
+    a.add_argument("config", metavar="CONFIG", nargs="?",
+                   help="model config YAML (see jobs/configs/model/; local or s3://); also --config")
+    a.add_argument("--config", dest="config_file", metavar="FILE", help="the model config, given as an option")
+    a.add_argument("--base", metavar="URI",
+                   help="a plain Hugging Face image-text-to-text checkpoint (local, s3:// or models:/): the "
+                        "directory references it by URI and sha256 and holds only trained parts; "
+                        "--set vlm.lora.enabled=true makes it ready for `mien train` (init_from)")
     a.add_argument("--output", required=True, metavar="URI", help="local directory or s3:// prefix")
     a.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append", default=[],
                    help="override a config key with a dotted path, e.g. --set seed=3 (repeatable)")
@@ -41,11 +48,27 @@ def _usage(p: argparse.ArgumentParser) -> int:
 
 
 def _init(args: argparse.Namespace) -> int:
-    from model import build_model, save_model
+    from model import build_model, init_from_base, save_model
     from model.annotator import FacialAnnotator
     from model.config import load_model_config
 
-    cfg = load_model_config(args.config, args.overrides)
+    if args.config and args.config_file:
+        print("mien model init: give the config once (CONFIG or --config FILE)", file=sys.stderr)
+        return 2
+    config = args.config or args.config_file
+    if args.base:
+        from model.model_dir import ModelDirError
+
+        try:
+            print(init_from_base(args.base, args.output, config, args.overrides))
+        except (ModelDirError, ValueError) as e:
+            print(f"mien model init: {e}", file=sys.stderr)
+            return 2
+        return 0
+    if not config:
+        print("mien model init: give a model config (CONFIG or --config FILE) or --base CHECKPOINT", file=sys.stderr)
+        return 2
+    cfg = load_model_config(config, args.overrides)
     needs_llm = bool(cfg.llm.enabled and (not cfg.llm.source or cfg.llm.lora.enabled or cfg.face_prior.enabled
                                           or cfg.vision.enabled or cfg.fim.local_clue))
     target = build_model(cfg) if needs_llm else FacialAnnotator(cfg, f"{cfg.name}-{cfg.version}+unsaved")
@@ -63,9 +86,14 @@ def _inspect(args: argparse.Namespace) -> int:
         print(f"mien model inspect: {e}", file=sys.stderr)
         return 2
     arch = manifest["architecture"]
+    kind = "mien model"
+    if arch.get("vlm", {}).get("source"):
+        trained, fresh = sorted(manifest.get("parts", {})), manifest.get("fresh_parts", [])
+        kind = ("pretrained VLM, " + (f"tuned ({', '.join(trained)})" if trained else
+                                      f"untrained {', '.join(fresh)}" if fresh else "zero-shot"))
     summary = {
         "model_id": manifest.get("model_id") or compute_model_id(manifest),
-        "kind": "pretrained VLM, zero-shot" if arch.get("vlm", {}).get("source") else "mien model",
+        "kind": kind,
         "prior_weight": arch.get("prior_weight"),
         "components": manifest.get("components", {}),
         "parts": {k: {"file": v["file"], "parameters": v.get("parameters")}

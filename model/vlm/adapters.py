@@ -15,6 +15,8 @@ What an adapter decides:
   advance the position by the image grid's side, not its area (``rope_deltas``).
 * **extra per-token inputs** that must be extended when text is appended to a prefill in a full
   (uncached) pass: Qwen's ``mm_token_type_ids`` (0 for text).
+* **the projector** (``vlm.train_projector``): the module between vision tower and language model,
+  found by the names the families give it (:data:`PROJECTOR_NAMES`).
 
 Families by ``config.json`` ``model_type``: see :data:`ADAPTERS`.
 """
@@ -25,12 +27,25 @@ from typing import Any
 
 import torch
 
+# What families call the vision-to-language projector: LLaVA / LLaVA-NeXT ``multi_modal_projector``,
+# Idefics3 / SmolVLM ``connector``, Qwen2-VL / Qwen2.5-VL ``visual.merger``.
+PROJECTOR_NAMES = ("multi_modal_projector", "connector", "merger", "mm_projector")
+
 
 class FamilyAdapter:
     """The generic adapter: 1-D positions counted over real tokens, no extra per-token inputs."""
 
     name = "generic"
     model_types: tuple[str, ...] = ()
+
+    def projector(self, model: Any) -> Any:
+        """The vision-to-language projector of ``model`` (the one module named in :data:`PROJECTOR_NAMES`)."""
+        found = [(n, m) for n, m in model.named_modules() if n.rsplit(".", 1)[-1] in PROJECTOR_NAMES]
+        if len(found) != 1:
+            raise ValueError(f"vlm.train_projector: cannot tell the projector of {type(model).__name__} "
+                             f"(modules named {', '.join(PROJECTOR_NAMES)}: {[n for n, _ in found] or 'none'}); "
+                             "set vlm.train_projector: false")
+        return found[0][1]
 
     def prefill_positions(self, model: Any, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """(position_ids for the prefill, next position per row (B,)) for processor ``inputs``

@@ -15,13 +15,21 @@ FE probabilities come from the likelihood of each class answer, AU probabilities
 likelihood of one question per AU. When every answer of a question is a single token with a
 distinct id, the question needs one sequence (the answers are read off its last position);
 otherwise each answer is its own sequence and its token log-probabilities are summed.
+
+Training (``collate`` -> ``forward`` -> ``.loss``, what ``workflows.training.recipe`` runs): the same
+prompt as scoring - prefix (image + context) as the processor encodes it, then the question and the
+template's assistant prefix, then the answer and the template's end of turn - with the answer and
+end-of-turn tokens as the only labels. ``vlm.lora`` puts LoRA adapters on the language model
+(:attr:`VLMFacialModel.llm`, the checkpoint's decoder), ``vlm.train_projector`` trains the projector;
+the vision tower and all other base weights stay frozen (and the vision tower in eval mode).
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,12 +38,13 @@ from torch import nn
 
 from model import prompts
 from model.config import ModelConfig
-from model.face_batch import batch_rows
+from model.face_batch import batch_rows, build_face_batch
 from model.prior import CalibratedFacePrior, PriorScores
 from model.taxonomy import AU_NAMES
 from model.vlm.adapters import FamilyAdapter
 
 _SENTINEL = "\u2063MIENQ\u2063"  # never produced by a prompt; marks where the question goes
+_ANSWER_SENTINEL = "\u2063MIENA\u2063"  # marks where an assistant answer goes
 
 
 @dataclasses.dataclass
@@ -51,6 +60,20 @@ class VLMFaces:
 
 
 @dataclasses.dataclass
+class VLMTrainBatch:
+    """A collated training batch of B examples: the processor's prefill ``inputs`` (image + context,
+    left-padded), the continuation ``suffix_ids`` / ``suffix_mask`` (B, Ls) (question, assistant
+    prefix, answer, end of turn; right-padded), ``labels`` (B, Lp + Ls) with -100 everywhere but the
+    answer and end-of-turn tokens, and those tokens per row (``answer_ids``: the loss's tokens)."""
+
+    inputs: dict[str, Any]
+    suffix_ids: torch.Tensor
+    suffix_mask: torch.Tensor
+    labels: torch.Tensor
+    answer_ids: list[list[int]]
+
+
+@dataclasses.dataclass
 class _Sequence:
     """One scored continuation: token ids after the prefix, and where to read which tokens."""
 
@@ -60,12 +83,15 @@ class _Sequence:
 
 class VLMFacialModel(nn.Module):
     """``model``: an ``AutoModelForImageTextToText``; ``processor``: its processor; ``adapter``:
-    the family's :class:`~model.vlm.adapters.FamilyAdapter`."""
+    the family's :class:`~model.vlm.adapters.FamilyAdapter`; ``base_dir``: the local directory the
+    checkpoint was loaded from (what a saved model references)."""
 
-    def __init__(self, cfg: ModelConfig, model: nn.Module, processor: Any, adapter: FamilyAdapter):
+    def __init__(self, cfg: ModelConfig, model: nn.Module, processor: Any, adapter: FamilyAdapter,
+                 base_dir: str | None = None):
         super().__init__()
         self.cfg = cfg
         self.vlm = model
+        self.base_dir = base_dir
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.tokenizer.padding_side = "left"
@@ -73,6 +99,7 @@ class VLMFacialModel(nn.Module):
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.adapter = adapter
         self.prior = CalibratedFacePrior(cfg.prior)
+        self.llm_dim: int = self.llm.get_input_embeddings().embedding_dim
         self._prefix_tail = self._template()
         self._sequences = self._build_sequences()
 
@@ -81,11 +108,44 @@ class VLMFacialModel(nn.Module):
     def device(self) -> torch.device:
         return next(self.vlm.parameters()).device
 
-    def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
-        return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+    @property
+    def llm(self) -> nn.Module:
+        """The checkpoint's language model (its decoder, carrying the LoRA adapters): the module the
+        VLM calls with the merged image + text embeddings."""
+        return self.vlm.get_decoder()
+
+    @property
+    def projector(self) -> nn.Module:
+        """The vision-to-language projector (:meth:`FamilyAdapter.projector`)."""
+        return self.adapter.projector(self.vlm)
+
+    def train(self, mode: bool = True) -> VLMFacialModel:
+        """Like ``nn.Module.train``, but only the language model (and a trained projector) leave
+        eval mode: the frozen vision tower never runs dropout."""
+        super().train(mode)
+        if mode:
+            self.vlm.eval()
+            self.llm.train()
+            for module in self.part_modules().values():
+                module.train()
+        return self
+
+    def trainable_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """``(name, parameter)`` of every parameter an optimizer should update: the language model's
+        adapters as ``llm.*`` (the recipe's adapter group) and trained parts as ``<part>.*``."""
+        seen: set[int] = set()
+        for prefix, module in {"llm": self.llm, **self.part_modules()}.items():
+            for n, p in module.named_parameters():
+                if p.requires_grad and id(p) not in seen:
+                    seen.add(id(p))
+                    yield f"{prefix}.{n}", p
+        for n, p in self.named_parameters():
+            if p.requires_grad and id(p) not in seen:
+                yield n, p
 
     def part_modules(self) -> dict[str, nn.Module]:
-        return {}
+        """Trained non-adapter parts saved as safetensors: the projector when ``vlm.train_projector``."""
+        return {"projector": self.projector} if self.cfg.vlm.train_projector else {}
 
     def ids(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -105,9 +165,27 @@ class VLMFacialModel(nn.Module):
         head, _ = self._prefix_tail
         return f"{head}{self.cfg.prompt.system}\n{context}\n"
 
+    @staticmethod
+    def _turn(question: str) -> str:
+        """A ``model.prompts`` question as the user's text: without the composed model's own
+        ``ASSISTANT:`` marker (the checkpoint's chat template adds its assistant turn)."""
+        return question.strip().removesuffix(prompts.ASSISTANT).strip()
+
     def _answer(self, word: str) -> str:
         _, tail = self._prefix_tail
         return word if tail[-1:].isspace() else " " + word
+
+    @functools.cached_property
+    def _end_of_turn(self) -> list[int]:
+        """Token ids the template writes after an assistant answer (``<|im_end|>``, ``</s>``...);
+        the tokenizer's EOS where the template writes nothing."""
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": _SENTINEL}]},
+                    {"role": "assistant", "content": [{"type": "text", "text": _ANSWER_SENTINEL}]}]
+        rendered = self.processor.apply_chat_template(messages, tokenize=False)
+        end = rendered.split(_ANSWER_SENTINEL, 1)[1].strip() if rendered.count(_ANSWER_SENTINEL) == 1 else ""
+        ids = self.ids(end) if end else []
+        eos = self.tokenizer.eos_token_id
+        return ids or ([eos] if eos is not None else [])
 
     # ------------------------------------------------------------------ inputs
     def face_inputs(self, batch: Mapping[str, Any], prior: PriorScores | None = None) -> VLMFaces:
@@ -152,7 +230,7 @@ class VLMFacialModel(nn.Module):
         seqs: list[_Sequence] = []
         layout: list[tuple[str, int, int]] = []
         for kind, question, answers in questions:
-            q = self.ids(question + tail)
+            q = self.ids(self._turn(question) + tail)
             cands = [self.ids(self._answer(a)) for a in answers]
             firsts = [c[0] for c in cands]
             start = len(seqs)
@@ -231,21 +309,25 @@ class VLMFacialModel(nn.Module):
 
     def _score_full(self, inputs: dict[str, Any], seqs: list[_Sequence]) -> list[torch.Tensor]:
         b, lp = inputs["input_ids"].shape
-        s_n = len(seqs)
-        pos, next_pos = self.adapter.prefill_positions(self.vlm, inputs)
         ids, mask = self._suffix_batch(seqs, b)
-        rep = {k: v.repeat_interleave(s_n, dim=0) for k, v in inputs.items()
-               if k in ("input_ids", "attention_mask")}
-        full = {"input_ids": torch.cat([rep["input_ids"], ids], dim=1),
-                "attention_mask": torch.cat([rep["attention_mask"], mask], dim=1)}
-        cont = self.adapter.continuation_positions(next_pos.repeat_interleave(s_n, dim=0), ids.shape[1])
-        dim = 1 if pos.ndim == 3 else 0
-        positions = self.adapter.concat_positions(pos.repeat_interleave(s_n, dim=dim), cont)
-        extra = self.adapter.extend_token_inputs({k: v.repeat_interleave(s_n, dim=0) for k, v in inputs.items()
-                                                  if k == "mm_token_type_ids"}, ids.shape[1])
-        res = self.vlm(**full, **self.adapter.repeat_image_inputs(inputs, s_n), **extra, position_ids=positions,
-                       use_cache=False)
+        res = self.vlm(**self._continued(inputs, ids, mask, len(seqs)), use_cache=False)
         return self._gather(res.logits, seqs, b, lp)
+
+    def _continued(self, inputs: dict[str, Any], ids: torch.Tensor, mask: torch.Tensor,
+                   repeats: int = 1) -> dict[str, Any]:
+        """Forward inputs of one uncached pass over B prefills (processor ``inputs``), each repeated
+        ``repeats`` times in row order and continued by ``ids`` / ``mask`` (B * repeats, Ls): ids,
+        mask, the family's positions (continuing each prefill's), image and per-token inputs."""
+        pos, next_pos = self.adapter.prefill_positions(self.vlm, inputs)
+        rep = {k: inputs[k].repeat_interleave(repeats, dim=0) for k in ("input_ids", "attention_mask")}
+        cont = self.adapter.continuation_positions(next_pos.repeat_interleave(repeats, dim=0), ids.shape[1])
+        dim = 1 if pos.ndim == 3 else 0
+        positions = self.adapter.concat_positions(pos.repeat_interleave(repeats, dim=dim), cont)
+        extra = self.adapter.extend_token_inputs({k: v.repeat_interleave(repeats, dim=0) for k, v in inputs.items()
+                                                  if k == "mm_token_type_ids"}, ids.shape[1])
+        return {"input_ids": torch.cat([rep["input_ids"], ids], dim=1),
+                "attention_mask": torch.cat([rep["attention_mask"], mask], dim=1),
+                **self.adapter.repeat_image_inputs(inputs, repeats), **extra, "position_ids": positions}
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
@@ -259,7 +341,7 @@ class VLMFacialModel(nn.Module):
             return []
         _, tail = self._prefix_tail
         opens = list(openings) if openings is not None else [""] * len(rows)
-        suffixes = [prompts.describe_question() + tail + o for o in opens]
+        suffixes = [self._turn(prompts.describe_question()) + tail + o for o in opens]
         inputs = self._prefill_inputs(faces, rows, suffixes)
         kwargs: dict[str, Any] = {"max_new_tokens": g.max_new_tokens, "do_sample": g.temperature > 0,
                                   "pad_token_id": self.tokenizer.pad_token_id}
@@ -271,9 +353,42 @@ class VLMFacialModel(nn.Module):
         texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
         return [(o + t).strip() for o, t in zip(opens, texts, strict=True)]
 
+    # ------------------------------------------------------------------ training
+    def collate(self, rows: Sequence[Mapping[str, Any]]) -> VLMTrainBatch:
+        """Example rows -> :class:`VLMTrainBatch` on the model's device. A row is one face as
+        ``model.face_batch.build_face_batch`` takes it (``crop`` (S, S, 3) uint8 required, ``au_evidence``,
+        ``fe_prior``, ``age``, ``gender``, ...) plus ``question`` (a ``model.prompts`` question; its
+        ``ASSISTANT:`` marker is replaced by the chat template's assistant turn, as in scoring) and ``answer`` (the target text)."""
+        faces = self.face_inputs(build_face_batch(rows))
+        inputs = self._prefill_inputs(faces)
+        _, tail = self._prefix_tail
+        questions = [self.ids(self._turn(r["question"]) + tail) for r in rows]
+        answers = [self.ids(self._answer(r["answer"])) + self._end_of_turn for r in rows]
+        width = max(len(q) + len(a) for q, a in zip(questions, answers, strict=True))
+        b, lp = inputs["input_ids"].shape
+        ids = torch.full((b, width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((b, width), dtype=torch.long)
+        labels = torch.full((b, lp + width), -100, dtype=torch.long)
+        for i, (q, a) in enumerate(zip(questions, answers, strict=True)):
+            ids[i, :len(q) + len(a)] = torch.tensor(q + a)
+            mask[i, :len(q) + len(a)] = 1
+            labels[i, lp + len(q):lp + len(q) + len(a)] = torch.tensor(a)
+        dev = self.device
+        return VLMTrainBatch(inputs=inputs, suffix_ids=ids.to(dev), suffix_mask=mask.to(dev),
+                             labels=labels.to(dev), answer_ids=answers)
+
+    def forward(self, batch: VLMTrainBatch) -> Any:
+        """The VLM's output for a training batch; ``loss``: mean cross-entropy over the answer and
+        end-of-turn tokens (one uncached pass with the positions scoring uses)."""
+        return self.vlm(**self._continued(batch.inputs, batch.suffix_ids, batch.suffix_mask), labels=batch.labels,
+                        use_cache=False)
+
 
 def build_vlm_model(cfg: ModelConfig, directory: str, device: str = "cpu") -> VLMFacialModel:
-    """Load the checkpoint in ``directory`` (a local ``save_pretrained`` VLM) as a facial model."""
+    """Load the checkpoint in ``directory`` (a local ``save_pretrained`` VLM) as a facial model:
+    every base weight frozen, then LoRA adapters on the language model (``vlm.lora``, initialised
+    from ``seed``: B = 0, so the untrained model scores as the base does) and the projector
+    trainable (``vlm.train_projector``)."""
     import json
     from pathlib import Path
 
@@ -292,4 +407,15 @@ def build_vlm_model(cfg: ModelConfig, directory: str, device: str = "cpu") -> VL
     model.to(device).eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    return VLMFacialModel(cfg, model, load_processor(directory), adapter)
+    if cfg.vlm.lora.enabled:
+        from peft import LoraConfig, inject_adapter_in_model
+
+        lora = cfg.vlm.lora
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed + 1)
+            inject_adapter_in_model(LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                               target_modules=list(lora.target_modules)), model.get_decoder())
+        model.to(device)
+    if cfg.vlm.train_projector:
+        adapter.projector(model).requires_grad_(True)
+    return VLMFacialModel(cfg, model, load_processor(directory), adapter, base_dir=str(directory))

@@ -176,7 +176,7 @@ class TrainConfig:
                             "(a model URI)")
         if self.model is not None and not _has_trainable_part(self.model):
             problems.append("model: nothing to train; enable llm.lora, face_prior, fim.local_clue or "
-                            "vision with trainable parts")
+                            "vision with trainable parts (a pretrained VLM: vlm.lora or vlm.train_projector)")
         if self.epochs < 1 and self.max_steps < 1:
             problems.append("epochs: must be >= 1 (or set max_steps)")
         if self.max_steps < 0:
@@ -193,6 +193,8 @@ class TrainConfig:
 
 
 def _has_trainable_part(m: ModelConfig) -> bool:
+    if m.is_vlm:
+        return bool(m.vlm.trained_parts)
     fim_built = m.vision.enabled or m.fim.local_clue or m.face_prior.enabled
     return bool((m.llm.enabled and (m.llm.lora.enabled or m.llm.trainable))
                 or (m.face_prior.enabled and m.face_prior.trainable)
@@ -200,8 +202,8 @@ def _has_trainable_part(m: ModelConfig) -> bool:
 
 
 def needs_crops(m: ModelConfig) -> bool:
-    """Whether the model reads face pixels (vision tower or FEALLM local clues)."""
-    return bool(m.vision.enabled or m.fim.local_clue)
+    """Whether the model reads face pixels (a pretrained VLM, a vision tower or FEALLM local clues)."""
+    return bool(m.is_vlm or m.vision.enabled or m.fim.local_clue)
 
 
 def load_train_config(path: str | None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:

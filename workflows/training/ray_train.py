@@ -193,6 +193,14 @@ def train(cfg: TrainConfig, data_uri: str, output_uri: str) -> TrainResult:
 
     from workflows.core.config import to_dict
 
+    # Workers run in Ray's session directory: every path the user gave is fixed here, on the driver.
+    data_uri, output_uri = storage.absolute(data_uri), storage.absolute(output_uri)
+    if cfg.init_from:
+        cfg.init_from = storage.absolute(cfg.init_from)
+    if cfg.checkpoint.storage_path:
+        cfg.checkpoint.storage_path = storage.absolute(cfg.checkpoint.storage_path)
+    if cfg.model is not None and cfg.model.vlm.source:  # the base a saved model directory references
+        cfg.model.vlm.source = storage.absolute(cfg.model.vlm.source)
     storage.check_writable(output_uri)
     ds_base = deepspeed_json(cfg.deepspeed)
     use_tracking_for(cfg.init_from, resolve_tracking_uri(cfg.mlflow.tracking_uri))
@@ -245,6 +253,11 @@ def train(cfg: TrainConfig, data_uri: str, output_uri: str) -> TrainResult:
                       steps=int(m.get("steps", 0)), start_step=int(m.get("start_step", 0)),
                       loss=m.get("loss"), val_loss=m.get("val_loss"), history=list(m.get("history") or []),
                       mlflow_run_id=run_id)
+    try:
+        _check_exported(out)
+    except TrainingError:
+        _mlflow_close(tracking, run_id, "FAILED")
+        raise
 
     if staged.eval_faces:
         out.eval_report, out.eval_report_uri = _final_evaluation(cfg, staged, output_uri, run_uri, device)
@@ -255,6 +268,24 @@ def train(cfg: TrainConfig, data_uri: str, output_uri: str) -> TrainResult:
         _mlflow_finish(cfg, tracking, run_id, out)  # type: ignore[arg-type]
     out.wall_s = time.time() - t0
     return out
+
+
+def _check_exported(out: TrainResult) -> None:
+    """The exported model directory is complete and is the model trained (nothing is evaluated or
+    registered otherwise): its manifest and every part verify, and its id is the worker's."""
+    from model import open_model
+    from model.model_dir import ModelDirError, compute_model_id, verify_parts
+
+    try:
+        directory, manifest = open_model(out.output)
+        verify_parts(directory, manifest)
+    except (ModelDirError, ValueError) as e:
+        raise TrainingError(f"the trained model was not written completely to {out.output} ({e}); nothing "
+                            "was registered. Rerun the same command: training resumes from its checkpoint") from e
+    found = manifest.get("model_id") or compute_model_id(manifest)
+    if found != out.model_id:
+        raise TrainingError(f"{out.output} holds model {found}, not the trained {out.model_id}; nothing was "
+                            "registered. Rerun the same command")
 
 
 def _architecture_of(uri: str) -> ModelConfig:

@@ -15,8 +15,9 @@ export. No Ray inside (torchtune style): everything distributed goes through the
     recipe.cleanup()
 
 The model is built by :func:`model.build_model` (frozen vision tower and base LLM, LoRA adapters
-and Face Info Mining / face-prior encoder trainable by their config flags) or loaded from
-``init_from``; the loss covers answer tokens only (``FacialMLLM.forward``). The optimizer is a
+and Face Info Mining / face-prior encoder trainable by their config flags; for a pretrained VLM,
+``vlm.source``, LoRA on its language model and optionally its projector) or loaded from
+``init_from``; the loss covers answer tokens only (``FacialMLLM.forward``, ``VLMFacialModel.forward``). The optimizer is a
 torch AdamW handed to ``deepspeed.initialize`` (``zero_allow_untested_optimizer``), so no DeepSpeed
 op is compiled; on CPU the shared-memory comm op (only used by DeepSpeed's inference all-reduce)
 is skipped instead of JIT-compiled. bf16 on GPUs, fp32 on CPUs (``precision: auto``).
@@ -217,6 +218,10 @@ class FinetuneRecipe:
         self.mllm = mllm
         self.n_trainable = sum(p.numel() for _, p in mllm.trainable_parameters())
         self.n_total = sum(p.numel() for p in mllm.parameters())
+        if not self.n_trainable:
+            raise ValueError(f"{cfg.init_from or 'model'}: the model has no trainable parameters; start from a "
+                             "model with adapters (mien model init --base DIR --output MODEL_DIR --set "
+                             "vlm.lora.enabled=true) or give a model: config with LoRA enabled")
 
         crop, with_crop = cfg.data.crop_size, inputs.needs_crops
         self.train_set = ExampleDataset(read_parquet(inputs.train), crop, with_crop)

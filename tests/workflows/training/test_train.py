@@ -71,7 +71,7 @@ def test_shipped_train_configs_load_and_validate(path: Path) -> None:
     assert first.startswith(f"# mien train --config jobs/configs/train/{path.name} --data ")
     assert "--output" in first
     cfg = load_train_config(str(path))
-    assert cfg.model is not None and cfg.model.llm.lora.enabled
+    assert cfg.model is not None and (cfg.model.llm.lora.enabled or cfg.model.vlm.lora.enabled)
     stage = zero_stage(deepspeed_json(cfg.deepspeed))
     assert stage == (3 if "zero3" in path.name else 2)
 
@@ -208,13 +208,14 @@ def _losses(tracking: str, run_id: str, key: str = "train/loss") -> dict[int, fl
 
 
 def test_zero2_interrupted_run_resumes_learns_and_registers_candidate(local_ray, instructions,
-                                                                     tmp_path) -> None:
+                                                                     tmp_path, monkeypatch) -> None:
     import mlflow
 
     from model import load_model
     from workflows.training.ray_train import TrainingError, train
 
-    output = str(tmp_path / "model")
+    monkeypatch.chdir(tmp_path)
+    output = "model"  # relative, as the README shows: it must land here, not in Ray's session directory
     cfg = tiny_cpu(tmp_path, "testing.fail_at_step=5", "checkpoint.every_steps=100")
     with pytest.raises(TrainingError, match="rerun the same command to resume"):
         train(cfg, instructions, output)
@@ -223,6 +224,7 @@ def test_zero2_interrupted_run_resumes_learns_and_registers_candidate(local_ray,
     assert not (tmp_path / "model" / "mien_model.json").exists()
 
     result = train(cfg, instructions, output)  # the same command again: resumes from step 5
+    assert result.output == str(tmp_path / "model") and (tmp_path / "model" / "mien_model.json").exists()
     assert result.start_step == 5 and result.steps == 18  # 2 epochs x 9 steps (72 examples / 2 x 4)
     assert [h["step"] for h in result.history] == list(range(6, 19))
 
