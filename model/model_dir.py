@@ -90,8 +90,11 @@ def tree_sha256(directory: str | os.PathLike[str] | None = None,
 def compute_model_id(manifest: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> str:
     """``<name>-<version>+<sha8>``: sha over architecture, components, part checksums and any
     load-time overrides that change scores (generation/scoring knobs excluded)."""
+    arch = {k: v for k, v in manifest["architecture"].items() if k not in _RUNTIME_KEYS}
+    if isinstance(arch.get("vlm"), dict):  # where a VLM base lives is not what it is: its sha256 below is
+        arch["vlm"] = {k: v for k, v in arch["vlm"].items() if k != "source"}
     core = {
-        "architecture": {k: v for k, v in manifest["architecture"].items() if k not in _RUNTIME_KEYS},
+        "architecture": arch,
         "components": {k: v.get("sha256") for k, v in manifest.get("components", {}).items()},
         "parts": {k: v.get("sha256") for k, v in manifest.get("parts", {}).items()},
     }

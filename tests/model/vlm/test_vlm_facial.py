@@ -89,3 +89,21 @@ def test_a_vlm_config_must_turn_off_the_composed_parts():
         config_from_dict({"vlm": {"source": "/d", "family": "nope"}, "llm": {"enabled": False}})
     cfg = config_from_dict({"vlm": {"source": "/d"}, "llm": {"enabled": False}, "prior_weight": 0.5})
     assert cfg.is_vlm and cfg.uses_llm_for_scores
+
+
+def test_a_checkpoint_on_s3_loads_and_scores_like_the_local_one(tiny_vlms, s3_bucket):
+    """`--model s3://bucket/prefix` with a plain checkpoint: fetched once into the cache, same weights,
+    same model id, same scores."""
+    from workflows.core import storage
+
+    local = tiny_vlms["qwen2_vl"]
+    remote = f"{s3_bucket}/bases/qwen2_vl"
+    for f in sorted(local.rglob("*")):
+        if f.is_file():
+            storage.write_bytes(f"{remote}/{f.relative_to(local).as_posix()}", f.read_bytes())
+    a, b = load_model(str(local)), load_model(remote)
+    assert a.model_id == b.model_id
+    faces = face_batch(2)
+    sa = a.mllm.score(a.mllm.face_inputs(faces))
+    sb = b.mllm.score(b.mllm.face_inputs(faces))
+    assert float((sa.fe_logprobs - sb.fe_logprobs).abs().max()) < 1e-6
