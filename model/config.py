@@ -353,6 +353,11 @@ class ModelConfig:
         return (self.llm.enabled or bool(self.vlm.source)) and self.prior_weight < 1.0
 
     @property
+    def reads_pixels(self) -> bool:
+        """Whether the MLLM reads face crops (a pretrained VLM, a vision tower or FEALLM local clues)."""
+        return bool(self.is_vlm or self.vision.enabled or self.fim.local_clue)
+
+    @property
     def is_vlm(self) -> bool:
         """The MLLM is a pretrained VLM checkpoint (``vlm.source``), not the composed model."""
         return bool(self.vlm.source)

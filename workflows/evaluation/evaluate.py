@@ -95,7 +95,7 @@ class EvaluationResult:
 def _needs_crops(annotator: Any) -> bool:
     cfg = annotator.config
     # pixels matter only where the MLLM scores (the calibrated prior reads features, not pixels)
-    return bool(cfg.uses_llm_for_scores and (cfg.vision.enabled or cfg.fim.local_clue))
+    return bool(cfg.uses_llm_for_scores and cfg.reads_pixels)
 
 
 def predict_faces(annotator: Any, faces: Any, *, crop_size: int = 224,

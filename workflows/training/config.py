@@ -201,11 +201,6 @@ def _has_trainable_part(m: ModelConfig) -> bool:
                 or (fim_built and m.fim.trainable) or (m.vision.enabled and m.vision.trainable))
 
 
-def needs_crops(m: ModelConfig) -> bool:
-    """Whether the model reads face pixels (a pretrained VLM, a vision tower or FEALLM local clues)."""
-    return bool(m.is_vlm or m.vision.enabled or m.fim.local_clue)
-
-
 def load_train_config(path: str | None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
     """Validated :class:`TrainConfig` from YAML plus ``key=value`` overrides (ConfigError lists all)."""
     from workflows.core.config import load_config

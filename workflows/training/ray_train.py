@@ -34,7 +34,7 @@ from workflows.core.tracking import (
     system_info,
     use_tracking_for,
 )
-from workflows.training.config import TrainConfig, deepspeed_json, needs_crops, resolve_deepspeed_config
+from workflows.training.config import TrainConfig, deepspeed_json, resolve_deepspeed_config
 from workflows.training.recipe import FinetuneRecipe, TrainInputs, default_environment
 from workflows.training.staging import StagedData, open_run, read_parquet, run_uri_of, save_record
 
@@ -224,7 +224,7 @@ def train(cfg: TrainConfig, data_uri: str, output_uri: str) -> TrainResult:
         save_record(run_uri, record)
 
     inputs = TrainInputs(train=staged.train, val=staged.val, output=output_uri, run_uri=run_uri,
-                         deepspeed=ds_config, bf16=bf16, needs_crops=needs_crops(model_cfg),
+                         deepspeed=ds_config, bf16=bf16, needs_crops=model_cfg.reads_pixels,
                          mlflow_run_id=run_id, tracking_uri=tracking)
     loop = {"config": to_dict(cfg), "inputs": dataclasses.asdict(inputs), "device": device}
     path, filesystem = _ray_storage(storage_path)

@@ -25,7 +25,7 @@ from typing import Any
 
 from model.config import ModelConfig
 from workflows.core import storage
-from workflows.training.config import TrainConfig, needs_crops
+from workflows.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def stage_data(cfg: TrainConfig, model_cfg: ModelConfig, data_uri: str, run_uri:
     has_splits = table.column("split").null_count < table.num_rows
     if d.resplit or not has_splits:
         table = assign_splits(table, d.splits)
-    crops = needs_crops(model_cfg)
+    crops = model_cfg.reads_pixels
     report: dict[str, Any] = {"data": data_uri, "load": load_report, "splits": split_counts(table),
                               "needs_crops": crops, "examples": {}}
 

@@ -21,12 +21,12 @@ FAIL_AT = 4
 
 
 def _inputs(cfg, staged, output: str):
-    from workflows.training.config import deepspeed_json, needs_crops, resolve_deepspeed_config
+    from workflows.training.config import deepspeed_json, resolve_deepspeed_config
     from workflows.training.recipe import TrainInputs
 
     return TrainInputs(train=staged.train, val=staged.val, output=output, run_uri=staged.run_uri,
                        deepspeed=resolve_deepspeed_config(deepspeed_json(cfg.deepspeed), cfg, 1, bf16=False),
-                       bf16=False, needs_crops=needs_crops(cfg.model))
+                       bf16=False, needs_crops=cfg.model.reads_pixels)
 
 
 def _attempt(cfg, inputs, checkpoints: Path):

@@ -63,7 +63,7 @@ def assert_references_base(output: Path, base: Path) -> dict:
 def test_the_recipe_tunes_a_vlm_and_exports_what_it_trained(data, tmp_path) -> None:
     """One process, no Ray: the exported directory reloads to the in-memory model's scores."""
     from model import load_model
-    from workflows.training.config import deepspeed_json, needs_crops, resolve_deepspeed_config
+    from workflows.training.config import deepspeed_json, resolve_deepspeed_config
     from workflows.training.recipe import FinetuneRecipe, LocalSession, TrainInputs
     from workflows.training.staging import open_run
 
@@ -71,7 +71,7 @@ def test_the_recipe_tunes_a_vlm_and_exports_what_it_trained(data, tmp_path) -> N
     staged, _ = open_run(cfg, cfg.model, data["instructions"], str(tmp_path / "run"))
     inputs = TrainInputs(train=staged.train, val=staged.val, output=str(tmp_path / "model"), run_uri=staged.run_uri,
                          deepspeed=resolve_deepspeed_config(deepspeed_json(cfg.deepspeed), cfg, 1, bf16=False),
-                         bf16=False, needs_crops=needs_crops(cfg.model))
+                         bf16=False, needs_crops=cfg.model.reads_pixels)
     recipe = FinetuneRecipe(cfg, inputs, LocalSession(tmp_path / "checkpoints"))
     recipe.setup()
     try:
