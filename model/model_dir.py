@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 from collections.abc import Mapping
@@ -39,6 +40,8 @@ FORMAT_VERSION = 1
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".pyt", ".joblib")
 # Run-time knobs that do not change what a model computes for scores.
 _RUNTIME_KEYS = ("generation", "scoring")
+
+log = logging.getLogger(__name__)
 
 
 class ModelDirError(RuntimeError):
@@ -67,15 +70,50 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+_INDEX_MIN_BYTES = 1 << 20  # smaller files are hashed every time (cheaper than the bookkeeping)
+
+
 def file_sha256s(directory: str | os.PathLike[str]) -> dict[str, str]:
     """``relative path -> sha256`` of every file under ``directory`` (dotfiles and mien's
-    ``mien_source.json`` note excluded), sorted by path."""
+    ``mien_source.json`` note excluded), sorted by path.
+
+    Large files' hashes are remembered in the mien cache by (absolute path, size, mtime), as git's
+    index does: a 15 GB 7B base is read once per machine, not at every actor start. A file
+    rewritten in place changes its mtime and is hashed again."""
     from workflows.core.assets import sha256_file
 
     root = Path(directory)
-    return {p.relative_to(root).as_posix(): sha256_file(p)
-            for p in sorted(q for q in root.rglob("*") if q.is_file() and not q.name.startswith("."))
-            if p.name != "mien_source.json"}
+    index_path = _cache_root() / "sha256-index.json"
+    try:
+        index = json.loads(index_path.read_text())
+    except (OSError, ValueError):
+        index = {}
+    out, changed = {}, False
+    for p in sorted(q for q in root.rglob("*") if q.is_file() and not q.name.startswith(".")):
+        if p.name == "mien_source.json":
+            continue
+        st = p.stat()
+        key = str(p.resolve())
+        if st.st_size < _INDEX_MIN_BYTES:
+            out[p.relative_to(root).as_posix()] = sha256_file(p)
+            continue
+        hit = index.get(key)
+        if hit and hit.get("size") == st.st_size and hit.get("mtime_ns") == st.st_mtime_ns:
+            sha = hit["sha256"]
+        else:
+            sha = sha256_file(p)
+            index[key] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha}
+            changed = True
+        out[p.relative_to(root).as_posix()] = sha
+    if changed:
+        try:  # concurrent writers: the last whole file wins, a lost entry is only hashed again
+            index_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = index_path.with_name(f".{index_path.name}.{os.getpid()}")
+            tmp.write_text(json.dumps(index))
+            os.replace(tmp, index_path)
+        except OSError as e:
+            log.debug("sha256 index not saved (%s)", e)
+    return out
 
 
 def tree_sha256(directory: str | os.PathLike[str] | None = None,
