@@ -130,6 +130,7 @@ class TrainResult:
     eval_report: dict[str, Any] | None = None
     eval_report_uri: str | None = None
     wall_s: float = 0.0
+    warnings: list[str] = dataclasses.field(default_factory=list)
 
     def render(self) -> str:
         def fmt(v: float | None) -> str:
@@ -140,6 +141,12 @@ class TrainResult:
                  f"steps {self.start_step} -> {self.steps}{resumed}; loss {fmt(self.loss)}, "
                  f"val loss {fmt(self.val_loss)}; {self.wall_s:.0f} s",
                  f"checkpoints: {self.run_uri}"]
+        losses = [(h["step"], h["loss"]) for h in self.history if h.get("loss") is not None]
+        if len(losses) >= 2:  # did it help? the first and last training loss of this attempt
+            (s0, l0), (s1, l1) = losses[0], losses[-1]
+            change = f" ({(l1 - l0) / l0:+.0%})" if l0 else ""
+            lines.append(f"training loss: {l0:.4f} at step {s0} -> {l1:.4f} at step {s1}{change}")
+        lines += [f"WARNING {w}" for w in self.warnings]
         if self.history:
             tps = [h["tokens_per_s"] for h in self.history if "tokens_per_s" in h]
             sps = [h["samples_per_s"] for h in self.history if "samples_per_s" in h]
@@ -262,8 +269,11 @@ def train(cfg: TrainConfig, data_uri: str, output_uri: str) -> TrainResult:
     if staged.eval_faces:
         out.eval_report, out.eval_report_uri = _final_evaluation(cfg, staged, output_uri, run_uri, device)
     elif cfg.evaluate.enabled:
-        log.warning("no faces in split %r: the final evaluation is skipped (evaluate later with "
-                    "`mien evaluate --model %s --data HELD_OUT_DATA`)", cfg.evaluate.split, output_uri)
+        out.warnings.append(f"no faces in split {cfg.evaluate.split!r}: the final evaluation was skipped, so this "
+                            "run does not say whether training helped. Give more data (a holdout split needs whole "
+                            "videos), or evaluate on a labeled set: `mien evaluate --model "
+                            f"{output_uri} --data LABELED_DIR`")
+        log.warning(out.warnings[-1])
     if run_id:
         _mlflow_finish(cfg, tracking, run_id, out)  # type: ignore[arg-type]
     out.wall_s = time.time() - t0

@@ -282,3 +282,14 @@ def test_zero3_learns_and_exports_gathered_parameters(local_ray, instructions, t
     lora_b = [p for n, p in mllm.llm.named_parameters() if "lora_B" in n]
     # lora_B starts at zero: non-zero values prove the ZeRO-3 shards were gathered before export
     assert lora_b and all(float(p.detach().abs().sum()) > 0 for p in lora_b)
+
+
+def test_the_summary_says_whether_training_helped_and_warns_on_stdout() -> None:
+    from workflows.training.ray_train import TrainResult
+
+    r = TrainResult(output="/m", model_id="m-v1+x", run_uri="/m-checkpoints/run", steps=18, start_step=0,
+                    loss=0.5, val_loss=0.6, history=[{"step": 1, "loss": 2.0}, {"step": 18, "loss": 0.5}],
+                    warnings=["no faces in split 'holdout': ..."])
+    text = r.render()
+    assert "training loss: 2.0000 at step 1 -> 0.5000 at step 18 (-75%)" in text
+    assert "WARNING no faces in split 'holdout'" in text
