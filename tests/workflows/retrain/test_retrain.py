@@ -475,3 +475,31 @@ def test_worse_new_labels_leave_the_champion_in_place_with_reasons(first_cycle, 
     again = retrain(retrain_config(tmp, holdout=s["holdout"]), s["data"])
     assert again.status == "not_promoted" and "decision" in again.reused
     assert len(client.search_model_versions("name='mien-test'")) == 2
+
+
+def test_a_cycle_on_a_pretrained_vlm_trains_evaluates_registers_and_promotes(local_ray, tmp_path) -> None:
+    """mien retrain with a LoRA-tuned pretrained VLM as the candidate (tiny random LLaVA base):
+    pseudo-labels -> LoRA under Ray Train -> holdout evaluation -> registry -> champion alias,
+    and the champion loads from the registry as the VLM it is."""
+    import mlflow
+
+    from model import load_model
+    from model.vlm.tiny import build_tiny_vlm
+    from tests.conftest import environ
+    from workflows.retrain.cycle import retrain
+
+    base = build_tiny_vlm("llava", tmp_path / "base")
+    write_run(tmp_path / "annotations" / "night1", "r1", T0, [f"v{i}" for i in range(8)])
+    holdout = labeled_holdout(tmp_path / "labeled", per_class=2)
+    cfg = retrain_config(
+        tmp_path, f"train.config={ROOT}/jobs/configs/train/tiny_vlm_cpu.yaml",
+        f"train.overrides=[model.vlm.source={base}, data.crop_size=32, scaling.cpus_per_worker=0.5, max_steps=4, "
+        "epochs=100, val_every_steps=100, checkpoint.every_steps=100, evaluate.enabled=false]",
+        "promotion.minimum=0.0", "holdout.min_faces=4", holdout=holdout)
+    result = retrain(cfg, [str(tmp_path / "annotations")])
+    assert result.status == "promoted", result.message
+    tracking = f"sqlite:///{tmp_path}/mlflow.db"
+    assert _aliases(mlflow.MlflowClient(tracking))["champion"] == result.candidate_version
+    with environ(MLFLOW_TRACKING_URI=tracking):
+        champion = load_model("models:/mien-test@champion")
+    assert champion.config.is_vlm and champion.model_id.startswith("mien-tiny-vlm-v1+")
