@@ -30,8 +30,9 @@ def test_annotate_with_a_pretrained_vlm(family, face_corpus, tmp_path, local_ray
 
     base = build_tiny_vlm(family, tmp_path / family)
     out = tmp_path / "out"
-    summary = annotate(str(face_corpus), str(out), _cfg(tmp_path, f"model.uri={base}", "decode.sampling=uniform:4"),
-                       progress=False)
+    describe = ["model.describe=all", "model.overrides=[generation.max_new_tokens=6]"] if family == "llava" else []
+    summary = annotate(str(face_corpus), str(out), _cfg(tmp_path, f"model.uri={base}", "decode.sampling=uniform:4",
+                                                         *describe), progress=False)
     assert summary.videos_ok == 2 and summary.videos_error == 0
     _check_contract(out)
     faces = pads.dataset(out / "faces", format="parquet").to_table().to_pandas()
@@ -41,3 +42,5 @@ def test_annotate_with_a_pretrained_vlm(family, face_corpus, tmp_path, local_ray
     assert (videos.mllm_s > 0).all()
     sums = pd.Series([sum(v for _, v in p) for p in faces.fe_probs])
     assert ((sums - 1).abs() < 1e-3).all()
+    # descriptions are a run-time option: on for the llava run only, a text on every face then
+    assert faces.description.notna().all() if describe else faces.description.isna().all()

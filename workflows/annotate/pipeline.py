@@ -53,9 +53,23 @@ class ModelRef:
     device: str = "auto"  # auto | cpu | cuda
     batch_size: int = 32  # faces per forward pass
     au_threshold: float = 0.5  # au_active = au_probs >= this
+    # Descriptions with FE<->AU reasoning, switched on for this run: off | per_track | fraction | all
+    # (one LLM decode of up to generation.max_new_tokens tokens per described face: on CPU this
+    # dominates the run's time; see model/README.md).
+    describe: str = "off"
+    # Any other model setting for this run, as dotted keys of the model's architecture, e.g.
+    # [prior_weight=0.3, generation.max_new_tokens=32]; checked against the model before the run.
+    overrides: list[str] = dataclasses.field(default_factory=list)
+
+    def load_overrides(self) -> list[str]:
+        """What the MLLM stage passes to ``model.load_model(overrides=...)``."""
+        extra = [] if self.describe == "off" else ["generation.enabled=true", f"generation.mode={self.describe}"]
+        return [*extra, *self.overrides]
 
     def validate(self) -> list[str]:
         p = []
+        if self.describe not in ("off", "per_track", "fraction", "all"):
+            p.append(f"describe: one of off, per_track, fraction, all; got {self.describe!r}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             p.append(f"device: must be auto, cpu or cuda[:N], got {self.device!r}")
         if self.batch_size < 1:
@@ -111,9 +125,14 @@ class OutputConfig:
     jpeg_quality: int = 90
     flush_every_videos: int = 64
     flush_every_s: float = 30.0
+    # The run's lease on the output (workflows/corpus/lease.py) is refreshed every ttl/8 s; a run
+    # killed on another machine counts as gone this long after its last refresh (one on this
+    # machine at once), and one that cannot refresh it for ttl/2 stops before its next commit.
+    lease_ttl_s: float = 120.0
 
     def validate(self) -> list[str]:
-        return [] if 1 <= self.jpeg_quality <= 100 else ["jpeg_quality: must be in 1..100"]
+        p = [] if 1 <= self.jpeg_quality <= 100 else ["jpeg_quality: must be in 1..100"]
+        return p + ([] if self.lease_ttl_s > 0 else [f"lease_ttl_s: must be > 0, got {self.lease_ttl_s}"])
 
 
 @dataclasses.dataclass
@@ -147,6 +166,8 @@ class AnnotateSummary:
     output: str
     videos_total: int = 0
     videos_skipped: int = 0
+    # Left to other live runs on the same output (claimed by them first): run -> videos.
+    videos_elsewhere: dict[str, int] = dataclasses.field(default_factory=dict)
     videos_ok: int = 0
     videos_error: int = 0
     faces: int = 0
@@ -197,6 +218,10 @@ class AnnotateSummary:
         lines = [f"run {self.run_id} -> {self.output}",
                  f"videos: {self.videos_ok} ok, {self.videos_error} error, {self.videos_skipped} already done "
                  f"(of {self.videos_total}); faces {self.faces}, tracks {self.tracks}; {self.wall_s:.1f} s"]
+        for run, n in self.videos_elsewhere.items():
+            lines.append(f"{n} video(s) left to {run}, which is annotating them into this output now; once it "
+                         f"ends, run this command again to pick up any it did not finish (if it died on another "
+                         f"machine, its lease expires output.lease_ttl_s after its last heartbeat)")
         if self.fe_counts:
             total = sum(self.fe_counts.values())
             dist = ", ".join(f"{k} {v / total:.0%}" for k, v in
@@ -231,6 +256,7 @@ def annotate(input_uri: str, output_uri: str, cfg: AnnotateConfig, force: bool =
     unusable input root or output and ModelDirError for an unusable model (the CLI turns them
     into a message and exit code)."""
     from workflows.annotate.ingest import discover
+    from workflows.corpus.lease import RunLease
     from workflows.corpus.writer import AnnotationSink
 
     t0 = time.perf_counter()
@@ -246,23 +272,33 @@ def annotate(input_uri: str, output_uri: str, cfg: AnnotateConfig, force: bool =
         sources = sources[:limit]
     summary.videos_total = len(sources)
     summary.rejected = [dataclasses.asdict(r) for r in rejected]
-    sink = AnnotationSink(output_uri, run_id, cfg.output.flush_every_videos, cfg.output.flush_every_s)
-    sink.remove_orphans()
-    if force:
-        sink.forget({s.video_id for s in sources})
-        todo = sources
-    else:
-        done = sink.done_video_ids()
+    # Other runs may write to this output at the same time (shards, a second start): the lease
+    # keeps them from removing each other's chunks in flight, and --force deletes nothing before
+    # its new rows are committed (workflows/corpus/writer.py).
+    with RunLease(output_uri, run_id, cfg.output.lease_ttl_s, input_uri=input_uri, force=force) as lease:
+        sink = AnnotationSink(output_uri, run_id, cfg.output.flush_every_videos, cfg.output.flush_every_s,
+                              lease=lease)
+        sink.prepare(temporaries_older_than_s=cfg.output.lease_ttl_s)
+        done = set() if force else sink.done_video_ids()
         todo = [s for s in sources if s.video_id not in done]
-    summary.videos_skipped = len(sources) - len(todo)
-    log.info("%d video(s) found, %d already annotated, %d to do; run %s", len(sources),
-             summary.videos_skipped, len(todo), run_id)
-    plan: dict[str, Any] = {}
-    if todo:
-        plan = _run(todo, cfg, run_id, sink, summary, progress)
-    sink.flush()
-    summary.wall_s = time.perf_counter() - t0
-    _write_run_json(output_uri, input_uri, cfg, summary, plan, sink)
+        summary.videos_skipped = len(sources) - len(todo)
+        held = lease.claim([s.video_id for s in todo])
+        if held:
+            todo = [s for s in todo if s.video_id not in held]
+            runs = {rec.run_id: rec for rec in held.values()}
+            summary.videos_elsewhere = {runs[r].describe(): n for r, n in
+                                        collections.Counter(rec.run_id for rec in held.values()).items()}
+            log.warning("%d video(s) are claimed by other live run(s) on this output and left to them: %s",
+                        len(held), "; ".join(summary.videos_elsewhere))
+        log.info("%d video(s) found, %d already annotated, %d to do; run %s", len(sources),
+                 summary.videos_skipped, len(todo), run_id)
+        plan: dict[str, Any] = {}
+        if todo:
+            plan = _run(todo, cfg, run_id, sink, summary, progress)
+        sink.flush()
+        sink.drop_replaced()  # the rows this run replaced, now that its own are committed
+        summary.wall_s = time.perf_counter() - t0
+        _write_run_json(output_uri, input_uri, cfg, summary, plan, sink)
     if cfg.mlflow.enabled:
         _log_mlflow(cfg, summary, output_uri, input_uri)
     return summary
@@ -272,6 +308,18 @@ def _check_model(cfg: AnnotateConfig) -> None:
     """Refuse an unusable model directory (missing, pickled, checksum mismatch) here, in one
     line, instead of in every MLLM actor's constructor on the cluster. Raises ModelDirError."""
     uri = cfg.model.uri
+    if cfg.model.describe != "off":
+        log.warning("descriptions are on (model.describe=%s): one LLM decode per described face; on CPU that "
+                    "takes seconds per face and dominates the run", cfg.model.describe)
+    overrides = cfg.model.load_overrides()
+    if overrides:  # a bad key or value fails here, with every problem named, not in every actor
+        from model import open_model
+        from model.checkpoint import apply_overrides
+        from model.config import config_from_dict
+
+        _, manifest = open_model(uri)
+        config_from_dict(apply_overrides(manifest["architecture"], overrides),
+                         source=f"model.overrides / model.describe of {uri}")
     if uri == "default":
         return
     local = not storage.is_remote(uri) and not uri.startswith(("models:/", "runs:/"))
@@ -354,7 +402,7 @@ def _consume(row: dict[str, Any], run_id: str, sink: Any, summary: AnnotateSumma
     faces = read_ipc(faces_blob) if faces_blob else schema.FACES.empty_table()
     tracks = read_ipc(tracks_blob) if tracks_blob else schema.TRACKS.empty_table()
     row["run_id"] = run_id
-    row["finished_at"] = dt.datetime.now(dt.UTC)
+    row["finished_at"] = sink.commit_time()
     if row["status"] != "ok":
         faces, tracks = schema.FACES.empty_table(), schema.TRACKS.empty_table()
         row.update(n_faces=0, n_tracks=0)
@@ -417,6 +465,7 @@ def _write_run_json(output_uri: str, input_uri: str, cfg: AnnotateConfig, summar
         "assets": {n: {"package": assets.ASSETS[n].package, "member": assets.ASSETS[n].member,
                        "sha256": assets.ASSETS[n].sha256} for n in used},
         "counts": {"videos_total": summary.videos_total, "videos_skipped": summary.videos_skipped,
+                   "videos_elsewhere": sum(summary.videos_elsewhere.values()),
                    "videos_ok": summary.videos_ok, "videos_error": summary.videos_error,
                    "faces": summary.faces, "tracks": summary.tracks,
                    "rejected_manifest_lines": len(summary.rejected)},

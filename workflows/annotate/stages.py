@@ -204,7 +204,7 @@ class MllmStage:
 
         self.cfg = cfg
         self.run_id = run_id
-        self.model = load_model(cfg.model.uri, device=cfg.model.device)
+        self.model = load_model(cfg.model.uri, device=cfg.model.device, overrides=cfg.model.load_overrides())
         self.model_id = self.model.model_id
         self._faults = faults.injected_faults("mllm")
 

@@ -9,6 +9,12 @@ Two kinds of fault, both named by the place they fire:
   the first such video (a marker file in ``MIEN_FAULT_STATE_DIR``, default the temp dir,
   remembers it across restarts). Several specs are separated by commas. Unset, it costs one
   environment lookup per worker.
+* **a driver stopped between two writes** of the annotate sink: ``commit_exit:<substring>``
+  kills the driver after a chunk's faces/tracks parts are written and before the videos part
+  that commits them, on the chunk holding a video whose URI contains ``<substring>``;
+  ``commit_pause:<substring>`` stops it there instead, creating ``mien-fault-<key>.paused`` in
+  ``MIEN_FAULT_STATE_DIR`` (default the temp dir) and carrying on once that file is deleted, so a
+  test can run something else against an output with a chunk in flight.
 * **a simulated crash** at a named step of a job, from that job's config (it travels with the
   job to Ray Train workers): ``testing.fail_at_step`` (train) and ``testing.fail_after``
   (retrain) call :func:`fail_at`, which raises :class:`InjectedFailure` after the step's state
@@ -22,6 +28,7 @@ import hashlib
 import logging
 import os
 import tempfile
+import time
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +43,10 @@ class InjectedFailure(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class InjectedFault:
-    stage: str  # "faces" | "mllm"
+    stage: str  # "faces" | "mllm" | "commit"
     substring: str
     once: bool = False
+    pause: bool = False  # stop until the marker file is deleted, instead of dying
 
     def marker(self) -> str:
         key = hashlib.sha256(f"{self.stage}\x00{self.substring}".encode()).hexdigest()[:16]
@@ -53,15 +61,16 @@ def injected_faults(stage: str) -> tuple[InjectedFault, ...]:
     faults = []
     for item in spec.split(","):
         action, _, substring = item.strip().partition(":")
-        if action in (f"{stage}_exit", f"{stage}_exit_once") and substring:
-            faults.append(InjectedFault(stage, substring, once=action.endswith("_once")))
+        if action in (f"{stage}_exit", f"{stage}_exit_once", f"{stage}_pause") and substring:
+            faults.append(InjectedFault(stage, substring, once=action.endswith("_once"),
+                                        pause=action.endswith("_pause")))
     return tuple(faults)
 
 
 def exit_if_injected(faults: tuple[InjectedFault, ...], uri: str) -> None:
     """Kill this process if one of ``faults`` matches ``uri`` (a ``_once`` fault fires once)."""
     for f in faults:
-        if f.substring not in uri:
+        if f.pause or f.substring not in uri:
             continue
         if f.once:
             try:
@@ -73,6 +82,22 @@ def exit_if_injected(faults: tuple[InjectedFault, ...], uri: str) -> None:
         for handler in logging.getLogger().handlers:
             handler.flush()
         os._exit(FAULT_EXIT_CODE)
+
+
+def pause_if_injected(faults: tuple[InjectedFault, ...], uri: str, timeout_s: float = 600.0) -> None:
+    """Stop here while ``<marker>.paused`` exists if a pause fault of ``faults`` matches ``uri``
+    (created here; whoever drives the test deletes it; after ``timeout_s`` the process goes on)."""
+    for f in faults:
+        if not f.pause or f.substring not in uri:
+            continue
+        flag = f.marker() + ".paused"
+        with open(flag, "w") as fh:
+            fh.write(f"{os.getpid()} {uri}\n")
+        log.warning("%s=%s: %s paused on %s until %s is deleted", FAULT_ENV, os.environ.get(FAULT_ENV), f.stage,
+                    uri, flag)
+        deadline = time.monotonic() + timeout_s
+        while os.path.exists(flag) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
 
 def fail_at(setting: str, requested: object, reached: object, what: str,

@@ -36,6 +36,9 @@ _TRANSIENT_MARKERS = (
     "EndpointConnectionError", "ConnectionClosedError", "ReadTimeout", "IncompleteRead",
 )
 _TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
+# Names of what a write leaves behind when it is killed: the temporary file of a local write and
+# the probe of check_writable (S3 leaves incomplete multipart uploads instead).
+_TEMP_PREFIXES = (".tmp-", ".mien-write-test-")
 
 
 def is_remote(uri: str) -> bool:
@@ -217,7 +220,7 @@ def write_bytes(uri: str, data: bytes) -> None:
     if not is_remote(uri):
         path = os.path.abspath(strip_file_scheme(uri))
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
+        fd, tmp = tempfile.mkstemp(prefix=_TEMP_PREFIXES[0], dir=os.path.dirname(path))
         try:
             os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs are meant to be shared
             with os.fdopen(fd, "wb") as f:
@@ -238,6 +241,49 @@ def write_text(uri: str, text: str) -> None:
     write_bytes(uri, text.encode("utf-8"))
 
 
+def remove_stale_temporaries(uri: str, older_than_s: float) -> list[str]:
+    """Delete what killed writes left directly in the directory ``uri`` more than ``older_than_s``
+    seconds ago: temporary files of local writes and write probes (``.tmp-*``,
+    ``.mien-write-test-*``); on S3 also the incomplete multipart uploads of large objects under
+    it (invisible, but billed). Younger ones may belong to a write in progress and are kept.
+    Returns what was removed (multipart uploads as ``s3://bucket/key?uploadId=...``)."""
+    now = time.time()
+    removed: list[str] = []
+    fs, path = filesystem(uri)
+    if not is_remote(uri):
+        try:
+            entries = list(os.scandir(path))
+        except FileNotFoundError:
+            return []
+        for e in entries:
+            if e.name.startswith(_TEMP_PREFIXES) and e.is_file(follow_symlinks=False):
+                with contextlib.suppress(FileNotFoundError):  # its write just finished or another run won
+                    if now - e.stat(follow_symlinks=False).st_mtime > older_than_s:
+                        os.unlink(e.path)
+                        removed.append(e.path)
+        return removed
+    try:
+        entries = with_retries(fs.ls)(path, detail=True, refresh=True)
+    except FileNotFoundError:
+        entries = []
+    for e in entries:
+        name = e["name"].rstrip("/").rsplit("/", 1)[-1]
+        modified = e.get("LastModified")
+        if (e.get("type") == "file" and name.startswith(_TEMP_PREFIXES) and modified is not None
+                and now - modified.timestamp() > older_than_s):
+            remove(_to_uri(fs, e["name"]))
+            removed.append(_to_uri(fs, e["name"]))
+    if uri.startswith(("s3://", "s3a://")):
+        bucket, _, key = path.partition("/")
+        listing = with_retries(fs.call_s3)("list_multipart_uploads", Bucket=bucket, Prefix=key.rstrip("/") + "/")
+        for up in listing.get("Uploads", []):
+            if now - up["Initiated"].timestamp() > older_than_s and "/" not in up["Key"][len(key) + 1:]:
+                with_retries(fs.call_s3)("abort_multipart_upload", Bucket=bucket, Key=up["Key"],
+                                         UploadId=up["UploadId"])
+                removed.append(f"s3://{bucket}/{up['Key']}?uploadId={up['UploadId']}")
+    return removed
+
+
 @with_retries
 def remove(uri: str) -> None:
     fs, path = filesystem(uri)
@@ -249,7 +295,7 @@ def check_writable(uri: str) -> None:
     """Raise PermissionError/OSError naming ``uri`` when the output root cannot be written. Leaves
     nothing behind: local directories the probe had to create are removed again (a run that then
     fails its other checks must not leave an empty output)."""
-    probe = join(uri, f".mien-write-test-{os.getpid()}-{random.randrange(1 << 30)}")
+    probe = join(uri, f"{_TEMP_PREFIXES[1]}{os.getpid()}-{random.randrange(1 << 30)}")
     created: list[str] = []
     if not is_remote(uri):
         d = os.path.abspath(strip_file_scheme(uri))

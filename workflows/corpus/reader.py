@@ -3,8 +3,15 @@
 The one reader of annotate outputs: inspect / report / render / exports, training and
 evaluation data (:meth:`AnnotationOutput.faces_of`), the retrain cycle (committed videos since
 a watermark, :func:`discover_outputs`) and the writer's resume all read through it, so all of
-them see committed parts only (a faces/tracks part counts once the videos part of the same
-name exists, :mod:`workflows.corpus.writer`).
+them see the same thing:
+
+* committed parts only: a faces/tracks part counts once the videos part of the same name
+  exists (:mod:`workflows.corpus.writer`);
+* one current row per video, its newest (``finished_at``, then ``run_id``), whatever its
+  status: a ``--force`` rerun's row replaces the older one, and of two concurrent runs that
+  both annotated a video the later row wins; and the faces and tracks of that row only. Rows a
+  newer row replaced stay on disk until the writer drops them (an interrupted ``--force``, runs
+  that overlapped); every read here skips them (:meth:`AnnotationOutput.read_part`).
 
 Works the same on a local path and on ``s3://`` (every read goes through
 :mod:`workflows.core.storage`). Faces parts can be large (they carry JPEG crops), so nothing here
@@ -21,6 +28,7 @@ import os
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -81,6 +89,8 @@ class AnnotationOutput:
                               f"give the --output directory of `mien annotate`")
         self._parts: dict[str, list[str]] = {}
         self._videos: pa.Table | None = None
+        self._row_index: pd.DataFrame | None = None
+        self._replaced: set[tuple[str, str]] | None = None
         self._video_parts: dict[str, dict[str, list[int]]] = {}
 
     # -- parts ------------------------------------------------------------------------
@@ -88,15 +98,15 @@ class AnnotationOutput:
         """URIs of the committed Parquet parts of ``videos`` | ``faces`` | ``tracks``, sorted.
 
         As in :mod:`workflows.corpus.writer`, a faces/tracks part counts only once the videos part of the
-        same name exists: without it, it is the leftover of a crashed run (the next annotate
-        run deletes it), and its rows would be counted twice after the rerun.
+        same name exists: without it, it is a run's chunk in progress or the leftover of a crashed
+        run (the next annotate run deletes it), and its rows would be counted twice after the rerun.
         """
         if name not in self._parts:
             uris, skipped = self._listing(name)
             if skipped:
-                log.warning("ignoring %d uncommitted %s part(s) left by an interrupted run (no videos part "
-                            "of the same name; the next `mien annotate` on this output deletes them): %s",
-                            len(skipped), name, ", ".join(skipped))
+                log.warning("ignoring %d uncommitted %s part(s): a run in progress, or left by an interrupted "
+                            "run (no videos part of the same name; the next `mien annotate` on this output "
+                            "deletes them): %s", len(skipped), name, ", ".join(skipped))
             self._parts[name] = uris
         return self._parts[name]
 
@@ -114,21 +124,36 @@ class AnnotationOutput:
         return ([u for u in uris if u.rsplit("/", 1)[-1] in committed],
                 [u for u in uris if u.rsplit("/", 1)[-1] not in committed])
 
-    def read_part(self, uri: str, columns: list[str] | None = None, filters: Any = None) -> pa.Table:
-        """One part with ``columns``; columns a part lacks (older writers) come back as nulls."""
+    def read_part(self, uri: str, columns: list[str] | None = None, filters: Any = None, *,
+                  row_numbers: bool = False) -> pa.Table:
+        """One part with ``columns``; columns a part lacks (older writers) come back as nulls.
+
+        Faces and tracks rows of a replaced videos row (module docstring) are left out.
+        ``row_numbers`` adds ``row``: each row's position in the part file, for reading it back
+        by position (not with ``filters``)."""
+        if row_numbers and filters is not None:
+            raise ValueError("row_numbers are positions in the part file; they cannot be combined with filters")
         name = uri.rstrip("/").rsplit("/", 2)[-2]
         fs, path = storage.filesystem(uri)
         names = storage.with_retries(pq.read_schema)(path, filesystem=fs).names
         present = set(names)
         wanted = columns if columns is not None else names
         have = [c for c in wanted if c in present]
-        t = storage.with_retries(pq.read_table)(path, filesystem=fs, columns=have, filters=filters)
+        replaced = self.replaced_rows() if name in ("faces", "tracks") else set()
+        keys = ["video_id", "run_id"] if replaced and {"video_id", "run_id"} <= present else []
+        t = storage.with_retries(pq.read_table)(path, filesystem=fs, columns=list(dict.fromkeys(have + keys)),
+                                                filters=filters)
+        if row_numbers:
+            t = t.append_column("row", pa.array(np.arange(len(t), dtype=np.int64)))
+        if keys and len(t):
+            pairs = zip(t.column("video_id").to_pylist(), t.column("run_id").to_pylist(), strict=True)
+            t = t.filter(pa.array([p not in replaced for p in pairs], pa.bool_()))
         contract = schema.TABLES.get(name)
         for c in wanted:
             if c not in present:
                 typ = contract.field(c).type if contract is not None and c in contract.names else pa.null()
                 t = t.append_column(pa.field(c, typ), pa.nulls(len(t), typ))
-        return t.select(wanted)
+        return t.select([*wanted, "row"] if row_numbers else wanted)
 
     def read(self, name: str, columns: list[str] | None = None, filters: Any = None) -> pa.Table:
         """All parts of one table concatenated (use for videos/tracks, or faces with few columns)."""
@@ -140,28 +165,71 @@ class AnnotationOutput:
 
     # -- videos -----------------------------------------------------------------------
     def videos(self) -> pa.Table:
-        """Every videos row (one per video and run)."""
+        """Every videos row (one per video and run), replaced ones included."""
         if self._videos is None:
             self._videos = self.read("videos")
         return self._videos
 
+    def _rows(self) -> pd.DataFrame:
+        """Key columns of every videos row, in :meth:`videos` order, with ``part`` (its file name),
+        ``finished_ms`` (None when unknown) and ``current`` (it is its video's newest row: latest
+        ``finished_at``, then greatest ``run_id``; rows without ``finished_at`` rank oldest)."""
+        import pandas as pd
+
+        if self._row_index is None:
+            frames = []
+            for uri in self.parts("videos"):
+                t = self.read_part(uri, ["video_id", "video_uri", "status", "run_id", "finished_at"])
+                finished = pc.cast(t.column("finished_at").cast(pa.timestamp("ms", tz="UTC")), "int64")
+                frames.append(pd.DataFrame({
+                    "video_id": t.column("video_id").to_pylist(), "video_uri": t.column("video_uri").to_pylist(),
+                    "status": t.column("status").to_pylist(), "run_id": t.column("run_id").to_pylist(),
+                    "finished_ms": pd.Series(finished.to_pylist(), dtype=object), "part": uri.rsplit("/", 1)[-1]}))
+            rows = (pd.concat(frames, ignore_index=True) if frames else
+                    pd.DataFrame(columns=["video_id", "video_uri", "status", "run_id", "finished_ms", "part"]))
+            order = pd.DataFrame({"video_id": rows["video_id"],
+                                  "t": rows["finished_ms"].map(lambda v: -1 if v is None else v).astype("int64"),
+                                  "run": rows["run_id"].fillna("").astype(str)}).sort_values(["video_id", "t", "run"])
+            rows["current"] = ~order.duplicated("video_id", keep="last").reindex(rows.index).astype(bool)
+            self._row_index = rows
+        return self._row_index
+
+    def latest_finished_ms(self) -> int | None:
+        """Commit time of the newest videos row (ms since the epoch, UTC); None when there is none."""
+        finished = self._rows()["finished_ms"].dropna()
+        return int(finished.max()) if len(finished) else None
+
+    def replaced_rows(self) -> set[tuple[str, str]]:
+        """``(video_id, run_id)`` of every videos row a newer row of the same video replaced: their
+        faces and tracks are never read (:meth:`read_part`)."""
+        if self._replaced is None:
+            rows = self._rows()
+            current = set(zip(rows["video_id"][rows["current"]], rows["run_id"][rows["current"]], strict=True))
+            old = set(zip(rows["video_id"][~rows["current"]], rows["run_id"][~rows["current"]], strict=True))
+            self._replaced = old - current
+        return self._replaced
+
+    def replaced_ok_rows(self) -> dict[str, set[tuple[str, str]]]:
+        """Part file name -> ``(video_id, run_id)`` of its replaced ``ok`` rows: what the writer
+        drops (replaced error rows carry no faces and stay as history, ``attempts``)."""
+        rows = self._rows()
+        rows = rows[~rows["current"] & (rows["status"] == "ok")]
+        found: dict[str, set[tuple[str, str]]] = {}
+        for vid, run, part in zip(rows["video_id"], rows["run_id"], rows["part"], strict=True):
+            found.setdefault(part, set()).add((vid, run))
+        return found
+
     def current_videos(self) -> list[dict[str, Any]]:
-        """One row per ``video_id``: its ``ok`` row if it has one, else its latest error row.
+        """One row per ``video_id``: its newest row (module docstring), ``ok`` or ``error``.
 
         Each row gets ``attempts``: how many rows the video has across runs.
         """
-        rows = self.videos().to_pylist()
-        best: dict[str, dict[str, Any]] = {}
-        attempts: dict[str, int] = {}
-        for r in rows:
-            vid = r["video_id"]
-            attempts[vid] = attempts.get(vid, 0) + 1
-            cur = best.get(vid)
-            if cur is None or _rank(r) > _rank(cur):
-                best[vid] = r
-        for vid, r in best.items():
-            r["attempts"] = attempts[vid]
-        return sorted(best.values(), key=lambda r: (r["status"] != "error", str(r["video_uri"])))
+        index = self._rows()
+        attempts = index["video_id"].value_counts().to_dict()
+        best = [r for r, current in zip(self.videos().to_pylist(), index["current"], strict=True) if current]
+        for r in best:
+            r["attempts"] = attempts[r["video_id"]]
+        return sorted(best, key=lambda r: (r["status"] != "error", str(r["video_uri"])))
 
     def find_video(self, key: str) -> dict[str, Any]:
         """The current row of the video named by ``key``: a video_id, a unique id prefix, its
@@ -180,40 +248,27 @@ class AnnotationOutput:
                           f"`mien inspect {self.root} --videos` lists them)")
 
     def committed_videos(self, since_ms: int | None = None) -> pd.DataFrame:
-        """Committed ``ok`` rows of ``videos/`` (one per video and run) as a DataFrame: ``video_id``,
-        ``video_uri``, ``run_id``, ``finished_ms`` (commit time, ms since the epoch, UTC) and
-        ``part`` (the part's file name). With ``since_ms`` (a watermark), only rows finished after it.
+        """The current ``ok`` row of every video whose current row is ``ok`` (one per video; module
+        docstring) as a DataFrame: ``video_id``, ``video_uri``, ``run_id``, ``finished_ms`` (commit
+        time, ms since the epoch, UTC) and ``part`` (the part's file name). With ``since_ms`` (a
+        watermark), only rows finished after it.
 
         A videos part is the commit marker of the faces part of the same name
         (:mod:`workflows.corpus.writer`), so faces are only ever read through these rows
         (:meth:`faces_of`). Rows without ``finished_at`` (not written by ``mien annotate``) cannot
         be placed against a watermark and are skipped with a warning.
         """
-        import pandas as pd
-
         columns = ["video_id", "video_uri", "run_id", "finished_ms", "part"]
-        frames = []
-        unfinished = 0
-        for uri in self.parts("videos"):
-            t = self.read_part(uri, ["video_id", "video_uri", "status", "run_id", "finished_at"])
-            is_ok = pc.fill_null(pc.equal(t.column("status"), "ok"), False)
-            has_time = pc.invert(pc.is_null(t.column("finished_at")))
-            unfinished += pc.sum(pc.and_(is_ok, pc.invert(has_time))).as_py() or 0
-            t = t.filter(pc.and_(is_ok, has_time))
-            if not t.num_rows:
-                continue
-            finished = pc.cast(t.column("finished_at").cast(pa.timestamp("ms", tz="UTC")), "int64").to_pylist()
-            frames.append(pd.DataFrame({"video_id": t.column("video_id").to_pylist(),
-                                        "video_uri": t.column("video_uri").to_pylist(),
-                                        "run_id": t.column("run_id").to_pylist(), "finished_ms": finished,
-                                        "part": uri.rsplit("/", 1)[-1]}, columns=columns))
-        if unfinished:
+        index = self._rows()
+        ok = index[index["current"] & (index["status"] == "ok")]
+        unfinished = ok["finished_ms"].isna()
+        if unfinished.any():
             log.warning("%s: skipping %d ok videos row(s) without finished_at (not written by mien annotate?)",
-                        self.root, unfinished)
-        rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+                        self.root, int(unfinished.sum()))
+        rows = ok[~unfinished][columns].astype({"finished_ms": "int64"})
         if since_ms is not None:
-            rows = rows[rows["finished_ms"] > since_ms].reset_index(drop=True)
-        return rows
+            rows = rows[rows["finished_ms"] > since_ms]
+        return rows.reset_index(drop=True)
 
     # -- faces ------------------------------------------------------------------------
     def faces_of(self, videos: pd.DataFrame | None = None,
@@ -322,13 +377,6 @@ class AnnotationOutput:
             doc.setdefault("run_id", uri.rsplit("/", 1)[-1].removesuffix(".json"))
             docs.append(doc)
         return sorted(docs, key=lambda d: str(d.get("run_id")))
-
-
-def _rank(row: dict[str, Any]) -> tuple[int, Any, str]:
-    """Order of preference among a video's rows: ok over error, then the most recent."""
-    finished = row.get("finished_at")
-    return (row.get("status") == "ok", finished.timestamp() if finished is not None else 0.0,
-            str(row.get("run_id") or ""))
 
 
 def _sort_rows(t: pa.Table, name: str) -> pa.Table:

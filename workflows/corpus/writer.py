@@ -1,39 +1,90 @@
-"""Write annotations as Parquet parts with commit semantics that make reruns exact.
+"""Write annotations as Parquet parts with commit semantics that keep every reader exact: after
+a crash, with several runs writing to one output at once, and when a ``--force`` run is
+interrupted at any moment.
 
-Each flush writes ``faces/<part>.parquet`` and ``tracks/<part>.parquet`` first and
-``videos/<part>.parquet`` last: a videos part is the commit marker of its chunk. A faces or
-tracks part without its videos part is the leftover of a crash and is deleted when the next
-run prepares the output, so after a crash and rerun every video has exactly one ``ok`` row
-and no face row is duplicated. One writer per output root at a time.
+**Commit.** Each flush writes ``faces/<part>`` and ``tracks/<part>`` first and
+``videos/<part>`` last (``<part>`` = ``<run_id>-<seq:05d>.parquet``): a videos part is the
+commit marker of its chunk, and readers see only committed chunks
+(:class:`~workflows.corpus.reader.AnnotationOutput`). Every write replaces one whole object
+atomically (local: temporary file + rename; S3: one PUT).
+
+**Several runs, one output.** Shards of a corpus run side by side on one output root, and a
+second run may be started while the first still runs, on this machine or another. Each run holds
+a lease, ``_runs/<run_id>.lease``, refreshed by its driver (:mod:`workflows.corpus.lease`: plain
+object writes, no locks, so it works on S3 too), and the lease bounds what others may do:
+
+* a faces/tracks part without its videos part is removed (:meth:`AnnotationSink.remove_orphans`)
+  only when the run named by its file name has no live lease: it crashed. A live run's chunk in
+  flight is left alone (before leases, a starting shard deleted the other shard's chunk in
+  flight, which then committed ``ok`` rows whose faces were gone).
+* the videos a run sets out to annotate are claimed; a later run leaves the ones claimed by a
+  live run to it (:meth:`~workflows.corpus.lease.RunLease.claim`): the same input started twice
+  is annotated once, disjoint shards both run in full, and overlapping shards share the overlap.
+  Leaving them rather than refusing to start keeps the second run useful (its summary names the
+  run it left them to, and how to proceed if that one died); claims only save work, exactness
+  does not rest on them (see "Replacing rows" below).
+* a run that could not refresh its lease for half its time to live may already count as dead to
+  another run, which may have removed its uncommitted parts: it stops before its next commit
+  (:class:`~workflows.corpus.lease.LeaseLost`), and takes back a commit it made while that
+  happened.
+
+**Replacing rows: nothing is deleted before its replacement is committed.** A video's current
+row is its newest committed row, with that row's faces and tracks only (the reader). So
+``--force`` does not delete first: it annotates again and commits like any run, and the rows
+it replaced are dropped afterwards (:meth:`AnnotationSink.drop_replaced`: faces and tracks
+parts first, the videos part last, each rewritten without those rows). Killed, interrupted by
+Ctrl-C, a full disk or a lasting S3 error at any point, the output keeps, for every video, its
+old row and faces or its new ones, never a mix; replaced rows left behind are invisible to
+readers and dropped by the next run on the output. A run stamps its rows at least 1 ms after the
+newest row that existed when it started (:meth:`AnnotationSink.commit_time`), so its rows
+replace older ones even when its machine's clock is behind. Two runs that annotated the same
+video (they started at the same moment) are resolved the same way: the later row wins.
+
+**Killed writes.** Temporary files of local writes and incomplete S3 multipart uploads older
+than the lease time to live are removed when a run starts
+(:meth:`AnnotationSink.remove_stale_temporaries`); younger ones may be a live run's write.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import logging
 import time
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from workflows.core import storage
+from workflows.core import faults, storage
 from workflows.corpus import schema
-from workflows.corpus.reader import AnnotationOutput, list_parts
+from workflows.corpus.lease import LEASE_DIR, LeaseLost, RunLease, read_leases, remove_lease
+from workflows.corpus.reader import AnnotationOutput
 
 log = logging.getLogger(__name__)
 TABLE_DIRS = ("faces", "tracks", "videos")
 
 
+def run_of_part(uri: str) -> str:
+    """The run that wrote a part: its file name is ``<run_id>-<seq:05d>.parquet``."""
+    return uri.rsplit("/", 1)[-1].removesuffix(".parquet").rsplit("-", 1)[0]
+
+
 class AnnotationSink:
-    """Buffers per-video results and writes them as committed Parquet parts."""
+    """Buffers per-video results and writes them as committed Parquet parts.
+
+    ``lease``: the run's :class:`~workflows.corpus.lease.RunLease`, checked before and after
+    every commit (``mien annotate`` always passes one; tests and benchmarks writing chunks
+    directly may not)."""
 
     def __init__(self, output_uri: str, run_id: str, flush_every_videos: int = 64,
-                 flush_every_s: float = 30.0):
+                 flush_every_s: float = 30.0, lease: RunLease | None = None):
         self.root = output_uri.rstrip("/")
         self.run_id = run_id
         self.flush_every_videos = flush_every_videos
         self.flush_every_s = flush_every_s
+        self.lease = lease
+        self._faults = faults.injected_faults("commit")
+        self._floor_ms: int | None = None  # newest commit time found in the output at the start
         self._rows: dict[str, list[pa.Table]] = {k: [] for k in TABLE_DIRS}
         self._buffered_videos = 0
         self._seq = 0
@@ -42,42 +93,92 @@ class AnnotationSink:
         self.bytes_written = 0
 
     # -- preparing a run --------------------------------------------------------------
+    def prepare(self, temporaries_older_than_s: float) -> None:
+        """Tidy the output before this run writes (module docstring): remove what crashed runs left
+        (uncommitted parts, their leases, stale temporaries) and drop replaced rows."""
+        self.remove_orphans()
+        self.remove_stale_temporaries(temporaries_older_than_s)
+        self.drop_replaced()
+
     def remove_orphans(self) -> list[str]:
-        """Delete faces/tracks parts whose chunk never committed its videos part."""
+        """Delete faces/tracks parts whose chunk never committed its videos part, of runs that are
+        gone (no live lease), and those runs' leases. Returns the removed parts."""
         output = AnnotationOutput(self.root, must_exist=False)
-        removed = []
-        for name in ("faces", "tracks"):
-            for uri in output.uncommitted_parts(name):
-                storage.remove(uri)
-                removed.append(uri)
+        uncommitted = [uri for name in ("faces", "tracks") for uri in output.uncommitted_parts(name)]
+        # Leases are read after the listing: a run writes its lease before its first part, so
+        # the lease of any run whose part was listed is read too, unless that run has ended.
+        leases = read_leases(self.root)
+        dead = {run_id: why for run_id, rec in leases.items() if (why := rec.dead_because()) is not None}
+        live = set(leases) - set(dead)
+        removed, in_flight = [], []
+        for uri in uncommitted:
+            if run_of_part(uri) in live:
+                in_flight.append(uri)
+                continue
+            storage.remove(uri)
+            removed.append(uri)
         if removed:
             log.warning("removed %d uncommitted part(s) left by an interrupted run", len(removed))
+        if in_flight:
+            log.info("%d uncommitted part(s) belong to live run(s) %s: left alone", len(in_flight),
+                     ", ".join(sorted({run_of_part(u) for u in in_flight})))
+        for run_id, why in dead.items():  # after its parts: an interrupted clean-up is redone
+            log.warning("run %s on this output is gone (%s): removing its lease", run_id, why)
+            remove_lease(self.root, run_id)
         return removed
 
+    def remove_stale_temporaries(self, older_than_s: float) -> list[str]:
+        """Delete the temporary files (S3: incomplete multipart uploads) of killed writes older than
+        ``older_than_s`` seconds, in the root and each folder this writer writes to."""
+        removed = [t for sub in ("", *TABLE_DIRS, "runs", LEASE_DIR)
+                   for t in storage.remove_stale_temporaries(storage.join(self.root, sub) if sub else self.root,
+                                                             older_than_s)]
+        if removed:
+            log.warning("removed %d temporary file(s) of killed writes: %s", len(removed), ", ".join(removed))
+        return removed
+
+    def drop_replaced(self) -> int:
+        """Rewrite the parts holding ``ok`` rows a newer row of the same video replaced (a
+        ``--force`` rerun, overlapping runs) without those rows and their faces and tracks.
+
+        Readers skip those rows already, so this only makes the files exact for readers that
+        bypass mien (pandas, DuckDB): faces and tracks parts go first and the videos part last,
+        and a replaced row stays replaced, so stopping anywhere loses nothing. Runs rewriting one
+        part at once can at worst bring back replaced rows, which the next run drops again.
+        Returns the number of videos rows dropped."""
+        output = AnnotationOutput(self.root, must_exist=False)
+        self._floor_ms = output.latest_finished_ms()
+        dropped = 0
+        for part, rows in sorted(output.replaced_ok_rows().items()):
+            for name in TABLE_DIRS:  # videos last
+                uri = storage.join(self.root, name, part)
+                fs, path = storage.filesystem(uri)
+                try:
+                    t = storage.with_retries(pq.read_table)(path, filesystem=fs)
+                except FileNotFoundError:
+                    continue
+                pairs = zip(t.column("video_id").to_pylist(), t.column("run_id").to_pylist(), strict=True)
+                keep = [p not in rows for p in pairs]
+                if all(keep):
+                    continue
+                self._write_table(uri, t.filter(pa.array(keep, pa.bool_())))
+                dropped += keep.count(False) if name == "videos" else 0
+        if dropped:
+            log.info("dropped %d replaced videos row(s) with their faces and tracks", dropped)
+        return dropped
+
     def done_video_ids(self) -> set[str]:
-        """Videos with a committed ``ok`` row: a rerun skips them (resume)."""
+        """Videos whose current row is ``ok``: a rerun skips them (resume)."""
         return set(AnnotationOutput(self.root, must_exist=False).committed_videos()["video_id"])
 
-    def forget(self, video_ids: set[str]) -> int:
-        """Drop every existing row of ``video_ids`` (``--force``): rewrite the parts that hold them.
-
-        faces/tracks parts are rewritten before their videos part, so a crash in between
-        leaves those videos without an ok row: the next run redoes them.
-        """
-        if not video_ids:
-            return 0
-        dropped = 0
-        for name in ("faces", "tracks", "videos"):
-            for uri in list_parts(self.root, name):
-                fs, path = storage.filesystem(uri)
-                t = storage.with_retries(pq.read_table)(path, filesystem=fs)
-                keep = pa.array([v not in video_ids for v in t.column("video_id").to_pylist()], pa.bool_())
-                n_drop = len(t) - pc.sum(keep).as_py() if len(t) else 0
-                if not n_drop:
-                    continue
-                dropped += n_drop if name == "videos" else 0
-                self._write_table(uri, t.filter(keep))
-        return dropped
+    def commit_time(self) -> dt.datetime:
+        """``finished_at`` for a row of this run: now, but never before 1 ms after the newest row
+        the output held when the run started (:meth:`drop_replaced` reads it), so that this run's
+        rows are the newest of their videos (module docstring)."""
+        now = dt.datetime.now(dt.UTC)
+        if self._floor_ms is None:
+            return now
+        return max(now, dt.datetime.fromtimestamp((self._floor_ms + 1) / 1000, dt.UTC))
 
     # -- writing ----------------------------------------------------------------------
     def add(self, videos: pa.Table, faces: pa.Table, tracks: pa.Table, n_videos: int) -> None:
@@ -93,11 +194,24 @@ class AnnotationSink:
         if not self._buffered_videos:
             return
         part = f"{self.run_id}-{self._seq:05d}.parquet"
-        for name in TABLE_DIRS:  # videos last: it commits the chunk
-            tables = self._rows[name]
-            t = pa.concat_tables(tables) if tables else schema.TABLES[name].empty_table()
-            self._write_table(storage.join(self.root, name, part), t)
-            self._rows[name] = []
+        tables = {name: pa.concat_tables(self._rows[name]) if self._rows[name] else schema.TABLES[name].empty_table()
+                  for name in TABLE_DIRS}
+        for name in ("faces", "tracks"):
+            self._write_table(storage.join(self.root, name, part), tables[name])
+        for uri in tables["videos"].column("video_uri").to_pylist():
+            faults.exit_if_injected(self._faults, str(uri))
+            faults.pause_if_injected(self._faults, str(uri))
+        commit = storage.join(self.root, "videos", part)
+        if self.lease is not None:
+            self.lease.check()
+        self._write_table(commit, tables["videos"])  # the commit
+        if self.lease is not None:
+            try:
+                self.lease.check()
+            except LeaseLost:  # it may have been taken for dead while committing
+                storage.remove(commit)
+                raise
+        self._rows = {k: [] for k in TABLE_DIRS}
         self._seq += 1
         self.parts_written += 1
         self._buffered_videos = 0

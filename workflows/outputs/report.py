@@ -125,11 +125,11 @@ def choose_sheet_faces(out: AnnotationOutput, max_crops: int) -> list[SheetFace]
     # label -> (hash, video, track) -> best face so far; trimmed to the smallest hashes per label.
     chosen: dict[str, dict[tuple[int, str, int], SheetFace]] = {}
     for p, uri in enumerate(out.parts("faces")):
-        t = out.read_part(uri, ["video_id", "track_id", "fe_label", "fe_confidence"])
+        # row: the position in the part file, where _load_details reads the face back
+        t = out.read_part(uri, ["video_id", "track_id", "fe_label", "fe_confidence"], row_numbers=True)
         if not len(t):
             continue
         # The best row of every (label, video, track) in this part, computed in Arrow.
-        t = t.append_column("row", pa.array(np.arange(len(t), dtype=np.int64)))
         t = t.sort_by([("fe_confidence", "descending")])
         g = t.group_by(["fe_label", "video_id", "track_id"], use_threads=False).aggregate(
             [("row", "first"), ("fe_confidence", "first")])

@@ -81,3 +81,17 @@ def test_annotate_mllm_override_keeps_gpu_and_batch_defaults():
 
     cfg = load_config(AnnotateConfig, None, ["ray.mllm.concurrency=2"])
     assert (cfg.ray.mllm.concurrency, cfg.ray.mllm.num_gpus, cfg.ray.mllm.batch_size) == (2, -1.0, 4)
+
+
+def test_descriptions_and_model_settings_are_run_time_options_of_annotate():
+    from workflows.annotate.pipeline import AnnotateConfig, _check_model
+    from workflows.core.config import ConfigError, load_config
+
+    cfg = load_config(AnnotateConfig, None, ["model.describe=per_track", "model.overrides=[prior_weight=0.3]"])
+    assert cfg.model.load_overrides() == ["generation.enabled=true", "generation.mode=per_track", "prior_weight=0.3"]
+    _check_model(cfg)  # valid for the default model
+    with pytest.raises(ConfigError, match="describe: one of off"):
+        load_config(AnnotateConfig, None, ["model.describe=sometimes"])
+    bad = load_config(AnnotateConfig, None, ["model.overrides=[generation.max_new_tokenz=4]"])
+    with pytest.raises(ConfigError, match="max_new_tokenz"):
+        _check_model(bad)  # named before any actor starts
