@@ -32,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from workflows.annotate.ingest import InputError
     from workflows.annotate.pipeline import AnnotateConfig, annotate
     from workflows.core.config import load_config
+    from workflows.corpus.lease import LeaseLost
 
     overrides = list(args.overrides)
     if args.model:
@@ -50,6 +51,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     except PermissionError:  # not a storage fault to resume from: jobs.cli names the fix, exit 2
         raise
+    except LeaseLost as e:  # frozen or cut off long enough that other runs may take its videos over
+        print(f"mien annotate: stopped before committing more: {e}. Committed parts are kept; rerun the same "
+              "command to resume", file=sys.stderr)
+        return 1
     except OSError as e:  # storage still failing after retries with backoff (storage.with_retries)
         logging.getLogger(__name__).debug("storage failure", exc_info=True)
         print(f"mien annotate: storage error that persisted through retries: {type(e).__name__}: {e}. "
