@@ -496,10 +496,10 @@ def test_a_cycle_on_a_pretrained_vlm_trains_evaluates_registers_and_promotes(loc
         f"train.overrides=[model.vlm.source={base}, data.crop_size=32, scaling.cpus_per_worker=0.5, max_steps=4, "
         "epochs=100, val_every_steps=100, checkpoint.every_steps=100, evaluate.enabled=false]",
         "promotion.minimum=0.0", "holdout.min_faces=4", holdout=holdout)
-    result = retrain(cfg, [str(tmp_path / "annotations")])
-    assert result.status == "promoted", result.message
     tracking = f"sqlite:///{tmp_path}/mlflow.db"
-    assert _aliases(mlflow.MlflowClient(tracking))["champion"] == result.candidate_version
-    with environ(MLFLOW_TRACKING_URI=tracking):
+    with environ(MLFLOW_TRACKING_URI=tracking):  # an earlier test's global MLflow URI must not leak in
+        result = retrain(cfg, [str(tmp_path / "annotations")])
+        assert result.status == "promoted", result.message
+        assert _aliases(mlflow.MlflowClient(tracking))["champion"] == result.candidate_version
         champion = load_model("models:/mien-test@champion")
     assert champion.config.is_vlm and champion.model_id.startswith("mien-tiny-vlm-v1+")
