@@ -59,7 +59,7 @@ def save_model(m: FacialAnnotator | FacialMLLM, uri: str, metrics: Mapping[str, 
     ``deepspeed.zero.GatheredParameters``) and call this on rank 0."""
     from model.annotator import FacialAnnotator
     from model.config import GEMMA_ASSET
-    from model.llm import lora_state_dict, save_base_pretrained
+    from model.llm import save_base_pretrained
     from workflows.core import storage
 
     ann = m if isinstance(m, FacialAnnotator) else FacialAnnotator.from_mllm(m)
@@ -78,10 +78,7 @@ def save_model(m: FacialAnnotator | FacialMLLM, uri: str, metrics: Mapping[str, 
                                               or bundle_base or ann.llm_loaded or _has_trained_parts(cfg)))
         mllm = ann.mllm if needs_llm else None
         if mllm is not None:
-            tensors = {name: module.state_dict() for name, module in mllm.part_modules().items()}
-            if cfg.llm.lora.enabled:
-                tensors["lora"] = lora_state_dict(mllm.llm)
-            _add_parts(tensors, files, parts)
+            _add_parts(_trained_tensors(mllm, cfg.llm.lora.enabled), files, parts)
         if cfg.llm.enabled:
             if mllm is not None and (not cfg.llm.source or cfg.llm.trainable or bundle_base):
                 save_base_pretrained(mllm.llm, tmp / "base" / "llm")
@@ -126,6 +123,16 @@ def save_model(m: FacialAnnotator | FacialMLLM, uri: str, metrics: Mapping[str, 
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _trained_tensors(mllm: Any, lora: bool) -> dict[str, Mapping[str, Any]]:
+    """The state of every trained part of ``mllm`` (its part modules, plus the LLM's LoRA adapters)."""
+    from model.llm import lora_state_dict
+
+    tensors = {name: module.state_dict() for name, module in mllm.part_modules().items()}
+    if lora:
+        tensors["lora"] = lora_state_dict(mllm.llm)
+    return tensors
+
+
 def _add_parts(tensors: Mapping[str, Mapping[str, Any]], files: dict[str, bytes],
                parts: dict[str, dict[str, Any]]) -> None:
     for name, sd in tensors.items():
@@ -142,7 +149,6 @@ def _save_vlm_parts(ann: FacialAnnotator, files: dict[str, bytes], parts: dict[s
     weights). Parts the model has not trained yet are not built to be saved: a directory that
     ``mien model init`` wrote lists them as ``fresh_parts``, which start from their initialisation
     when loaded (LoRA B = 0: the base's own scores). Returns the fresh parts."""
-    from model.llm import lora_state_dict
     from model.vlm.base import base_component, open_base
     from workflows.core.storage import absolute
 
@@ -151,10 +157,7 @@ def _save_vlm_parts(ann: FacialAnnotator, files: dict[str, bytes], parts: dict[s
     wanted = [p for p in cfg.vlm.trained_parts if p not in fresh]
     mllm = ann.mllm if wanted else None
     if mllm is not None:
-        tensors = {name: module.state_dict() for name, module in mllm.part_modules().items()}
-        if cfg.vlm.lora.enabled:
-            tensors["lora"] = lora_state_dict(mllm.llm)
-        _add_parts(tensors, files, parts)
+        _add_parts(_trained_tensors(mllm, cfg.vlm.lora.enabled), files, parts)
     source = absolute(cfg.vlm.source)  # the manifest is read from other working directories
     meta = ann.manifest.get("components", {}).get("vlm") or {}
     if meta.get("files") and absolute(meta.get("uri") or meta.get("source", "")) == source:

@@ -26,7 +26,6 @@ the vision tower and all other base weights stay frozen (and the vision tower in
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import functools
 from collections.abc import Iterator, Mapping, Sequence
@@ -298,7 +297,7 @@ class VLMFacialModel(nn.Module):
         pos, next_pos = self.adapter.prefill_positions(self.vlm, inputs)
         out = self.vlm(**inputs, position_ids=pos, use_cache=True)
         s_n = len(seqs)
-        cache = copy.deepcopy(out.cache)
+        cache = out.cache  # used once: repeated in place for the questions
         cache.batch_repeat_interleave(s_n)
         ids, mask = self._suffix_batch(seqs, b)
         prefill_mask = inputs["attention_mask"].repeat_interleave(s_n, dim=0)

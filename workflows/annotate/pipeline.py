@@ -311,27 +311,23 @@ def _check_model(cfg: AnnotateConfig) -> None:
     if cfg.model.describe != "off":
         log.warning("descriptions are on (model.describe=%s): one LLM decode per described face; on CPU that "
                     "takes seconds per face and dominates the run", cfg.model.describe)
-    overrides = cfg.model.load_overrides()
-    if overrides:  # a bad key or value fails here, with every problem named, not in every actor
-        from model import open_model
-        from model.checkpoint import apply_overrides
-        from model.config import config_from_dict
-
-        _, manifest = open_model(uri)
-        config_from_dict(apply_overrides(manifest["architecture"], overrides),
-                         source=f"model.overrides / model.describe of {uri}")
-    if uri == "default":
-        return
     local = not storage.is_remote(uri) and not uri.startswith(("models:/", "runs:/"))
-    if local and not os.path.exists(storage.strip_file_scheme(uri)) and (
+    if uri != "default" and local and not os.path.exists(storage.strip_file_scheme(uri)) and (
             cfg.ray.address or os.environ.get("RAY_ADDRESS")):
         log.info("model %s is not on this machine; the cluster's MLLM workers will load it", uri)
         return
     from model import open_model
+    from model.checkpoint import apply_overrides
+    from model.config import config_from_dict
     from model.model_dir import verify_parts
 
-    directory, manifest = open_model(uri)
-    verify_parts(directory, manifest)
+    directory, manifest = open_model(uri)  # opened (and a plain VLM checkpoint hashed) once
+    if directory is not None:
+        verify_parts(directory, manifest)
+    overrides = cfg.model.load_overrides()
+    if overrides:  # a bad key or value fails here, with every problem named, not in every actor
+        config_from_dict(apply_overrides(manifest["architecture"], overrides),
+                         source=f"model.overrides / model.describe of {uri}")
 
 
 def _run(todo: list, cfg: AnnotateConfig, run_id: str, sink: Any, summary: AnnotateSummary,
