@@ -3,21 +3,27 @@
 Every config in mien is a (nested) dataclass. :func:`load_config` merges, in order, the
 dataclass defaults, a YAML file and dotted overrides, then validates the whole tree and
 raises one :class:`ConfigError` that lists every problem with the offending key. Unknown
-keys are errors: a typo must never be silently ignored.
+keys are errors: a typo must never be silently ignored, nor hide a bad value given beside it.
+
+Every number is checked without any per-field code: a float must be finite (NaN slips through
+every ``<``/``>`` comparison and so through every guard written with one) and a number must not
+be negative, unless its field declares another range with :func:`bounded`.
 
 A dataclass may define ``validate(self) -> list[str]`` returning problems as
 ``"key: message"`` strings (keys relative to that dataclass); they are prefixed with the
-dataclass' path in the tree.
+dataclass' path in the tree. It runs on values of the right types and, for its own fields,
+within their ranges.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -34,6 +40,39 @@ class ConfigError(ValueError):
         where = f" in {source}" if source else ""
         lines = "\n".join(f"  - {p}" for p in self.problems)
         super().__init__(f"{len(self.problems)} configuration problem(s){where}:\n{lines}")
+
+
+# The range of a number in a config unless its field declares another with ``bounded``.
+_DEFAULT_RANGE: tuple[float | None, float | None] = (0, None)
+
+
+def bounded(default: Any = dataclasses.MISSING, *, lo: float | None = 0, hi: float | None = None,
+            default_factory: Any = dataclasses.MISSING) -> Any:
+    """A config field whose numbers may lie in ``[lo, hi]`` (``None``: unbounded on that side)
+    instead of the loader's default of any number >= 0; for a list or mapping of numbers the range
+    holds for each of them. E.g. ``num_gpus: float = bounded(0.0, lo=-1)`` for a -1 sentinel."""
+    return dataclasses.field(default=default, default_factory=default_factory, metadata={"range": (lo, hi)})
+
+
+@dataclasses.dataclass
+class _Problems:
+    """What loading a tree found: every message, and the keys whose built value is not of its
+    declared type (a ``validate()`` above such a key would compare the wrong things)."""
+
+    messages: list[str] = dataclasses.field(default_factory=list)
+    mistyped: set[str] = dataclasses.field(default_factory=set)
+
+    def add(self, key: str, message: str, mistyped: bool = True) -> None:
+        self.messages.append(f"{key}: {message}")
+        if mistyped:
+            self.mistyped.add(key)
+
+    def extend(self, other: _Problems) -> None:
+        self.messages += other.messages
+        self.mistyped |= other.mistyped
+
+    def mistyped_under(self, prefix: str) -> bool:
+        return any(not prefix or k == prefix or k.startswith((f"{prefix}.", f"{prefix}[")) for k in self.mistyped)
 
 
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
@@ -125,13 +164,20 @@ def resolve_relative(path: str, search_dirs: Iterable[str | Path] = ()) -> str:
 
 
 def from_dict(cls: type[T], data: Mapping[str, Any], source: str | None = None) -> T:
-    problems: list[str] = []
+    problems = _Problems()
     obj = _build(cls, data, "", problems)
-    if not problems:
-        problems.extend(_validate_tree(obj, ""))
-    if problems:
-        raise ConfigError(problems, source)
+    _validate_tree(obj, "", problems)
+    if problems.messages:
+        raise ConfigError(problems.messages, source)
     return obj
+
+
+def validate_config(obj: Any, prefix: str = "") -> list[str]:
+    """Every problem of a config tree built in code (not loaded): the number checks and each
+    ``validate()``, keys prefixed with ``prefix``."""
+    problems = _Problems()
+    _validate_tree(obj, prefix, problems)
+    return problems.messages
 
 
 def to_dict(obj: Any) -> Any:
@@ -149,9 +195,9 @@ def _key(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
-def _build(cls: type, data: Any, prefix: str, problems: list[str]) -> Any:
+def _build(cls: type, data: Any, prefix: str, problems: _Problems) -> Any:
     if not isinstance(data, Mapping):
-        problems.append(f"{prefix or '<root>'}: expected a mapping, got {data!r}")
+        problems.add(prefix or "<root>", f"expected a mapping, got {data!r}")
         return None
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
@@ -159,12 +205,14 @@ def _build(cls: type, data: Any, prefix: str, problems: list[str]) -> Any:
         if key not in fields:
             close = difflib.get_close_matches(str(key), fields, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
-            problems.append(f"{_key(prefix, str(key))}: unknown key{hint}; valid keys: {', '.join(fields)}")
+            # Ignored while building, so it does not spoil the values beside it: they are checked too.
+            problems.add(_key(prefix, str(key)), f"unknown key{hint}; valid keys: {', '.join(fields)}",
+                         mistyped=False)
     kwargs = {}
     for name, f in fields.items():
         if name not in data:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                problems.append(f"{_key(prefix, name)}: required")
+                problems.add(_key(prefix, name), "required")
             elif dataclasses.is_dataclass(hints[name]) and f.default_factory is not dataclasses.MISSING:
                 kwargs[name] = f.default_factory()
             continue
@@ -181,7 +229,7 @@ def _build(cls: type, data: Any, prefix: str, problems: list[str]) -> Any:
         return None
 
 
-def _coerce(tp: Any, value: Any, key: str, problems: list[str]) -> Any:
+def _coerce(tp: Any, value: Any, key: str, problems: _Problems) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if tp is Any:
@@ -190,42 +238,46 @@ def _coerce(tp: Any, value: Any, key: str, problems: list[str]) -> Any:
         if value is None and type(None) in args:
             return None
         non_none = [a for a in args if a is not type(None)]
-        sub: list[str] = []
+        sub = _Problems()
         for a in non_none:
-            sub = []
+            sub = _Problems()
             out = _coerce(a, value, key, sub)
-            if not sub:
+            if not sub.mistyped:
+                problems.extend(sub)
                 return out
-        problems.extend(sub if len(non_none) == 1 else [f"{key}: {value!r} matches none of {tp}"])
+        if len(non_none) == 1:
+            problems.extend(sub)
+        else:
+            problems.add(key, f"{value!r} matches none of {tp}")
         return None
     if origin is typing.Literal:
         if value not in args:
-            problems.append(f"{key}: must be one of {', '.join(map(repr, args))}, got {value!r}")
+            problems.add(key, f"must be one of {', '.join(map(repr, args))}, got {value!r}")
         return value
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, key, problems)
     if origin in (list, tuple):
         if isinstance(value, str | bytes) or not isinstance(value, Iterable) or isinstance(value, Mapping):
-            problems.append(f"{key}: expected a list, got {value!r}")
+            problems.add(key, f"expected a list, got {value!r}")
             return value
         item_t = args[0] if args else Any
         items = [_coerce(item_t, v, f"{key}[{i}]", problems) for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if origin is dict:
         if not isinstance(value, Mapping):
-            problems.append(f"{key}: expected a mapping, got {value!r}")
+            problems.add(key, f"expected a mapping, got {value!r}")
             return value
         vt = args[1] if len(args) == 2 else Any
         return {str(k): _coerce(vt, v, f"{key}.{k}", problems) for k, v in value.items()}
     if tp is bool:
         if isinstance(value, bool):
             return value
-        problems.append(f"{key}: expected true/false, got {value!r}")
+        problems.add(key, f"expected true/false, got {value!r}")
         return value
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        problems.append(f"{key}: expected an integer, got {value!r}")
+        problems.add(key, f"expected an integer, got {value!r}")
         return value
     if tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
@@ -235,25 +287,70 @@ def _coerce(tp: Any, value: Any, key: str, problems: list[str]) -> Any:
                 return float(value)
             except ValueError:
                 pass
-        problems.append(f"{key}: expected a number, got {value!r}")
+        problems.add(key, f"expected a number, got {value!r}")
         return value
     if tp is str:
         if isinstance(value, str):
             return value
         if isinstance(value, int | float) and not isinstance(value, bool):
             return str(value)
-        problems.append(f"{key}: expected a string, got {value!r}")
+        problems.add(key, f"expected a string, got {value!r}")
         return value
     return value
 
 
-def _validate_tree(obj: Any, prefix: str) -> list[str]:
-    problems: list[str] = []
+def _validate_tree(obj: Any, prefix: str, problems: _Problems) -> None:
+    """The number checks of every field, then each dataclass' ``validate()`` where its subtree
+    holds values of the right types and its own numbers are in range (its checks assume both)."""
     if not dataclasses.is_dataclass(obj):
-        return problems
+        return
+    hints = typing.get_type_hints(type(obj))
+    in_range = True
     for f in dataclasses.fields(obj):
-        problems.extend(_validate_tree(getattr(obj, f.name), _key(prefix, f.name)))
+        key, value = _key(prefix, f.name), getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            _validate_tree(value, key, problems)
+            continue
+        lo, hi = f.metadata.get("range", _DEFAULT_RANGE)
+        for k, number in _numbers(hints[f.name], value, key):
+            message = _range_problem(number, lo, hi)
+            if message:
+                problems.add(k, message, mistyped=False)
+                in_range = False
     validate = getattr(obj, "validate", None)
-    if callable(validate):
-        problems.extend(_key(prefix, p) for p in validate())
-    return problems
+    if callable(validate) and in_range and not problems.mistyped_under(prefix):
+        problems.messages.extend(_key(prefix, p) for p in validate())
+
+
+def _numbers(tp: Any, value: Any, key: str) -> Iterator[tuple[str, int | float]]:
+    """``(key, number)`` for each number in ``value`` where its type hint ``tp`` declares an int or
+    a float (``Any`` holds no declared numbers: ``hf_config`` passes through untouched)."""
+    if isinstance(value, bool):
+        return
+    if tp in (int, float):
+        if isinstance(value, int | float):
+            yield key, value
+        return
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        for a in args:
+            found = list(_numbers(a, value, key))
+            if found:
+                yield from found
+                return
+    elif origin in (list, tuple) and args and isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            yield from _numbers(args[0], v, f"{key}[{i}]")
+    elif origin is dict and len(args) == 2 and isinstance(value, Mapping):
+        for k, v in value.items():
+            yield from _numbers(args[1], v, f"{key}.{k}")
+
+
+def _range_problem(number: int | float, lo: float | None, hi: float | None) -> str | None:
+    if isinstance(number, float) and not math.isfinite(number):
+        return f"must be a finite number, got {number}"
+    if lo is not None and number < lo:
+        return f"must be >= {lo}, got {number}"
+    if hi is not None and number > hi:
+        return f"must be <= {hi}, got {number}"
+    return None

@@ -49,8 +49,8 @@ class EvaluateConfig:
         problems = []
         if not 16 <= self.crop_size <= 1024:
             problems.append(f"crop_size: must be in [16, 1024], got {self.crop_size}")
-        if self.batch_size < 1 or self.max_faces < 0:
-            problems.append("batch_size must be >= 1 and max_faces >= 0")
+        if self.batch_size < 1:
+            problems.append(f"batch_size: must be >= 1, got {self.batch_size}")
         if not 0 < self.au_threshold < 1:
             problems.append(f"au_threshold: must be in (0, 1), got {self.au_threshold}")
         unknown = [c for c in self.fe_classes if c not in FE_BASIC]

@@ -40,8 +40,6 @@ class TrackConfig:
             problems.append(f"max_landmark_shift: must be > 0, got {self.max_landmark_shift}")
         if self.max_size_ratio < 1:
             problems.append(f"max_size_ratio: must be >= 1, got {self.max_size_ratio}")
-        if self.max_gap_frames < 0:
-            problems.append(f"max_gap_frames: must be >= 0, got {self.max_gap_frames}")
         if self.max_gap_s <= 0:
             problems.append(f"max_gap_s: must be > 0, got {self.max_gap_s}")
         if self.segment_max_frames < 1:
@@ -69,8 +67,6 @@ class AUConfig:
         problems = []
         if not 0.0 <= self.baseline_percentile <= 100.0:
             problems.append(f"baseline_percentile: must be in [0, 100], got {self.baseline_percentile}")
-        if self.prior_frames < 0:
-            problems.append(f"prior_frames: must be >= 0, got {self.prior_frames}")
         if not 0.0 <= self.baseline_cap < 1.0:
             problems.append(f"baseline_cap: must be in [0, 1), got {self.baseline_cap}")
         bad = [a for a in self.geometry_aus if a not in ("AU06", "AU09")]
@@ -150,8 +146,6 @@ class FaceConfig:
                 problems.append(f"{name}: must be in (0, 1), got {v}")
         if self.det_max_side and self.det_max_side < 64:
             problems.append(f"det_max_side: must be 0 (native) or >= 64, got {self.det_max_side}")
-        if self.det_min_face_px < 0:
-            problems.append(f"det_min_face_px: must be >= 0 (0 = off), got {self.det_min_face_px}")
         if self.max_faces < 1:
             problems.append(f"max_faces: must be >= 1, got {self.max_faces}")
         if self.min_face_px < 1 or self.tiny_face_px < self.min_face_px:
@@ -160,8 +154,6 @@ class FaceConfig:
             problems.append(f"landmark_box_scale: must be >= 1.2, got {self.landmark_box_scale}")
         if self.num_threads < 1:
             problems.append(f"num_threads: must be >= 1, got {self.num_threads}")
-        if self.num_gpus < 0:
-            problems.append(f"num_gpus: must be >= 0, got {self.num_gpus}")
         if self.backend == "insightface" and not self.insightface.pack:
             problems.append("insightface.pack: the insightface backend needs a model pack directory "
                             "(local path or s3:// prefix in buffalo_l layout); nothing is downloaded")
@@ -173,10 +165,8 @@ class FaceConfig:
 
 def check_config(cfg: FaceConfig) -> None:
     """Raise one ``ConfigError`` listing every problem of ``cfg`` (keys prefixed ``faces.``)."""
-    from workflows.core.config import ConfigError
+    from workflows.core.config import ConfigError, validate_config
 
-    problems = [f"faces.{p}" for p in cfg.validate()]
-    for name in ("track", "au", "insightface"):
-        problems += [f"faces.{name}.{p}" for p in getattr(cfg, name).validate()]
+    problems = validate_config(cfg, "faces")
     if problems:
         raise ConfigError(problems)

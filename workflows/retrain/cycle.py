@@ -117,8 +117,8 @@ class HoldoutConfig:
             problems.append("split: the pseudo-label holdout needs a split name (or give uri)")
         if self.uri is not None and self.filter is not None:
             problems.append("filter: only applies to the pseudo-label holdout (uri is set)")
-        if self.max_faces < 0 or self.min_faces < 1:
-            problems.append("max_faces must be >= 0 (0 = all) and min_faces >= 1")
+        if self.min_faces < 1:
+            problems.append(f"min_faces: must be >= 1, got {self.min_faces}")
         return problems
 
 
@@ -149,8 +149,6 @@ class EvaluationConfig:
         problems = []
         if self.batch_size < 1 or not 0 < self.au_threshold < 1:
             problems.append("batch_size must be >= 1 and au_threshold in (0, 1)")
-        if self.num_cpus < 0 or self.num_gpus < 0:
-            problems.append("num_cpus/num_gpus: must be >= 0")
         return problems
 
 
@@ -169,8 +167,6 @@ class PromotionConfig:
         problems = []
         if not self.metric or "/" not in self.metric:
             problems.append(f"metric: a report metric such as fe/uar, got {self.metric!r}")
-        if self.margin < 0:
-            problems.append(f"margin: must be >= 0, got {self.margin}")
         if not self.alias or self.alias == self.candidate_alias:
             problems.append("alias/candidate_alias: must be two different, non-empty aliases")
         return problems

@@ -56,8 +56,6 @@ class TrainDataConfig:
             problems.append(f"train_split: {self.train_split!r} is not one of splits {list(self.splits)}")
         if not 16 <= self.crop_size <= 1024:
             problems.append(f"crop_size: must be in [16, 1024], got {self.crop_size}")
-        if self.max_examples < 0 or self.val_max_examples < 0 or self.loader_workers < 0:
-            problems.append("max_examples/val_max_examples/loader_workers: must be >= 0")
         return problems
 
 
@@ -84,12 +82,10 @@ class OptimConfig:
             problems.append("lr/projector_lr: must be positive")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             problems.append(f"betas: need two values in [0, 1), got {self.betas}")
-        if self.warmup_steps < 0 or not 0 <= self.warmup_ratio < 1:
-            problems.append("warmup_steps must be >= 0 and warmup_ratio in [0, 1)")
+        if not 0 <= self.warmup_ratio < 1:
+            problems.append(f"warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")
         if not 0 <= self.min_lr_ratio <= 1:
             problems.append(f"min_lr_ratio: must be in [0, 1], got {self.min_lr_ratio}")
-        if self.max_grad_norm < 0:
-            problems.append("max_grad_norm: must be >= 0 (0 = no clipping)")
         return problems
 
 
@@ -179,12 +175,10 @@ class TrainConfig:
                             "vision with trainable parts (a pretrained VLM: vlm.lora or vlm.train_projector)")
         if self.epochs < 1 and self.max_steps < 1:
             problems.append("epochs: must be >= 1 (or set max_steps)")
-        if self.max_steps < 0:
-            problems.append("max_steps: must be >= 0")
         if self.micro_batch_size < 1 or self.gradient_accumulation_steps < 1:
             problems.append("micro_batch_size/gradient_accumulation_steps: must be >= 1")
-        if self.log_every_steps < 1 or self.val_every_steps < 0:
-            problems.append("log_every_steps must be >= 1 and val_every_steps >= 0")
+        if self.log_every_steps < 1:
+            problems.append("log_every_steps: must be >= 1")
         try:
             deepspeed_json(self.deepspeed)
         except (FileNotFoundError, ValueError) as e:

@@ -95,3 +95,106 @@ def test_descriptions_and_model_settings_are_run_time_options_of_annotate():
     bad = load_config(AnnotateConfig, None, ["model.overrides=[generation.max_new_tokenz=4]"])
     with pytest.raises(ConfigError, match="max_new_tokenz"):
         _check_model(bad)  # named before any actor starts
+
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[3]
+
+
+def _keys(problems):
+    return [p.split(": ", 1)[0] for p in problems]
+
+
+def test_nan_negative_and_absurd_values_of_the_annotate_config_are_all_refused_at_once():
+    from workflows.annotate.pipeline import AnnotateConfig
+
+    with pytest.raises(ConfigError) as ei:
+        load_config(AnnotateConfig, None, [
+            "ray.crash_passes=-1", "ray.max_task_retries=-1", "ray.faces.num_cpus=nan",
+            "decode.limits.max_duration_s=nan", "decode.seek_min_gap_s=-1", "ray.faces.concurrency=1000000",
+            "ray.mllm.num_cpus=.inf", "decode.threads=-1"])
+    probs = ei.value.problems
+    # one problem per key, each naming the key and the value
+    assert sorted(_keys(probs)) == sorted([
+        "ray.crash_passes", "ray.max_task_retries", "ray.faces.num_cpus", "decode.limits.max_duration_s",
+        "decode.seek_min_gap_s", "ray.faces.concurrency", "ray.mllm.num_cpus", "decode.threads"])
+    assert "ray.crash_passes: must be >= 0, got -1" in probs
+    assert "ray.faces.num_cpus: must be a finite number, got nan" in probs
+    assert "ray.mllm.num_cpus: must be a finite number, got inf" in probs
+    assert "decode.limits.max_duration_s: must be a finite number, got nan" in probs
+    assert "ray.faces.concurrency: must be <= 100000, got 1000000" in probs
+
+
+def test_absurd_retry_counts_are_refused_and_sane_ones_kept():
+    from workflows.annotate.pipeline import AnnotateConfig
+
+    with pytest.raises(ConfigError) as ei:
+        load_config(AnnotateConfig, None, ["ray.crash_passes=1000", "ray.max_task_retries=101"])
+    assert ei.value.problems == ["ray.max_task_retries: must be <= 100, got 101",
+                                 "ray.crash_passes: must be <= 100, got 1000"]
+    cfg = load_config(AnnotateConfig, None, ["ray.crash_passes=0", "ray.max_task_retries=100"])
+    assert (cfg.ray.crash_passes, cfg.ray.max_task_retries) == (0, 100)
+
+
+def test_an_unknown_key_does_not_hide_bad_values_given_beside_it(tmp_path):
+    from workflows.annotate.pipeline import AnnotateConfig
+
+    f = tmp_path / "c.yaml"
+    f.write_text("ray:\n  crash_pases: 1\noutput:\n  jpeg_quality: 0\n")
+    with pytest.raises(ConfigError) as ei:
+        load_config(AnnotateConfig, f, ["ray.max_task_retries=-1", "decode.limits.max_duration_s=nan"])
+    probs = ei.value.problems
+    assert any(p.startswith("ray.crash_pases: unknown key (did you mean 'crash_passes'?)") for p in probs)
+    assert "ray.max_task_retries: must be >= 0, got -1" in probs
+    assert "decode.limits.max_duration_s: must be a finite number, got nan" in probs
+    assert "output.jpeg_quality: must be in 1..100" in probs  # a validate() check, same error
+
+
+def test_declared_negative_sentinels_still_load():
+    from model.config import load_model_config
+    from workflows.annotate.pipeline import AnnotateConfig
+
+    cfg = load_config(AnnotateConfig, None, ["ray.mllm.num_gpus=-1", "ray.faces.num_gpus=0"])
+    assert cfg.ray.mllm.num_gpus == -1.0
+    with pytest.raises(ConfigError, match=r"ray.faces.num_gpus: must be >= -1, got -2"):
+        load_config(AnnotateConfig, None, ["ray.faces.num_gpus=-2"])
+    model = load_model_config(str(ROOT / "jobs/configs/model/tiny_cpu.yaml"),
+                              ["vision.intermediate_layers=[-4, -1]", "prior.neutral_bias=-0.5",
+                               "prior.per_au={AU12: [8.0, -0.1]}"])
+    assert model.vision.intermediate_layers == [-4, -1] and model.prior.per_au == {"AU12": [8.0, -0.1]}
+    with pytest.raises(ConfigError, match=r"prior.per_au.AU12\[1\]: must be a finite number, got nan"):
+        load_model_config(str(ROOT / "jobs/configs/model/tiny_cpu.yaml"), ["prior.per_au={AU12: [8.0, .nan]}"])
+
+
+def test_a_nan_learning_rate_is_refused_by_name():
+    from workflows.training.config import load_train_config
+
+    with pytest.raises(ConfigError) as ei:
+        load_train_config(str(ROOT / "jobs/configs/train/tiny_cpu.yaml"), ["optim.lr=nan", "optim.betas=[0.9, nan]"])
+    assert ei.value.problems == ["optim.lr: must be a finite number, got nan",
+                                 "optim.betas[1]: must be a finite number, got nan"]
+
+
+def test_an_out_of_range_value_is_reported_once_not_again_by_validate():
+    with pytest.raises(ConfigError) as ei:
+        load_config(Outer, None, ["inner.size=-1"])
+    assert ei.value.problems == ["inner.size: must be >= 0, got -1"]  # not also Inner.validate's "> 0"
+
+
+def test_a_face_config_built_in_code_gets_the_same_number_checks():
+    from workflows.faces.config import FaceConfig, TrackConfig, check_config
+
+    with pytest.raises(ConfigError) as ei:
+        check_config(FaceConfig(num_gpus=-1.0, track=TrackConfig(max_gap_s=float("nan"))))
+    assert ei.value.problems == ["faces.num_gpus: must be >= 0, got -1.0",
+                                 "faces.track.max_gap_s: must be a finite number, got nan"]
+
+
+def test_mien_annotate_refuses_a_bad_value_before_touching_the_output(tmp_path, capsys):
+    from jobs.cli import main
+
+    out = tmp_path / "out"
+    assert main(["annotate", "--input", str(tmp_path), "--output", str(out), "--set", "ray.crash_passes=-1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mien annotate: 1 configuration problem(s)")
+    assert "ray.crash_passes: must be >= 0, got -1" in err
+    assert not out.exists()
