@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from model.face_batch import VECTOR_WIDTHS
 from model.taxonomy import AU_NAMES, FE_BASIC
+from workflows.core.config import bounded
 
 Dtype = Literal["float32", "bfloat16", "float16", "auto"]
 
@@ -40,7 +41,7 @@ class VisionConfig:
     hf_config: dict[str, Any] = dataclasses.field(default_factory=dict)
     # Hidden-state indices (negative from the end) concatenated as FEALLM's intermediate
     # features F_L; the last layer is always F_s.
-    intermediate_layers: list[int] = dataclasses.field(default_factory=lambda: [-4, -3, -2])
+    intermediate_layers: list[int] = bounded(lo=None, default_factory=lambda: [-4, -3, -2])
     mean: list[float] = dataclasses.field(default_factory=lambda: [0.48145466, 0.4578275, 0.40821073])
     std: list[float] = dataclasses.field(default_factory=lambda: [0.26862954, 0.26130258, 0.27577711])
     trainable: bool = False
@@ -101,8 +102,6 @@ class FIMConfig:
             problems.append(f"regions: must be a square number (16 = 4x4), got {self.regions}")
         if self.dim % self.heads:
             problems.append(f"dim: {self.dim} is not divisible by heads={self.heads}")
-        if self.num_visual_tokens < 0 or self.prior_queries < 0:
-            problems.append("num_visual_tokens/prior_queries: must be >= 0")
         if self.num_visual_tokens:
             s = round(self.num_visual_tokens ** 0.5)
             if s * s != self.num_visual_tokens:
@@ -190,10 +189,7 @@ class ScoringConfig:
     faces_per_segment: int = 0
 
     def validate(self) -> list[str]:
-        p = ["micro_batch: must be positive"] if self.micro_batch <= 0 else []
-        if self.faces_per_segment < 0:
-            p.append("faces_per_segment: must be >= 0 (0 = score every face)")
-        return p
+        return ["micro_batch: must be positive"] if self.micro_batch <= 0 else []
 
 
 @dataclasses.dataclass
@@ -223,8 +219,6 @@ class GenerationConfig:
             problems.append(f"fraction: must be in [0, 1], got {self.fraction}")
         if self.max_new_tokens <= 0:
             problems.append("max_new_tokens: must be positive")
-        if self.temperature < 0:
-            problems.append("temperature: must be >= 0 (0 = greedy)")
         return problems
 
 
@@ -241,10 +235,10 @@ class PriorCalibration:
     fe_temperature: float = 2.0
     au_weight: float = 4.0
     au_only_temperature: float = 0.5
-    neutral_bias: float = 0.0
+    neutral_bias: float = bounded(0.0, lo=None)  # fit_calibration picks one of -0.5, 0, 0.5
     au_slope: float = 10.0
-    au_offset: float = 0.3
-    per_au: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+    au_offset: float = bounded(0.3, lo=None)
+    per_au: dict[str, list[float]] = bounded(lo=None, default_factory=dict)  # offsets fitted as -b/a
 
     def validate(self) -> list[str]:
         problems = []
@@ -264,9 +258,6 @@ class ClipConfig:
     frames: int = 0  # 0: single-frame prompts
     trainable: bool = True
 
-    def validate(self) -> list[str]:
-        return ["frames: must be >= 0"] if self.frames < 0 else []
-
 
 @dataclasses.dataclass
 class VLMConfig:
@@ -279,7 +270,12 @@ class VLMConfig:
 
     Training (``mien train``): ``lora`` puts peft LoRA adapters on the checkpoint's language model
     only (its decoder; ``target_modules`` are names inside it), ``train_projector`` also trains the
-    vision-to-language projector; the vision tower and every other base weight stay frozen."""
+    vision-to-language projector; the vision tower and every other base weight stay frozen.
+
+    ``prior_tokens`` = N > 0 adds EMO-LLaMA's face-prior tokens: a trainable face-prior encoder
+    (``face_prior.inputs``, ``face_prior.dim``) and prior Q-Former (``fim.dim``, ``fim.heads``,
+    ``fim.qformer_layers``) turn the face stage's measurements into N embeddings that take the place
+    of N placeholder tokens right after the image in the VLM's input."""
 
     source: str = ""
     family: str = "auto"
@@ -287,6 +283,7 @@ class VLMConfig:
     attn_implementation: str = "sdpa"
     lora: LoRAConfig = dataclasses.field(default_factory=LoRAConfig)
     train_projector: bool = False
+    prior_tokens: int = 0
 
     def validate(self) -> list[str]:
         from model.vlm.adapters import known_families
@@ -296,12 +293,16 @@ class VLMConfig:
             problems.append(f"family: unknown {self.family!r}; one of {', '.join(known_families())}")
         if (self.lora.enabled or self.train_projector) and not self.source:
             problems.append("lora/train_projector: train a pretrained VLM by setting vlm.source")
+        if self.prior_tokens and not self.source:
+            problems.append("prior_tokens: go into a pretrained VLM's input (set vlm.source); the composed model "
+                            "takes the face prior with face_prior.enabled")
         return problems
 
     @property
     def trained_parts(self) -> tuple[str, ...]:
-        """Names of the parts a tuned model of this config stores (``lora``, ``projector``)."""
-        return (("lora",) if self.lora.enabled else ()) + (("projector",) if self.train_projector else ())
+        """Names of the parts a tuned model of this config stores (``lora``, ``projector``, ``prior_tokens``)."""
+        return ((("lora",) if self.lora.enabled else ()) + (("projector",) if self.train_projector else ())
+                + (("prior_tokens",) if self.prior_tokens > 0 else ()))
 
 
 @dataclasses.dataclass
@@ -334,8 +335,11 @@ class ModelConfig:
                                               ("face_prior.enabled", self.face_prior.enabled),
                                               ("clip.frames", bool(self.clip.frames))) if on]
             if composed:
+                hint = ("; vlm.prior_tokens gives a VLM the face prior as tokens" if self.face_prior.enabled else "")
                 problems.append(f"vlm.source: a pretrained VLM brings its own vision tower and language model; "
-                                f"turn off {', '.join(composed)}")
+                                f"turn off {', '.join(composed)}{hint}")
+            if self.vlm.prior_tokens > 0 and not self.face_prior.inputs:
+                problems.append("vlm.prior_tokens: the prior tokens are made from face_prior.inputs; list at least one")
         elif self.prior_weight < 1.0 and not self.llm.enabled:
             problems.append("prior_weight: below 1 the LLM scores faces, so llm.enabled must be true "
                             "(or set vlm.source)")

@@ -14,7 +14,8 @@ What an adapter decides:
   families count real (unpadded) tokens; Qwen2-VL / Qwen2.5-VL use 3-D M-RoPE, whose image tokens
   advance the position by the image grid's side, not its area (``rope_deltas``).
 * **extra per-token inputs** that must be extended when text is appended to a prefill in a full
-  (uncached) pass: Qwen's ``mm_token_type_ids`` (0 for text).
+  (uncached) pass, or inserted into it (``vlm.prior_tokens``' placeholders): Qwen's
+  ``mm_token_type_ids`` (0 for text).
 * **the projector** (``vlm.train_projector``): the module between vision tower and language model,
   found by the names the families give it (:data:`PROJECTOR_NAMES`).
 
@@ -23,6 +24,7 @@ Families by ``config.json`` ``model_type``: see :data:`ADAPTERS`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -37,6 +39,8 @@ class FamilyAdapter:
 
     name = "generic"
     model_types: tuple[str, ...] = ()
+    # Per-token inputs besides input_ids / attention_mask, 0 for a text token.
+    text_token_inputs: tuple[str, ...] = ()
 
     def projector(self, model: Any) -> Any:
         """The vision-to-language projector of ``model`` (the one module named in :data:`PROJECTOR_NAMES`)."""
@@ -63,7 +67,20 @@ class FamilyAdapter:
 
     def extend_token_inputs(self, inputs: dict[str, Any], length: int) -> dict[str, Any]:
         """Per-token inputs other than ids/mask, extended by ``length`` text tokens (full passes)."""
-        return {}
+        return {k: torch.cat([inputs[k], inputs[k].new_zeros(inputs[k].shape[0], length)], dim=1)
+                for k in self.text_token_inputs if k in inputs}
+
+    def insert_text_tokens(self, inputs: dict[str, Any], at: Sequence[int], n: int, token_id: int) -> dict[str, Any]:
+        """Processor ``inputs`` with ``n`` text tokens ``token_id`` inserted into row i before column
+        ``at[i]``: attended to, and text in every other per-token input. Image inputs are unchanged."""
+        out = dict(inputs)
+        fill = {"input_ids": token_id, "attention_mask": 1}
+        for key in ("input_ids", "attention_mask", *self.text_token_inputs):
+            if key in inputs:
+                v = inputs[key]
+                gap = v.new_full((n,), fill.get(key, 0))
+                out[key] = torch.stack([torch.cat([row[:a], gap, row[a:]]) for row, a in zip(v, at, strict=True)])
+        return out
 
     def repeat_image_inputs(self, inputs: dict[str, Any], repeats: int) -> dict[str, Any]:
         """Image inputs of B prefills, each repeated ``repeats`` times in row order (full passes)."""
@@ -82,6 +99,7 @@ class QwenVLAdapter(FamilyAdapter):
 
     name = "qwen2_vl"
     model_types = ("qwen2_vl", "qwen2_5_vl")
+    text_token_inputs = ("mm_token_type_ids",)
 
     def prefill_positions(self, model: Any, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         inner = model.model if hasattr(model, "model") else model
@@ -96,10 +114,6 @@ class QwenVLAdapter(FamilyAdapter):
 
     def concat_positions(self, prefill: torch.Tensor, continuation: torch.Tensor) -> torch.Tensor:
         return torch.cat([prefill, continuation], dim=-1)
-
-    def extend_token_inputs(self, inputs: dict[str, Any], length: int) -> dict[str, Any]:
-        t = inputs["mm_token_type_ids"]
-        return {"mm_token_type_ids": torch.cat([t, t.new_zeros(t.shape[0], length)], dim=1)}
 
     def repeat_image_inputs(self, inputs: dict[str, Any], repeats: int) -> dict[str, Any]:
         grid = inputs["image_grid_thw"]  # (B, 3): one image per face

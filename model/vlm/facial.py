@@ -16,16 +16,24 @@ likelihood of one question per AU. When every answer of a question is a single t
 distinct id, the question needs one sequence (the answers are read off its last position);
 otherwise each answer is its own sequence and its token log-probabilities are summed.
 
+Face-prior tokens (``vlm.prior_tokens`` = N > 0, EMO-LLaMA's prior tokens for a VLM): N placeholder
+tokens (ordinary text tokens, so Qwen's M-RoPE positions stay right) are inserted into every prefill
+right after the image, and a forward hook on the VLM's input embedding replaces their embeddings by
+:class:`FacePriorTokens` of the face's measurements (the face-prior encoder and the prior Q-Former of
+``model.fim``); the VLM merges the image features as usual. Cached and uncached scores still agree.
+
 Training (``collate`` -> ``forward`` -> ``.loss``, what ``workflows.training.recipe`` runs): the same
 prompt as scoring - prefix (image + context) as the processor encodes it, then the question and the
 template's assistant prefix, then the answer and the template's end of turn - with the answer and
 end-of-turn tokens as the only labels. ``vlm.lora`` puts LoRA adapters on the language model
 (:attr:`VLMFacialModel.llm`, the checkpoint's decoder), ``vlm.train_projector`` trains the projector;
-the vision tower and all other base weights stay frozen (and the vision tower in eval mode).
+the vision tower and all other base weights stay frozen (and the vision tower in eval mode);
+:class:`FacePriorTokens` trains with them when ``vlm.prior_tokens`` is on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 from collections.abc import Iterator, Mapping, Sequence
@@ -38,6 +46,8 @@ from torch import nn
 from model import prompts
 from model.config import ModelConfig
 from model.face_batch import batch_rows, build_face_batch
+from model.face_prior import FacePriorEncoder, prior_arrays
+from model.fim import FaceInfoMining
 from model.prior import CalibratedFacePrior, PriorScores
 from model.taxonomy import AU_NAMES
 from model.vlm.adapters import FamilyAdapter
@@ -48,10 +58,12 @@ _ANSWER_SENTINEL = "\u2063MIENA\u2063"  # marks where an assistant answer goes
 
 @dataclasses.dataclass
 class VLMFaces:
-    """B faces ready for the VLM: RGB crops (B, S, S, 3) uint8 and each face's context text."""
+    """B faces ready for the VLM: RGB crops (B, S, S, 3) uint8, each face's context text and, with
+    ``vlm.prior_tokens``, the face-prior groups (``model.face_prior.prior_arrays``: (B, D), NaN = unmeasured)."""
 
     crops: np.ndarray
     contexts: list[str]
+    prior: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     @property
     def rows(self) -> int:
@@ -59,17 +71,28 @@ class VLMFaces:
 
 
 @dataclasses.dataclass
+class PriorSlots:
+    """Where the face-prior tokens of B prefill rows go - ``mask`` (B, Lp), True at each row's N
+    placeholders - and what they are made from: ``features``, the face-prior groups (B, D)."""
+
+    mask: torch.Tensor
+    features: dict[str, torch.Tensor]
+
+
+@dataclasses.dataclass
 class VLMTrainBatch:
     """A collated training batch of B examples: the processor's prefill ``inputs`` (image + context,
     left-padded), the continuation ``suffix_ids`` / ``suffix_mask`` (B, Ls) (question, assistant
     prefix, answer, end of turn; right-padded), ``labels`` (B, Lp + Ls) with -100 everywhere but the
-    answer and end-of-turn tokens, and those tokens per row (``answer_ids``: the loss's tokens)."""
+    answer and end-of-turn tokens, those tokens per row (``answer_ids``: the loss's tokens), and the
+    prefill's face-prior tokens (``prior``, with ``vlm.prior_tokens``)."""
 
     inputs: dict[str, Any]
     suffix_ids: torch.Tensor
     suffix_mask: torch.Tensor
     labels: torch.Tensor
     answer_ids: list[list[int]]
+    prior: PriorSlots | None = None
 
 
 @dataclasses.dataclass
@@ -78,6 +101,23 @@ class _Sequence:
 
     ids: list[int]
     reads: list[tuple[int, list[int]]]  # (position in ids whose next-token logits are read, token ids)
+
+
+class FacePriorTokens(nn.Module):
+    """The face's measurements -> ``vlm.prior_tokens`` embeddings in the VLM's input space: the face-prior
+    encoder (one token per ``face_prior.inputs`` group, availability-masked) and the prior Q-Former of
+    Face Info Mining (``fim.dim`` / ``heads`` / ``qformer_layers``, N learned queries)."""
+
+    def __init__(self, cfg: ModelConfig, llm_dim: int):
+        super().__init__()
+        self.encoder = FacePriorEncoder(cfg.face_prior)
+        fim = dataclasses.replace(cfg.fim, local_clue=False, prior_queries=cfg.vlm.prior_tokens)
+        self.fim = FaceInfoMining(fim, llm_dim, vision_dim=None, intermediate_dim=None, prior_dim=cfg.face_prior.dim)
+
+    def forward(self, features: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """``{group: (B, D)}`` with NaN where unmeasured -> (B, N, d_llm)."""
+        tokens, present = self.encoder(features)
+        return self.fim(None, None, tokens, present, tokens.shape[0]).extra
 
 
 class VLMFacialModel(nn.Module):
@@ -101,6 +141,14 @@ class VLMFacialModel(nn.Module):
         self.llm_dim: int = self.llm.get_input_embeddings().embedding_dim
         self._prefix_tail = self._template()
         self._sequences = self._build_sequences()
+        self.prior_tokens: FacePriorTokens | None = None
+        if cfg.vlm.prior_tokens > 0:
+            with torch.random.fork_rng(devices=[]):  # an untrained part starts the same at every load
+                torch.manual_seed(cfg.seed + 2)
+                self.prior_tokens = FacePriorTokens(cfg, self.llm_dim).to(self.device)
+            self._pending_prior: tuple[torch.Tensor, torch.Tensor] | None = None
+            self._head_ids: dict[tuple[int, ...], list[int]] = {}
+            self.vlm.get_input_embeddings().register_forward_hook(self._write_prior)
 
     # ------------------------------------------------------------------ basics
     @property
@@ -143,8 +191,12 @@ class VLMFacialModel(nn.Module):
                 yield n, p
 
     def part_modules(self) -> dict[str, nn.Module]:
-        """Trained non-adapter parts saved as safetensors: the projector when ``vlm.train_projector``."""
-        return {"projector": self.projector} if self.cfg.vlm.train_projector else {}
+        """Trained non-adapter parts saved as safetensors: the projector when ``vlm.train_projector``,
+        the face-prior tokens' encoder and Q-Former when ``vlm.prior_tokens``."""
+        parts: dict[str, nn.Module] = {"projector": self.projector} if self.cfg.vlm.train_projector else {}
+        if self.prior_tokens is not None:
+            parts["prior_tokens"] = self.prior_tokens
+        return parts
 
     def ids(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -205,10 +257,13 @@ class VLMFacialModel(nn.Module):
                                     fe_prior=prior.fe_probs[i], au_prior=prior.au_probs[i])
             contexts.append(prompts.face_context(face, p.attributes, p.prior_as_text, p.race,
                                                  p.prior_top_aus).strip())
-        return VLMFaces(crops=np.ascontiguousarray(batch["crop"]), contexts=contexts)
+        prior = {} if self.prior_tokens is None else prior_arrays(batch, self.prior_tokens.encoder.names, rows)
+        return VLMFaces(crops=np.ascontiguousarray(batch["crop"]), contexts=contexts, prior=prior)
 
     def _prefill_inputs(self, faces: VLMFaces, rows: Sequence[int] | None = None,
-                        suffixes: Sequence[str] | None = None) -> dict[str, Any]:
+                        suffixes: Sequence[str] | None = None) -> tuple[dict[str, Any], PriorSlots | None]:
+        """The processor's inputs for the faces in ``rows`` (each prefix followed by its suffix text),
+        with the face-prior placeholders inserted after the image when ``vlm.prior_tokens`` is on."""
         from PIL import Image
 
         rows = list(range(faces.rows)) if rows is None else list(rows)
@@ -216,7 +271,74 @@ class VLMFacialModel(nn.Module):
                  for j, r in enumerate(rows)]
         images = [Image.fromarray(faces.crops[r]) for r in rows]
         inputs = self.processor(images=images, text=texts, padding=True, return_tensors="pt")
-        return {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in inputs.items()}
+        slots = None
+        if self.prior_tokens is not None:
+            inputs, mask = self._insert_prior_placeholders(inputs, faces.crops.shape[1:])
+            slots = PriorSlots(mask=mask.to(self.device),
+                               features={k: torch.from_numpy(v[rows]).to(self.device) for k, v in faces.prior.items()})
+        return {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in inputs.items()}, slots
+
+    def _insert_prior_placeholders(self, inputs: Mapping[str, Any],
+                                   crop_shape: tuple[int, ...]) -> tuple[dict[str, Any], torch.Tensor]:
+        """``inputs`` with ``vlm.prior_tokens`` placeholder tokens right after each row's image (the
+        chat template's text up to and including the image, as the processor expands it), and their
+        (B, L) mask. The placeholders are the pad token, attended to: any text token would do, as
+        their embeddings are replaced."""
+        from PIL import Image
+
+        if crop_shape not in self._head_ids:  # the image's token count depends on its size only
+            blank = Image.fromarray(np.zeros(crop_shape, dtype=np.uint8))
+            head, _ = self._prefix_tail
+            self._head_ids[crop_shape] = self.processor(images=[blank], text=[head])["input_ids"][0]
+        head_ids = list(self._head_ids[crop_shape])
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        at = []
+        for row, row_mask in zip(ids, mask, strict=True):
+            start = int((row_mask == 0).sum())  # left padding
+            if row[start:start + len(head_ids)].tolist() != head_ids:
+                raise ValueError("vlm.prior_tokens: the chat template's text up to the image tokenises differently "
+                                 "alone and inside the prompt, so the prior tokens have no fixed place in it; "
+                                 "set vlm.prior_tokens: 0 for this checkpoint")
+            at.append(start + len(head_ids))
+        n = self.cfg.vlm.prior_tokens
+        out = self.adapter.insert_text_tokens(dict(inputs), at, n, self.tokenizer.pad_token_id)
+        slots = torch.zeros(out["input_ids"].shape, dtype=torch.bool)
+        for i, a in enumerate(at):
+            slots[i, a:a + n] = True
+        return out, slots
+
+    @contextlib.contextmanager
+    def _prior_written(self, prior: PriorSlots | None, repeats: int = 1, extra: int = 0) -> Iterator[None]:
+        """While open, the VLM's next input embedding puts the faces' prior tokens at ``prior.mask``:
+        each row repeated ``repeats`` times and ``extra`` text columns appended, as in a continued
+        pass. Computed here, so training gradients reach :class:`FacePriorTokens`. No-op without."""
+        if prior is None:
+            yield
+            return
+        tokens = self.prior_tokens(prior.features).repeat_interleave(repeats, dim=0)
+        mask = prior.mask.repeat_interleave(repeats, dim=0)
+        mask = torch.cat([mask, mask.new_zeros(mask.shape[0], extra)], dim=1)
+        self._pending_prior = (mask, tokens)
+        try:
+            yield
+        finally:
+            unused, self._pending_prior = self._pending_prior, None
+        if unused is not None:
+            raise ValueError(f"vlm.prior_tokens: {type(self.vlm).__name__} ({self.vlm.config.model_type}) did not "
+                             "embed its input ids through get_input_embeddings(), so the prior tokens cannot "
+                             "replace their placeholders; set vlm.prior_tokens: 0 for this family")
+
+    def _write_prior(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+        """Forward hook on the input embedding: the pending prior tokens replace their placeholders' embeddings
+        (once: a generation's later steps and a cached continuation embed only new tokens)."""
+        if self._pending_prior is None:
+            return None
+        mask, tokens = self._pending_prior
+        self._pending_prior = None
+        if tuple(output.shape[:2]) != tuple(mask.shape):
+            raise RuntimeError(f"prior tokens placed for inputs of shape {tuple(mask.shape)} met an embedding "
+                               f"of {tuple(output.shape[:2])}")
+        return output.masked_scatter(mask[..., None], tokens.to(output.dtype))
 
     # ------------------------------------------------------------------ questions
     def _build_sequences(self) -> tuple[list[_Sequence], list[tuple[str, int, int]]]:
@@ -250,8 +372,8 @@ class VLMFacialModel(nn.Module):
 
         reuse = self.cfg.scoring.reuse_prefix if reuse_prefix is None else reuse_prefix
         seqs, layout = self._sequences
-        inputs = self._prefill_inputs(faces)
-        logp = self._score_cached(inputs, seqs) if reuse else self._score_full(inputs, seqs)
+        inputs, prior = self._prefill_inputs(faces)
+        logp = self._score_cached(inputs, seqs, prior) if reuse else self._score_full(inputs, seqs, prior)
         # logp: per sequence, (B, n_reads_tokens) log-probabilities
         fe = au = None
         au_cols = []
@@ -292,10 +414,12 @@ class VLMFacialModel(nn.Module):
             out.append(torch.cat(cols, dim=1))
         return out
 
-    def _score_cached(self, inputs: dict[str, Any], seqs: list[_Sequence]) -> list[torch.Tensor]:
+    def _score_cached(self, inputs: dict[str, Any], seqs: list[_Sequence],
+                      prior: PriorSlots | None) -> list[torch.Tensor]:
         b = inputs["input_ids"].shape[0]
         pos, next_pos = self.adapter.prefill_positions(self.vlm, inputs)
-        out = self.vlm(**inputs, position_ids=pos, use_cache=True)
+        with self._prior_written(prior):
+            out = self.vlm(**inputs, position_ids=pos, use_cache=True)
         s_n = len(seqs)
         cache = out.cache  # used once: repeated in place for the questions
         cache.batch_repeat_interleave(s_n)
@@ -306,10 +430,12 @@ class VLMFacialModel(nn.Module):
                        cache=cache, use_cache=True)
         return self._gather(res.logits, seqs, b, 0)
 
-    def _score_full(self, inputs: dict[str, Any], seqs: list[_Sequence]) -> list[torch.Tensor]:
+    def _score_full(self, inputs: dict[str, Any], seqs: list[_Sequence],
+                    prior: PriorSlots | None) -> list[torch.Tensor]:
         b, lp = inputs["input_ids"].shape
         ids, mask = self._suffix_batch(seqs, b)
-        res = self.vlm(**self._continued(inputs, ids, mask, len(seqs)), use_cache=False)
+        with self._prior_written(prior, repeats=len(seqs), extra=ids.shape[1]):
+            res = self.vlm(**self._continued(inputs, ids, mask, len(seqs)), use_cache=False)
         return self._gather(res.logits, seqs, b, lp)
 
     def _continued(self, inputs: dict[str, Any], ids: torch.Tensor, mask: torch.Tensor,
@@ -323,7 +449,7 @@ class VLMFacialModel(nn.Module):
         dim = 1 if pos.ndim == 3 else 0
         positions = self.adapter.concat_positions(pos.repeat_interleave(repeats, dim=dim), cont)
         extra = self.adapter.extend_token_inputs({k: v.repeat_interleave(repeats, dim=0) for k, v in inputs.items()
-                                                  if k == "mm_token_type_ids"}, ids.shape[1])
+                                                  if k in self.adapter.text_token_inputs}, ids.shape[1])
         return {"input_ids": torch.cat([rep["input_ids"], ids], dim=1),
                 "attention_mask": torch.cat([rep["attention_mask"], mask], dim=1),
                 **self.adapter.repeat_image_inputs(inputs, repeats), **extra, "position_ids": positions}
@@ -341,13 +467,14 @@ class VLMFacialModel(nn.Module):
         _, tail = self._prefix_tail
         opens = list(openings) if openings is not None else [""] * len(rows)
         suffixes = [self._turn(prompts.describe_question()) + tail + o for o in opens]
-        inputs = self._prefill_inputs(faces, rows, suffixes)
+        inputs, prior = self._prefill_inputs(faces, rows, suffixes)
         kwargs: dict[str, Any] = {"max_new_tokens": g.max_new_tokens, "do_sample": g.temperature > 0,
                                   "pad_token_id": self.tokenizer.pad_token_id}
         if g.temperature > 0:
             torch.manual_seed(g.seed)
             kwargs.update(temperature=g.temperature, top_p=g.top_p)
-        out = self.vlm.generate(**inputs, **kwargs)
+        with self._prior_written(prior):
+            out = self.vlm.generate(**inputs, **kwargs)
         new = out[:, inputs["input_ids"].shape[1]:]
         texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
         return [(o + t).strip() for o, t in zip(opens, texts, strict=True)]
@@ -359,7 +486,7 @@ class VLMFacialModel(nn.Module):
         ``fe_prior``, ``age``, ``gender``, ...) plus ``question`` (a ``model.prompts`` question; its
         ``ASSISTANT:`` marker is replaced by the chat template's assistant turn, as in scoring) and ``answer`` (the target text)."""
         faces = self.face_inputs(build_face_batch(rows))
-        inputs = self._prefill_inputs(faces)
+        inputs, prior = self._prefill_inputs(faces)
         _, tail = self._prefix_tail
         questions = [self.ids(self._turn(r["question"]) + tail) for r in rows]
         answers = [self.ids(self._answer(r["answer"])) + self._end_of_turn for r in rows]
@@ -374,13 +501,14 @@ class VLMFacialModel(nn.Module):
             labels[i, lp + len(q):lp + len(q) + len(a)] = torch.tensor(a)
         dev = self.device
         return VLMTrainBatch(inputs=inputs, suffix_ids=ids.to(dev), suffix_mask=mask.to(dev),
-                             labels=labels.to(dev), answer_ids=answers)
+                             labels=labels.to(dev), answer_ids=answers, prior=prior)
 
     def forward(self, batch: VLMTrainBatch) -> Any:
         """The VLM's output for a training batch; ``loss``: mean cross-entropy over the answer and
         end-of-turn tokens (one uncached pass with the positions scoring uses)."""
-        return self.vlm(**self._continued(batch.inputs, batch.suffix_ids, batch.suffix_mask), labels=batch.labels,
-                        use_cache=False)
+        with self._prior_written(batch.prior, extra=batch.suffix_ids.shape[1]):
+            return self.vlm(**self._continued(batch.inputs, batch.suffix_ids, batch.suffix_mask),
+                            labels=batch.labels, use_cache=False)
 
 
 def build_vlm_model(cfg: ModelConfig, directory: str, device: str = "cpu") -> VLMFacialModel:

@@ -24,11 +24,20 @@ def face_batch(rows: int = 3, seed: int = 0) -> dict:
             "track_key": np.arange(rows)}
 
 
+@pytest.mark.parametrize("prior_tokens", [0, 4], ids=["zero_shot", "prior_tokens"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_zero_shot_scores_agree_cached_and_uncached(tiny_vlms, family):
-    model = load_model(str(tiny_vlms[family]))
-    assert model.model_id.startswith(f"{family}-zeroshot+") and model.config.prior_weight == 0.5
-    mllm = model.mllm
+def test_scores_agree_cached_and_uncached(tiny_vlms, family, prior_tokens):
+    """Also with face-prior tokens in the prefill (``vlm.prior_tokens``, freshly initialised)."""
+    if prior_tokens:
+        from model import build_model
+        from model.config import config_from_dict
+
+        mllm = build_model(config_from_dict({"llm": {"enabled": False}, "prior_weight": 0.5, "vlm": {
+            "source": str(tiny_vlms[family]), "prior_tokens": prior_tokens}})).eval()
+    else:
+        model = load_model(str(tiny_vlms[family]))
+        assert model.model_id.startswith(f"{family}-zeroshot+") and model.config.prior_weight == 0.5
+        mllm = model.mllm
     faces = mllm.face_inputs(face_batch())
     cached, full = mllm.score(faces, reuse_prefix=True), mllm.score(faces, reuse_prefix=False)
     assert cached.fe_logprobs.shape == (3, 7) and cached.au_yes.shape == (3, 23)
