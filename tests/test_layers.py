@@ -10,7 +10,9 @@ Layers, lowest first:
   model             the facial MLLM; imports only itself and workflows.core
   workflows.*       the pipelines (annotate, faces, corpus, training, evaluation, retrain, outputs);
                     never import jobs
-  jobs              the CLI and job entry points; may import anything
+  jobs              the CLI and job entry points; may import anything but mien
+  mien              the Python API (``import mien``), the top layer beside jobs: may import
+                    workflows and model, not jobs; nothing of the project imports it
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("workflows", "model", "jobs")
+PACKAGES = ("workflows", "model", "jobs", "mien")
 
 
 def _module_name(path: Path) -> str:
@@ -81,11 +83,13 @@ def _in(module: str, prefix: str) -> bool:
 
 
 def _allowed(src: str, dst: str) -> bool:
+    if _in(dst, "mien"):
+        return _in(src, "mien")
     if _in(src, "workflows.core"):
         return _in(dst, "workflows.core") or dst == "workflows"
     if _in(src, "model"):
         return _in(dst, "model") or _in(dst, "workflows.core") or dst == "workflows"
-    if _in(src, "workflows"):
+    if _in(src, "workflows") or _in(src, "mien"):
         return not _in(dst, "jobs")
     return True
 
@@ -150,6 +154,11 @@ def test_no_import_cycles():
     ("workflows.core.config", "model.config", False),
     ("workflows.annotate.runner", "jobs.cli", False),
     ("jobs.cli", "workflows.annotate.pipeline", True),
+    ("mien.annotation", "workflows.annotate.pipeline", True),
+    ("mien.models", "model", True),
+    ("mien.annotation", "jobs.commands.annotate", False),
+    ("jobs.commands.annotate", "mien.annotation", False),
+    ("workflows.corpus.reader", "mien.tables", False),
 ])
 def test_the_contract_itself(src, dst, ok):
     assert _allowed(src, dst) is ok
