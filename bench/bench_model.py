@@ -76,7 +76,9 @@ def bench_default(device: str, rows: int, reps: int, gemma: bool, gemma_rows: in
     from model import load_model
 
     out: dict[str, float] = {}
+    t0 = time.perf_counter()
     m = load_model("default", device=device)
+    out["default_prior_load_s"] = time.perf_counter() - t0  # no LLM: the face prior only
     big = face_batch(4096, 224)
     out["default_prior_scoring_faces_per_s"] = len(big["au_evidence"]) / timed(lambda: m.annotate(big), reps)
     if not gemma:

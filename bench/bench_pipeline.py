@@ -101,7 +101,7 @@ def sequential(corpus: Path, cfg) -> dict:
     faces_stage, mllm = DecodeFacesStage(cfg), MllmStage(cfg, "bench")
     t0 = time.perf_counter()
     load_s = t0 - t_load
-    sources, _ = discover(str(corpus))
+    sources = discover(str(corpus)).sources
     n_faces, n_frames, blob_bytes = 0, 0, 0
     for i, s in enumerate(sources):
         row = faces_stage.process_video(s.video_id, s.uri)
@@ -120,7 +120,7 @@ def decode_only(corpus: Path, cfg) -> dict:
     from workflows.annotate.decode import DecodeError, VideoReader
     from workflows.annotate.ingest import discover
 
-    sources, _ = discover(str(corpus))
+    sources = discover(str(corpus)).sources
     policy = cfg.decode.policy()
     t0 = time.perf_counter()
     frames = decoded = 0
@@ -173,7 +173,9 @@ def main() -> None:
     from workflows.annotate.pipeline import AnnotateConfig
     from workflows.core.config import load_config
 
-    base = ["mlflow.enabled=false", f"decode.sampling={a.sampling}"]
+    # The Ray pipeline's figures, as before the local executor existed; the local executor (what
+    # auto picks for jobs up to executor.local_max_videos) is compared with it on the large corpus.
+    base = ["mlflow.enabled=false", f"decode.sampling={a.sampling}", "executor.kind=ray"]
     cfg = load_config(AnnotateConfig, None, base)
     noseek = load_config(AnnotateConfig, None, [*base, "decode.seek_min_gap_s=1e9"])
     threaded = load_config(AnnotateConfig, None, [*base, f"faces.num_threads={os.cpu_count()}"])
@@ -204,6 +206,8 @@ def main() -> None:
                              d / "out-one-b")
         paired = paired_runs(big, cfg, d, a.pairs)
         ray.shutdown()
+        local_cfg = load_config(AnnotateConfig, None, [*base, "executor.kind=local"])
+        par_big_local = pipeline(big, local_cfg, d / "out10-local")
         # The machine's speed drifts over minutes: time the sequential loop again after the
         # pipeline runs and compare against the mean of both.
         seq_after = sequential(small, cfg)
@@ -232,6 +236,8 @@ def main() -> None:
           f"speed-up {big_speedup:.2f}x vs sequential\n    pools: {pools(par_big)}")
     print(f"  same, 2 pools   {rate(par_big_two)}   wall {par_big_two['wall_s']:.1f} s   "
           f"fused/2 pools {par_big_two['wall_s'] / par_big['wall_s']:.2f}x\n    pools: {pools(par_big_two)}")
+    print(f"local executor x{a.scale:<2d}{rate(par_big_local)}   wall {par_big_local['wall_s']:.1f} s   "
+          f"ray/local {par_big['wall_s'] / par_big_local['wall_s']:.2f}x (Ray already started for the Ray run)")
     ceiling = dec["frames"] / dec["wall_s"] * cpus
     staged = seq["frames"] * a.scale / par_big["wall_s"]
     print(f"decode-only ceiling {dec['frames'] / dec['wall_s']:8.1f} sampled frames/s per core ({dec['decoded']} decoded "
@@ -258,6 +264,7 @@ def main() -> None:
                "seek_speedup": par_noseek["wall_s"] / par["wall_s"], "decode_ceiling_ratio": staged / ceiling,
                "memory_ratio": par_big["peak_rss"] / par["peak_rss"], "one_file_auto": one_auto,
                "one_file_two_actors": one_fixed, "pipeline_big_two_pools": par_big_two,
+               "pipeline_big_local": par_big_local,
                "fused_speedup": par_big_two["wall_s"] / par_big["wall_s"], "paired": paired,
                "paired_median": statistics.median([p["ratio"] for p in paired]) if paired else None}
         Path(a.json).write_text(json.dumps(doc, indent=2, default=str))

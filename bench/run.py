@@ -121,6 +121,8 @@ def summary_rows(r: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
             ("  first video after (actor start-up)", f"{big['first_s']:.1f} s"),
             ("  one-file job, pool sized to it / 2 actors", f"{p['one_file_auto']['wall_s']:.1f} s / "
                                                           f"{p['one_file_two_actors']['wall_s']:.1f} s"),
+            *([(f"  local executor x{p['scale']} vs Ray", f"{big['wall_s'] / p['pipeline_big_local']['wall_s']:.2f}x "
+                                                         f"faster")] if p.get("pipeline_big_local") else []),
             ("object store per face", f"{seq['bytes_per_face'] / 1024:.1f} KiB"),
             (f"peak memory x1 -> x{p['scale']}", f"{p['pipeline']['peak_rss'] / 2**30:.2f} -> "
                                                  f"{big['peak_rss'] / 2**30:.2f} GiB ({p['memory_ratio']:.2f}x)"),
@@ -134,6 +136,16 @@ def summary_rows(r: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
         rows.append(("LLM on 2 faces per 16-frame segment", f"{seg['k2_llm_calls_saved']:.0%} calls saved, "
                      f"{seg['k2_label_changed']:.0%} labels changed "
                      f"({seg['k2_confident_label_changed']:.0%} of confident ones)"))
+    small = r.get("small", {})
+    if small:
+        import statistics
+
+        def med(key: str) -> float:
+            return statistics.median(x["wall_s"] for x in small["runs"][key])
+
+        rows += [("one clip, whole mien process: local / Ray", f"{med('one_local'):.1f} s / {med('one_ray'):.1f} s"),
+                 (f"{small['clips']} clips: mien / hand-written Ray Data / sequential",
+                  f"{med('many_mien'):.1f} / {med('many_script'):.1f} / {med('many_sequential'):.1f} s")]
     order = r.get("order", {})
     if order:
         worst = max(order["simulated"], key=lambda x: x["listing"])
@@ -161,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         "sink": ("bench_sink", ["--videos", "100" if q else "400"]),
         "segments": ("bench_segments", []),
         "order": ("bench_order", ["--short", "2" if q else "4", "--loops", "2" if q else "6", "--repeat", "1" if q else "2"]),
+        "small": ("bench_small", ["--pairs", "1" if q else "3", "--clips", "4" if q else "16"]),
     }
     results: dict[str, dict[str, Any]] = {}
     env_note = f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start"

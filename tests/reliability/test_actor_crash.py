@@ -77,7 +77,8 @@ def test_a_video_delivered_twice_is_written_once(tmp_path, monkeypatch):
 
     monkeypatch.setattr(cluster, "init_ray", lambda *a, **k: {"CPU": 2.0})
     monkeypatch.setattr(runner, "run_pipeline", fake_pipeline)
-    summary = annotate(str(corpus), str(tmp_path / "out"), annotate_cfg(tmp_path), progress=False)
+    summary = annotate(str(corpus), str(tmp_path / "out"), annotate_cfg(tmp_path, "executor.kind=ray"),
+                       progress=False)
     v = videos_table(str(tmp_path / "out"))
     assert len(v) == 2 and v.video_id.is_unique and summary.videos_error == 2 and summary.faces == 0
     assert [c[0] for c in calls] == [["a.mp4", "b.mp4"], ["b.mp4"], ["b.mp4"]]

@@ -4,7 +4,7 @@ A video is read from a stream (local file or a ranged S3 reader), never loaded w
 Sampling policies (``SamplingPolicy.parse``):
 
 - ``all``         every frame;
-- ``fps:N``       the first frame at or after each multiple of 1/N seconds;
+- ``fps:N``       the first frame at or after each multiple of 1/N seconds (N <= 1000);
 - ``uniform:K``   K frames at evenly spaced times ``k * duration / K``;
 - ``keyframes``   only key frames (the decoder skips the rest).
 
@@ -13,7 +13,13 @@ and fall back to sequential decoding for the rest of a video when seeking does n
 forward (long GOPs). Frames that are not sampled are never converted to RGB.
 
 Every problem with an input becomes a :class:`DecodeError` with a ``kind`` and a readable
-message; the annotate pipeline records it as an error row.
+message; the annotate pipeline records it as an error row. A video that runs past its deadline
+(``DecodeLimits.max_wall_s``, checked at every decoded frame, so the time its consumer spends
+on the frames counts too) ends with kind ``timeout``.
+
+Local media are named by their path, except a path that is not valid UTF-8 (a Latin-1 name
+from an old archive: Parquet strings are UTF-8): it is named by a ``file://`` URI with its
+bytes percent-encoded (:func:`workflows.core.storage.local_uri`), which ``storage.strip_file_scheme`` maps back.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import dataclasses
 import math
 import os
 import re
+import time
 from collections.abc import Iterator
 from typing import IO, Any
 
@@ -29,6 +36,9 @@ import numpy as np
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".webm", ".avi", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv")
+# No camera records 1000 frames per second of anything mien annotates; a larger N is a typo
+# (fps:1000000000 is every frame, listed a billion times a second).
+MAX_SAMPLING_FPS = 1000.0
 
 
 @dataclasses.dataclass(slots=True)
@@ -57,6 +67,19 @@ class DecodeLimits:
     max_pixels: int = 8192 * 8192
     max_sampled_frames: int = 100_000
     min_side: int = 16  # smaller frames cannot hold a detectable face
+    # Wall seconds one video may take (decode + face extraction): max_wall_s plus
+    # max_wall_s_per_video_s per second of the video, so no input or setting keeps a worker busy
+    # forever. The floor covers stills and short clips on a busy core; 30 s per second of video
+    # covers sampling=all at 30 fps at 1 s per frame (several faces on a slow CPU core; the face
+    # stage measures 0.1-0.4 s per frame, docs/PERFORMANCE.md). max_wall_s=0: no deadline.
+    max_wall_s: float = 600.0
+    max_wall_s_per_video_s: float = 30.0
+
+    def wall_budget_s(self, duration_s: float | None) -> float | None:
+        """Seconds a video of ``duration_s`` (None: unknown, the floor alone) may take; None: no limit."""
+        if not self.max_wall_s:
+            return None
+        return self.max_wall_s + self.max_wall_s_per_video_s * (duration_s or 0.0)
 
     def validate(self) -> list[str]:
         p = []
@@ -78,20 +101,24 @@ class SamplingPolicy:
 
     @classmethod
     def parse(cls, text: str) -> SamplingPolicy:
-        m = cls._PATTERN.match(text.strip())
+        text = text.strip()
+        m = cls._PATTERN.match(text)
         if not m:
             raise ValueError(f"sampling policy {text!r} is not one of: all, keyframes, fps:N, uniform:K")
         if text.startswith("fps:"):
             v = float(text[4:])
             if v <= 0:
                 raise ValueError("fps:N needs N > 0")
+            if v > MAX_SAMPLING_FPS:
+                raise ValueError(f"fps:{text[4:]} asks for more than {MAX_SAMPLING_FPS:g} frames per second; "
+                                 f"use 'all' for every frame")
             return cls("fps", v)
         if text.startswith("uniform:"):
             v = int(text[8:])
             if v <= 0:
                 raise ValueError("uniform:K needs K > 0")
             return cls("uniform", float(v))
-        return cls(text.strip())
+        return cls(text)
 
     def __str__(self) -> str:
         if self.kind == "fps":
@@ -185,7 +212,11 @@ class VideoReader:
         self._container: Any = None
         self._source: Any = None
         self._image: np.ndarray | None = None
+        started = time.monotonic()
         self.probe: VideoProbe = self._open()
+        duration = self.probe.duration_s or ((self.probe.n_frames or 0) / (self.probe.fps or 1.0))
+        self.budget_s = self.limits.wall_budget_s(duration)
+        self._deadline = started + self.budget_s if self.budget_s is not None else math.inf
         self.decoded_frames = 0  # frames the decoder produced (sampled or not)
         self.seeks = 0
         self.last_decoded_s = -math.inf  # timestamp of the last frame the decoder produced
@@ -337,16 +368,14 @@ class VideoReader:
         kind = self.policy.kind
         if kind == "keyframes":
             stream.codec_context.skip_frame = "NONKEY"
-            for i, frame in enumerate(self._container.decode(stream)):
-                self.decoded_frames += 1
+            for i, frame in enumerate(self._decoded(stream)):
                 t = self._time(frame, stream, start)
                 idx = self._index_from_time(t, i)
                 yield self._to_frame(frame, idx, t)
             self.reached_eof = True
             return
         if kind == "all":
-            for i, frame in enumerate(self._container.decode(stream)):
-                self.decoded_frames += 1
+            for i, frame in enumerate(self._decoded(stream)):
                 t = self._time(frame, stream, start)
                 self.last_decoded_s = max(self.last_decoded_s, t)
                 yield self._to_frame(frame, i, t)
@@ -354,41 +383,53 @@ class VideoReader:
             return
         yield from self._sampled_targets(stream, start)
 
+    def _decoded(self, stream: Any) -> Iterator[Any]:
+        """The decoder's frames from where it stands, counted and held to the video's deadline
+        (checked per decoded frame, so neither a long gap between sampled frames nor slow work on
+        them keeps a worker past it)."""
+        for frame in self._container.decode(stream):
+            self.decoded_frames += 1
+            if time.monotonic() > self._deadline:
+                lim = self.limits
+                raise DecodeError("timeout", (
+                    f"still running after {self.budget_s:.3g} s, the deadline for this video "
+                    f"(decode.limits.max_wall_s={lim.max_wall_s:g} + decode.limits.max_wall_s_per_video_s="
+                    f"{lim.max_wall_s_per_video_s:g} per second of video); raise them, or set "
+                    f"decode.limits.max_wall_s=0 for no deadline"))
+            yield frame
+
     def _index_from_time(self, t: float, fallback: int) -> int:
         fps = self.probe.fps
         if fps and math.isfinite(t):
             return int(round(t * fps))
         return fallback
 
-    def _targets(self) -> Iterator[float]:
+    def _target_after(self, t: float) -> float | None:
+        """The first sampling time later than ``t`` (None: no more), computed rather than stepped
+        to: one frame of a fine policy satisfies many targets (uniform:K with a huge K)."""
+        t += 1e-6  # a frame within a microsecond of a target satisfies it
         if self.policy.kind == "fps":
             step = 1.0 / self.policy.value
-            k = 0
-            while True:
-                yield k * step
-                k += 1
-        else:  # uniform
-            k_total = int(self.policy.value)
-            dur = self.probe.duration_s
-            if not dur or not math.isfinite(dur):
-                dur = (self.probe.n_frames or 1) / (self.probe.fps or 1.0)
-            for k in range(k_total):
-                yield k * dur / k_total
+            return (math.floor(t / step) + 1) * step
+        k_total = int(self.policy.value)
+        dur = self.probe.duration_s
+        if not dur or not math.isfinite(dur):
+            dur = (self.probe.n_frames or 1) / (self.probe.fps or 1.0)
+        k = math.floor(t * k_total / dur) + 1
+        return k * dur / k_total if k < k_total else None
 
     def _sampled_targets(self, stream: Any, start: float) -> Iterator[Frame]:
         """First frame at/after each target time; seek across gaps wider than seek_min_gap_s."""
-        targets = self._targets()
-        target = next(targets, None)
+        target: float | None = 0.0
         seeking = self.policy.kind == "uniform" or (1.0 / self.policy.value) >= self.seek_min_gap_s
         index = -1
-        decoder = self._container.decode(stream)
+        decoder = self._decoded(stream)
         while target is not None:
             try:
                 frame = next(decoder)
             except StopIteration:
                 self.reached_eof = True
                 return
-            self.decoded_frames += 1
             t = self._time(frame, stream, start)
             if math.isfinite(t):
                 self.last_decoded_s = max(self.last_decoded_s, t)
@@ -398,9 +439,7 @@ class VideoReader:
             if t + 1e-6 < target:
                 continue
             yield self._to_frame(frame, index, t)
-            target = next(targets, None)
-            while target is not None and target <= t + 1e-6:  # one frame satisfies several targets
-                target = next(targets, None)
+            target = self._target_after(t)  # one frame satisfies every target up to it
             if target is None:
                 return
             if seeking and target - t >= self.seek_min_gap_s:
@@ -408,12 +447,11 @@ class VideoReader:
                 self._container.seek(int((target + start) / stream.time_base), stream=stream,
                                      backward=True, any_frame=False)
                 self.seeks += 1
-                decoder = self._container.decode(stream)
+                decoder = self._decoded(stream)
                 first = next(decoder, None)
                 if first is None:
                     self.reached_eof = True
                     return
-                self.decoded_frames += 1
                 t_first = self._time(first, stream, start)
                 if math.isfinite(t_first):
                     self.last_decoded_s = max(self.last_decoded_s, t_first)
@@ -424,12 +462,10 @@ class VideoReader:
                 index = self._index_from_time(t_first, index)
                 if t_first + 1e-6 >= target:
                     yield self._to_frame(first, index, t_first)
-                    target = next(targets, None)
-                    while target is not None and target <= t_first + 1e-6:
-                        target = next(targets, None)
+                    target = self._target_after(t_first)
                 # Frames between the key frame and `before` would be re-yielded; skip them.
-                while target is not None and target <= before:
-                    target = next(targets, None)
+                if target is not None and target <= before:
+                    target = self._target_after(before)
 
     def close(self) -> None:
         if self._container is not None:

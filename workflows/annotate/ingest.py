@@ -5,22 +5,32 @@ resolved against the manifest's directory; entries that escape it (with ``..`` o
 symlink), name a ``file://`` path outside ``allowed_roots`` or use a scheme other than an
 object store's (``http://`` would let a manifest make workers fetch internal URLs) are
 rejected with a reason (never silently dropped); with ``allowed_roots`` set, every local
-and remote entry must lie under one of them. In a local directory, media-named entries that
-are not regular files (FIFOs, devices), symlinks that leave the directory or go nowhere, and
-names that are not valid UTF-8 (they cannot be stored in Parquet) are rejected the same way
-(``line`` 0); directory symlinks are not followed. ``video_id`` is derived from the URI and
-the content fingerprint the listing gives for free (size + ETag on S3, size + mtime
-locally), so it is stable for the same content at the same URI and changes when the file is
-replaced.
+and remote entry must lie under one of them. A line that cannot be read (not CSV or JSON, a
+field over the csv module's size limit, JSON nested too deeply, a ``uri`` that is not a
+string) and an object-store entry this process has no credentials for are rejected the same
+way, on their own: the rest of the manifest runs. Only a problem with the whole manifest
+(unreadable, no ``uri`` column or two of them) is an :class:`InputError`.
+
+In a local directory, media-named entries that are not regular files (FIFOs, devices) and
+symlinks that leave the directory or go nowhere are rejected the same way (``line`` 0);
+directory symlinks are not followed; a name that is not valid UTF-8 is annotated under a
+percent-encoded ``file://`` URI (``storage.local_uri``). Files that are not media are
+counted per extension (:attr:`Discovery.skipped_non_media`), so none disappears unexplained.
+``video_id`` is derived from the URI and the content fingerprint the listing gives for free
+(size + ETag on S3, size + mtime locally), so it is stable for the same content at the same
+URI and changes when the file is replaced.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import json
 import os
 import posixpath
+import unicodedata
+from collections.abc import Iterable, Iterator
 
 from workflows.annotate.decode import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 from workflows.core import storage
@@ -28,6 +38,7 @@ from workflows.core import storage
 MANIFEST_SUFFIXES = (".parquet", ".csv", ".jsonl")
 OBJECT_STORE_SCHEMES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss")
 MEDIA_SUFFIXES = VIDEO_SUFFIXES + IMAGE_SUFFIXES
+NO_EXTENSION = "(no extension)"
 
 
 class InputError(ValueError):
@@ -46,11 +57,22 @@ class VideoSource:
 
 @dataclasses.dataclass(frozen=True)
 class RejectedEntry:
-    """A manifest line that was not accepted, and why."""
+    """A manifest line (or, with ``line`` 0, a directory entry) that was not accepted, and why."""
 
     entry: str
     line: int
     reason: str
+
+
+@dataclasses.dataclass
+class Discovery:
+    """What :func:`discover` found: the media to annotate, the entries refused with a reason,
+    and the files passed over as not media, counted per lower-case extension (most frequent
+    first; :data:`NO_EXTENSION` for none)."""
+
+    sources: list[VideoSource]
+    rejected: list[RejectedEntry]
+    skipped_non_media: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 def make_video_id(uri: str, fingerprint: str) -> str:
@@ -63,19 +85,33 @@ def _fingerprint(info: dict) -> str:
     return f"{size}:{str(tag).strip(chr(34))}"
 
 
-def _source(uri: str, info: dict | None = None) -> VideoSource:
-    if info is None:
-        try:
-            info = storage.info(uri)
-        except OSError:  # missing, unreadable, name too long: the decode stage reports it per video
-            info = {}
+def _source(location: str) -> VideoSource:
+    """The unit of work for a local path (named by ``local_media_uri``) or an object-store URI.
+    Raises what the object store raises when it has no credentials (see ``_missing_credentials``)."""
+    uri = location if storage.is_remote(location) else storage.local_uri(location)
+    try:
+        info = storage.info(location)
+    except OSError:  # missing, unreadable, name too long: the decode stage reports it per video
+        info = {}
     fp = _fingerprint(info) if info else "missing"
     return VideoSource(make_video_id(uri, fp), uri, info.get("size") if info else None, fp)
 
 
-def discover(input_uri: str, allowed_roots: list[str] | None = None
-             ) -> tuple[list[VideoSource], list[RejectedEntry]]:
-    """List the media under ``input_uri`` (or in the manifest it names), sorted by URI."""
+def _missing_credentials(e: BaseException) -> bool:
+    """Whether an object store refused for want of credentials (botocore raises these outside OSError)."""
+    try:
+        from botocore.exceptions import NoCredentialsError, PartialCredentialsError
+    except ImportError:  # no S3 support installed: no S3 call was made
+        return False
+    return isinstance(e, NoCredentialsError | PartialCredentialsError)
+
+
+NO_CREDENTIALS = ("no credentials for this object store: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+                  "AWS_PROFILE, or run where an instance role provides them")
+
+
+def discover(input_uri: str, allowed_roots: list[str] | None = None) -> Discovery:
+    """The media under ``input_uri`` (sorted by path), or in the manifest it names (in its order)."""
     root = storage.strip_file_scheme(input_uri)
     lower = root.lower()
     if lower.endswith(MANIFEST_SUFFIXES):
@@ -83,18 +119,39 @@ def discover(input_uri: str, allowed_roots: list[str] | None = None
     if not storage.is_remote(root) and os.path.isdir(root):
         return _from_local_dir(root)
     try:
-        uris = storage.list_files(root, MEDIA_SUFFIXES)
+        uris = storage.list_files(root)
+        media = [u for u in uris if _is_media(u)]
+        sources = [_source(u) for u in media]
     except FileNotFoundError as e:
-        raise InputError(f"input not found: {input_uri} (give a directory, an s3:// prefix, a media "
+        raise InputError(f"input not found: {printable(input_uri)} (give a directory, an s3:// prefix, a media "
                          f"file or a manifest .parquet/.csv/.jsonl with a 'uri' column)") from e
     except PermissionError as e:
-        raise InputError(f"input is not readable: {input_uri} ({e})") from e
-    return [_source(u) for u in uris], []
+        raise InputError(f"input is not readable: {printable(input_uri)} ({e})") from e
+    except Exception as e:
+        if not _missing_credentials(e):
+            raise
+        raise InputError(f"cannot list {printable(input_uri)}: {NO_CREDENTIALS}") from e
+    return Discovery(sources, [], _count_extensions(u for u in uris if not _is_media(u)))
+
+
+def _is_media(name: str) -> bool:
+    return name.lower().endswith(MEDIA_SUFFIXES)
+
+
+def _count_extensions(names: Iterable[str]) -> dict[str, int]:
+    """``{".txt": 2, ".wav": 1, "(no extension)": 1}`` for files passed over, most frequent first."""
+    counts = collections.Counter(printable(os.path.splitext(posixpath.basename(n))[1].lower()) or NO_EXTENSION
+                                 for n in names)
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def printable(name: str) -> str:
-    """``name`` with undecodable bytes (``surrogateescape``) shown as ``\\xNN``: safe to print and store."""
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    """``name`` safe to print on one line and to store: bytes that are not UTF-8 (``surrogateescape``)
+    and control characters (a newline, a terminal escape) shown as ``\\xNN``."""
+    text = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    if text.isprintable():
+        return text
+    return "".join(f"\\x{ord(c):02x}" if unicodedata.category(c) == "Cc" else c for c in text)
 
 
 def _is_utf8(name: str) -> bool:
@@ -105,39 +162,38 @@ def _is_utf8(name: str) -> bool:
     return True
 
 
-def _from_local_dir(root: str) -> tuple[list[VideoSource], list[RejectedEntry]]:
+def _from_local_dir(root: str) -> Discovery:
     """Regular media files under a local directory; irregular media-named entries rejected."""
     root = os.path.abspath(root)
     real_root = os.path.realpath(root)
     sources: list[VideoSource] = []
     rejected: list[RejectedEntry] = []
     found: list[tuple[str, str | None]] = []  # (path, reason to reject or None)
+    other: list[str] = []  # files that are not media
 
     def walk_error(e: OSError) -> None:
         if e.filename and os.path.abspath(e.filename) == root:
-            raise InputError(f"input is not readable: {root} ({e})") from e
+            raise InputError(f"input is not readable: {printable(root)} ({e})") from e
         found.append((str(e.filename or root), f"directory not readable ({e.strerror})"))
 
     # followlinks=False: a directory symlink is never entered (no loops, no escape from root).
     for dirpath, dirnames, filenames in os.walk(root, onerror=walk_error, followlinks=False):
+        other += [name for name in filenames if not _is_media(name)]
         for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
             path = os.path.join(dirpath, name)
-            if not name.lower().endswith(MEDIA_SUFFIXES):
-                continue
-            found.append((path, _local_entry_problem(path, real_root)))
+            if _is_media(name):
+                found.append((path, _local_entry_problem(path, real_root)))
     for path, reason in sorted(found):
         if reason is None:
             sources.append(_source(path))
         else:
             rejected.append(RejectedEntry(printable(path), 0, reason))
-    return sources, rejected
+    return Discovery(sources, rejected, _count_extensions(other))
 
 
 def _local_entry_problem(path: str, real_root: str) -> str | None:
     import stat
 
-    if not _is_utf8(path):
-        return "the file name is not valid UTF-8 (it cannot be stored in Parquet); rename the file"
     try:
         st = os.stat(path)  # follows symlinks
     except OSError as e:
@@ -149,42 +205,111 @@ def _local_entry_problem(path: str, real_root: str) -> str | None:
     return None
 
 
-def _read_manifest_uris(uri: str) -> list[str]:
+def _manifest_lines(uri: str) -> Iterator[tuple[int, str, str | None]]:
+    """``(line number, uri entry, reason to reject the line or None)`` for every entry of a
+    manifest. Raises InputError only for what makes the whole manifest unusable."""
     lower = uri.lower()
     try:
         if lower.endswith(".parquet"):
-            import pyarrow.parquet as pq
-
-            fs, path = storage.filesystem(uri)
-            table = pq.read_table(path, filesystem=fs, columns=None)
-            if "uri" not in table.column_names:
-                raise InputError(f"manifest {uri} has no 'uri' column (columns: {table.column_names})")
-            return [str(v) if v is not None else "" for v in table.column("uri").to_pylist()]
-        # Undecodable bytes survive as surrogates so that one bad line is rejected, not the file.
-        text = storage.read_bytes(uri).decode("utf-8", "surrogateescape")
+            yield from _parquet_lines(uri)
+            return
+        # Undecodable bytes survive as surrogates so that one bad line is rejected, not the file;
+        # a byte-order mark (spreadsheet exports) is not part of the first column's name.
+        text = storage.read_bytes(uri).decode("utf-8-sig", "surrogateescape")
     except FileNotFoundError as e:
-        raise InputError(f"manifest not found: {uri}") from e
-    if lower.endswith(".csv"):
-        import csv
-        import io
+        raise InputError(f"manifest not found: {printable(uri)}") from e
+    except PermissionError as e:
+        raise InputError(f"manifest is not readable: {printable(uri)} ({e})") from e
+    except Exception as e:
+        if not _missing_credentials(e):
+            raise
+        raise InputError(f"cannot read the manifest {printable(uri)}: {NO_CREDENTIALS}") from e
+    yield from _csv_lines(uri, text) if lower.endswith(".csv") else _jsonl_lines(text)
 
-        reader = csv.DictReader(io.StringIO(text))
-        if not reader.fieldnames or "uri" not in reader.fieldnames:
-            raise InputError(f"manifest {uri} has no 'uri' column (header: {reader.fieldnames})")
-        return [(row.get("uri") or "").strip() for row in reader]
-    out = []
-    for n, line in enumerate(text.splitlines(), 1):
+
+def _parquet_lines(uri: str) -> Iterator[tuple[int, str, str | None]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    fs, path = storage.filesystem(uri)
+    try:
+        _check_uri_columns(uri, pq.read_schema(path, filesystem=fs).names)
+        column = pq.read_table(path, filesystem=fs, columns=["uri"]).column("uri")
+    except pa.ArrowInvalid as e:
+        raise InputError(f"manifest {printable(uri)} is not a readable Parquet file ({e})") from e
+    for n, v in enumerate(column.to_pylist(), 1):  # rows are numbered from 1
+        if v is None or isinstance(v, str):
+            yield n, v or "", None
+        else:
+            yield n, printable(repr(v)[:200]), f"'uri' must be a string, got {type(v).__name__}"
+
+
+def _check_uri_columns(uri: str, columns: list[str]) -> None:
+    if columns.count("uri") != 1:
+        problem = "no 'uri' column" if "uri" not in columns else f"{columns.count('uri')} 'uri' columns"
+        raise InputError(f"manifest {printable(uri)} has {problem} (columns: {printable(', '.join(columns))}); "
+                         f"give exactly one column named 'uri'")
+
+
+def _csv_lines(uri: str, text: str) -> Iterator[tuple[int, str, str | None]]:
+    import csv
+    import io
+
+    reader = csv.reader(io.StringIO(text))
+    try:
+        header = next(reader, [])
+    except csv.Error as e:
+        raise InputError(f"manifest {printable(uri)}: its header line is not CSV ({e})") from e
+    _check_uri_columns(uri, header)
+    col = header.index("uri")
+    while True:
+        line = reader.line_num + 1  # where this record starts (a quoted field may span lines)
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:  # e.g. a field over csv.field_size_limit(); the reader goes on at the next line
+            yield line, "", f"not readable as CSV ({e})"
+            continue
+        if row:  # a blank line is no entry
+            yield line, (row[col] if col < len(row) else "").strip(), None
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _object_without_duplicate_uri(pairs: list[tuple[str, object]]) -> dict:
+    if sum(k == "uri" for k, _ in pairs) > 1:
+        raise _DuplicateKey("the 'uri' key appears more than once")
+    return dict(pairs)
+
+
+def _jsonl_lines(text: str) -> Iterator[tuple[int, str, str | None]]:
+    lines = text.split("\n")  # not splitlines(): a JSON string may hold U+2028 and friends
+    if lines and not lines[-1].strip():
+        lines.pop()  # the final newline ends the last line
+    for n, line in enumerate(lines, 1):
         if not line.strip():
-            out.append("")
+            yield n, "", None
             continue
         try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"manifest {uri} line {n}: not valid JSON ({e.msg})") from e
+            obj = json.loads(line, object_pairs_hook=_object_without_duplicate_uri)
+        except RecursionError:
+            yield n, "", "not readable as JSON: nested too deeply"
+            continue
+        except _DuplicateKey as e:
+            yield n, "", str(e)
+            continue
+        except ValueError as e:  # JSONDecodeError, or a number too long to convert
+            yield n, "", f"not readable as JSON ({e})"
+            continue
         if not isinstance(obj, dict) or "uri" not in obj:
-            raise InputError(f"manifest {uri} line {n}: an object with a 'uri' key is required")
-        out.append(str(obj["uri"]))
-    return out
+            yield n, "", "an object with a 'uri' key is required"
+        elif not isinstance(obj["uri"], str):
+            yield n, printable(json.dumps(obj["uri"])[:200]), f"'uri' must be a string, got {type(obj['uri']).__name__}"
+        else:
+            yield n, obj["uri"], None
 
 
 def _within(path: str, root: str) -> bool:
@@ -192,8 +317,7 @@ def _within(path: str, root: str) -> bool:
     return path == root or path.startswith(root + "/")
 
 
-def _from_manifest(manifest: str, allowed_roots: list[str] | None
-                   ) -> tuple[list[VideoSource], list[RejectedEntry]]:
+def _from_manifest(manifest: str, allowed_roots: list[str] | None) -> Discovery:
     base = manifest.rsplit("/", 1)[0] if "/" in manifest else "."
     remote_base = storage.is_remote(manifest)
     if not remote_base:
@@ -203,10 +327,11 @@ def _from_manifest(manifest: str, allowed_roots: list[str] | None
     sources: list[VideoSource] = []
     rejected: list[RejectedEntry] = []
     seen: set[str] = set()
-    # A CSV header is line 1, so data lines start at 2; parquet rows are numbered from 1.
-    offset = 2 if manifest.lower().endswith(".csv") else 1
-    for i, entry in enumerate(_read_manifest_uris(manifest)):
-        line = i + offset
+    no_credentials: set[str] = set()  # schemes already refused for want of credentials: not asked again
+    for line, entry, problem in _manifest_lines(manifest):
+        if problem is not None:
+            rejected.append(RejectedEntry(entry, line, problem))
+            continue
         if not entry:
             rejected.append(RejectedEntry(entry, line, "empty uri"))
             continue
@@ -214,7 +339,9 @@ def _from_manifest(manifest: str, allowed_roots: list[str] | None
             rejected.append(RejectedEntry(printable(entry), line, "uri contains a NUL byte"))
             continue
         if not _is_utf8(entry):
-            rejected.append(RejectedEntry(printable(entry), line, "uri is not valid UTF-8"))
+            reason = ("uri is not valid UTF-8: save the manifest as UTF-8 (a file whose name is not UTF-8 is "
+                      "found when its directory is the input)")
+            rejected.append(RejectedEntry(printable(entry), line, reason))
             continue
         raw = storage.strip_file_scheme(entry)
         if storage.is_remote(raw):
@@ -265,5 +392,15 @@ def _from_manifest(manifest: str, allowed_roots: list[str] | None
             rejected.append(RejectedEntry(entry, line, "duplicate entry"))
             continue
         seen.add(uri)
-        sources.append(_source(uri))
-    return sources, rejected
+        scheme = uri.split("://", 1)[0].lower() if storage.is_remote(uri) else ""
+        if scheme in no_credentials:
+            rejected.append(RejectedEntry(entry, line, NO_CREDENTIALS))
+            continue
+        try:
+            sources.append(_source(uri))
+        except Exception as e:
+            if not _missing_credentials(e):
+                raise
+            no_credentials.add(scheme)
+            rejected.append(RejectedEntry(entry, line, NO_CREDENTIALS))
+    return Discovery(sources, rejected)

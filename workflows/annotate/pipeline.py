@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import platform
+import sys
 import time
 import uuid
 from collections.abc import Iterable
@@ -20,6 +21,7 @@ from typing import Any
 from workflows.annotate.decode import DecodeLimits, SamplingPolicy
 from workflows.core import storage
 from workflows.core.cluster import ClusterConfig
+from workflows.core.config import bounded
 from workflows.core.tracking import MlflowConfig, Tracker, config_params, resolve_tracking_uri
 from workflows.faces import FaceConfig
 
@@ -39,12 +41,11 @@ class DecodeConfig:
         return SamplingPolicy.parse(self.sampling)
 
     def validate(self) -> list[str]:
-        problems = [] if self.threads >= 0 else [f"threads: must be >= 0 (0 = one per core), got {self.threads}"]
         try:
             self.policy()
         except ValueError as e:
-            problems.append(f"sampling: {e}")
-        return problems
+            return [f"sampling: {e}"]
+        return []
 
 
 @dataclasses.dataclass
@@ -81,28 +82,21 @@ class ModelRef:
 
 @dataclasses.dataclass
 class StageResources:
-    concurrency: int = 0  # actors in the pool; 0 = size from the cluster
+    concurrency: int = bounded(0, hi=100_000)  # actors in the pool; 0 = size from the cluster
     num_cpus: float = 1.0  # per actor (fractional allowed)
-    num_gpus: float = 0.0  # per actor (fractional allowed); -1 = 1 when the cluster has GPUs
+    num_gpus: float = bounded(0.0, lo=-1)  # per actor (fractional allowed); -1 = 1 when the cluster has GPUs
     batch_size: int = 1  # videos per call
 
     def validate(self) -> list[str]:
-        p = []
-        if self.concurrency < 0:
-            p.append("concurrency: must be >= 0")
-        if self.num_cpus < 0:
-            p.append("num_cpus: must be >= 0")
-        if self.batch_size < 1:
-            p.append("batch_size: must be >= 1")
-        return p
+        return [] if self.batch_size >= 1 else ["batch_size: must be >= 1"]
 
 
 @dataclasses.dataclass
 class RayConfig(ClusterConfig):
     """The cluster connection (``address``, ``num_cpus``) plus the annotate actor pools."""
 
-    max_task_retries: int = 2  # per batch, after a worker crash; then the videos are retried alone
-    crash_passes: int = 2  # extra passes for videos lost to crashes, one video per MLLM call
+    max_task_retries: int = bounded(2, hi=100)  # per batch, after a worker crash; then the videos are retried alone
+    crash_passes: int = bounded(2, hi=100)  # extra passes for videos lost to crashes, one video per MLLM call
     faces: StageResources = dataclasses.field(default_factory=StageResources)
     mllm: StageResources = dataclasses.field(
         default_factory=lambda: StageResources(num_cpus=0.25, num_gpus=-1.0, batch_size=4))
@@ -146,6 +140,24 @@ class IngestConfig:
 
 
 @dataclasses.dataclass
+class ExecutorConfig:
+    """Where the stages run. ``auto`` picks ``local`` (worker processes on this machine, no Ray)
+    for a small job with no cluster address and a CPU model that fuses with the face stage, and
+    Ray otherwise; ``local`` and ``ray`` force one. The output and its contract are the same."""
+
+    kind: str = "auto"  # auto | local | ray
+    # auto: at most this many videos to do run locally. Measured on 2 cores (docs/PERFORMANCE.md,
+    # "Small jobs"): local is faster at every size up to the corpora of the harness; Ray's
+    # fault tolerance across nodes and its pools are what a larger job wants.
+    local_max_videos: int = 64
+    local_workers: int = 0  # worker processes; 0 = one per CPU (ray.num_cpus when set), at most one per video
+
+    def validate(self) -> list[str]:
+        ok = ("auto", "local", "ray")
+        return [] if self.kind in ok else [f"kind: must be one of {', '.join(ok)}, got {self.kind!r}"]
+
+
+@dataclasses.dataclass
 class AnnotateConfig:
     decode: DecodeConfig = dataclasses.field(default_factory=DecodeConfig)
     faces: FaceConfig = dataclasses.field(default_factory=FaceConfig)
@@ -155,6 +167,7 @@ class AnnotateConfig:
     assets: AssetsConfig = dataclasses.field(default_factory=AssetsConfig)
     mlflow: MlflowConfig = dataclasses.field(default_factory=lambda: MlflowConfig(experiment="mien-annotate"))
     ingest: IngestConfig = dataclasses.field(default_factory=IngestConfig)
+    executor: ExecutorConfig = dataclasses.field(default_factory=ExecutorConfig)
 
     def validate(self) -> list[str]:
         return self.mlflow.unused_settings("annotate", ("registered_model", "alias", "run_id"))
@@ -175,6 +188,8 @@ class AnnotateSummary:
     wall_s: float = 0.0
     errors: list[dict[str, str]] = dataclasses.field(default_factory=list)
     rejected: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    # Files under the input that are not media, per extension (ingest.Discovery.skipped_non_media).
+    skipped_non_media: dict[str, int] = dataclasses.field(default_factory=dict)
     fe_counts: dict[str, int] = dataclasses.field(default_factory=dict)
     au_counts: dict[str, int] = dataclasses.field(default_factory=dict)
     model_id: str | None = None
@@ -186,6 +201,10 @@ class AnnotateSummary:
     mllm_s: float = 0.0
     first_result_s: float | None = None
     plan: dict[str, Any] = dataclasses.field(default_factory=dict)
+    executor: str | None = None  # local | ray (None: nothing to do)
+    # Where the wall time went, phase by phase (Stopwatch): start-up, discovery, model check,
+    # resume check, cluster start, first result, steady state, sink, run JSON, MLflow.
+    breakdown: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def utilisation(self) -> dict[str, float | None]:
         """Busy fraction of each stage's actor pool over the run's wall time (1.0 = every
@@ -204,20 +223,30 @@ class AnnotateSummary:
     def pools_line(self) -> str:
         """Actor pools, how busy they were, and the first result's latency, in one line."""
         util = self.utilisation()
+        unit = "local worker process(es)" if self.executor == "local" else "actor(s)"
         pools = "; ".join(
-            f"{stage} {p['concurrency']} actor(s) x {p['num_cpus']:g} CPU"
+            f"{stage} {p['concurrency']} {unit} x {p['num_cpus']:g} CPU"
             + (f" x {p['num_gpus']:g} GPU" if p.get("num_gpus") else "")
             + (f", {util[stage]:.0%} busy" if util.get(stage) is not None else "")
             for stage, p in self.plan.items() if p.get("concurrency"))
         if (self.plan.get("mllm") or {}).get("fused"):
-            pools += " (the MLLM runs inside the face actors)"
+            pools += " (the MLLM runs inside the face " + ("workers)" if self.executor == "local" else "actors)")
         first = f"; first video after {self.first_result_s:.1f} s" if self.first_result_s is not None else ""
         return pools + first
 
-    def render(self) -> str:
+    def breakdown_line(self) -> str:
+        """Where the wall time went, phase by phase (``mien -v annotate``)."""
+        return ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} {v:.1f} s" for k, v in self.breakdown.items())
+
+    def render(self, verbose: bool = False) -> str:
+        from workflows.annotate.ingest import printable
+
         lines = [f"run {self.run_id} -> {self.output}",
                  f"videos: {self.videos_ok} ok, {self.videos_error} error, {self.videos_skipped} already done "
                  f"(of {self.videos_total}); faces {self.faces}, tracks {self.tracks}; {self.wall_s:.1f} s"]
+        if self.skipped_non_media:
+            lines.append(f"skipped {sum(self.skipped_non_media.values())} non-media file(s): "
+                         + ", ".join(f"{ext} {n}" for ext, n in self.skipped_non_media.items()))
         for run, n in self.videos_elsewhere.items():
             lines.append(f"{n} video(s) left to {run}, which is annotating them into this output now; once it "
                          f"ends, run this command again to pick up any it did not finish (if it died on another "
@@ -233,8 +262,10 @@ class AnnotateSummary:
                          ", ".join(f"{k} {v / self.faces:.0%}" for k, v in top))
         if self.plan:
             lines.append(f"pools: {self.pools_line()}")
-        for e in self.errors[:20]:
-            lines.append(f"  error {e['video_uri']}: [{e['error_kind']}] {e['error']}")
+        if verbose and self.breakdown:
+            lines.append(f"time ({self.executor or 'nothing to run'}): {self.breakdown_line()}")
+        for e in self.errors[:20]:  # file names and messages are user data: no control characters
+            lines.append(f"  error {printable(e['video_uri'])}: [{e['error_kind']}] {printable(e['error'])}")
         if len(self.errors) > 20:
             lines.append(f"  ... and {len(self.errors) - 20} more error(s) (videos/ status=error)")
         for r in self.rejected[:20]:
@@ -250,28 +281,59 @@ def new_run_id() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
 
 
+class Stopwatch:
+    """Seconds per phase of one run, in the order they happened: the summary's breakdown of the
+    wall time (``-v``) and ``timings.breakdown`` in the run JSON."""
+
+    def __init__(self) -> None:
+        self._t = time.perf_counter()
+        self.phases: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        """Book the time since the previous lap to phase ``name``."""
+        now = time.perf_counter()
+        self.phases[name] = self.phases.get(name, 0.0) + now - self._t
+        self._t = now
+
+
+# How long the end of a run waits for MLflow before it exits without it: the output and its run
+# JSON are complete by then, and a slow or unreachable tracking server must not hold the job.
+MLFLOW_WAIT_S = 120.0
+
+
 def annotate(input_uri: str, output_uri: str, cfg: AnnotateConfig, force: bool = False,
-             limit: int | None = None, progress: bool = True) -> AnnotateSummary:
+             limit: int | None = None, progress: bool = True, startup_s: float | None = None) -> AnnotateSummary:
     """Run the pipeline; returns the summary. Raises InputError / PermissionError for an
     unusable input root or output and ModelDirError for an unusable model (the CLI turns them
-    into a message and exit code)."""
+    into a message and exit code). ``startup_s``: the caller's start-up time (process start and
+    imports) for the breakdown."""
     from workflows.annotate.ingest import discover
     from workflows.corpus.lease import RunLease
     from workflows.corpus.writer import AnnotationSink
 
     t0 = time.perf_counter()
+    clock = Stopwatch()
+    if startup_s is not None:
+        clock.phases["startup_s"] = startup_s
     run_id = new_run_id()
     # Actors do not share the driver's working directory: paths the user gave are fixed here.
     output_uri = storage.absolute(output_uri)
     cfg.model.uri = storage.absolute(cfg.model.uri)
     summary = AnnotateSummary(run_id=run_id, output=output_uri)
     storage.check_writable(output_uri)
-    sources, rejected = discover(input_uri, cfg.ingest.allowed_roots or None)
+    # The tracking store opens (imports, tables, experiment) while the job runs, not after it.
+    tracking = _Background(_open_tracking, cfg) if cfg.mlflow.enabled and not cfg.model.uri.startswith(
+        ("models:/", "runs:/")) else None
+    found = discover(input_uri, cfg.ingest.allowed_roots or None)
+    sources = found.sources
+    clock.lap("discover_s")
     _check_model(cfg)
+    clock.lap("model_check_s")
     if limit is not None:
         sources = sources[:limit]
     summary.videos_total = len(sources)
-    summary.rejected = [dataclasses.asdict(r) for r in rejected]
+    summary.rejected = [dataclasses.asdict(r) for r in found.rejected]
+    summary.skipped_non_media = found.skipped_non_media
     # Other runs may write to this output at the same time (shards, a second start): the lease
     # keeps them from removing each other's chunks in flight, and --force deletes nothing before
     # its new rows are committed (workflows/corpus/writer.py).
@@ -292,16 +354,65 @@ def annotate(input_uri: str, output_uri: str, cfg: AnnotateConfig, force: bool =
                         len(held), "; ".join(summary.videos_elsewhere))
         log.info("%d video(s) found, %d already annotated, %d to do; run %s", len(sources),
                  summary.videos_skipped, len(todo), run_id)
+        clock.lap("resume_check_s")
         plan: dict[str, Any] = {}
         if todo:
-            plan = _run(todo, cfg, run_id, sink, summary, progress)
+            plan = _run(todo, cfg, run_id, sink, summary, progress, clock)
         sink.flush()
         sink.drop_replaced()  # the rows this run replaced, now that its own are committed
+        clock.lap("sink_s")
         summary.wall_s = time.perf_counter() - t0
+        summary.breakdown = dict(clock.phases)  # the run JSON's: up to the run JSON itself
         _write_run_json(output_uri, input_uri, cfg, summary, plan, sink)
+        clock.lap("run_json_s")
     if cfg.mlflow.enabled:
-        _log_mlflow(cfg, summary, output_uri, input_uri)
+        _finish_tracking(cfg, summary, output_uri, input_uri, tracking)
+        clock.lap("mlflow_s")
+    summary.breakdown = dict(clock.phases)  # the printed summary's: everything but the exit
     return summary
+
+
+class _Background:
+    """A function running in a daemon thread: waiting for it is bounded, and a hung call (an
+    unreachable tracking server) never keeps the process from exiting."""
+
+    def __init__(self, fn: Any, *args: Any) -> None:
+        import threading
+
+        self.error: BaseException | None = None
+        self._fn, self._args = fn, args
+        self._thread = threading.Thread(target=self._main, name=f"mien-{fn.__name__}", daemon=True)
+        self._thread.start()
+
+    def _main(self) -> None:
+        try:
+            self._fn(*self._args)
+        except BaseException as e:  # noqa: BLE001 - reported by whoever waits
+            self.error = e
+
+    def wait(self, timeout_s: float) -> bool:
+        """True when the call has ended (see ``error``) within ``timeout_s``."""
+        self._thread.join(timeout_s)
+        return not self._thread.is_alive()
+
+
+def _open_tracking(cfg: AnnotateConfig) -> None:
+    from workflows.core.tracking import ensure_experiment
+
+    m = cfg.mlflow
+    ensure_experiment(m.experiment, resolve_tracking_uri(m.tracking_uri), m.artifact_location)
+
+
+def _finish_tracking(cfg: AnnotateConfig, summary: AnnotateSummary, output_uri: str, input_uri: str,
+                     opening: _Background | None) -> None:
+    """Log the finished run to MLflow, waiting at most :data:`MLFLOW_WAIT_S` in all."""
+    deadline = time.monotonic() + MLFLOW_WAIT_S
+    if opening is not None and opening.wait(MLFLOW_WAIT_S) and opening.error is not None:
+        log.debug("opening the tracking store failed", exc_info=opening.error)  # _log_mlflow says why
+    logging_run = _Background(_log_mlflow, cfg, summary, output_uri, input_uri)
+    if not logging_run.wait(max(0.0, deadline - time.monotonic())):
+        log.warning("MLflow logging did not finish within %.0f s (tracking server slow or unreachable); the output "
+                    "and runs/%s.json are complete; exiting without it", MLFLOW_WAIT_S, summary.run_id)
 
 
 def _check_model(cfg: AnnotateConfig) -> None:
@@ -330,13 +441,61 @@ def _check_model(cfg: AnnotateConfig) -> None:
                          source=f"model.overrides / model.describe of {uri}")
 
 
-def _run(todo: list, cfg: AnnotateConfig, run_id: str, sink: Any, summary: AnnotateSummary,
-         progress: bool) -> dict[str, Any]:
-    from workflows.annotate import runner
-    from workflows.core import cluster
+def choose_executor(cfg: AnnotateConfig, n_videos: int) -> tuple[str, str]:
+    """``("local" | "ray", why)`` for a job of ``n_videos`` (see :class:`ExecutorConfig`)."""
+    kind = cfg.executor.kind
+    if kind != "auto":
+        return kind, f"executor.kind={kind}"
+    if cfg.ray.address or os.environ.get("RAY_ADDRESS"):
+        return "ray", "a Ray cluster address is set"
+    ray = sys.modules.get("ray")  # never imported here for the question
+    if ray is not None and getattr(ray, "is_initialized", lambda: False)():
+        return "ray", "this process is connected to Ray already"
+    if n_videos > cfg.executor.local_max_videos:
+        return "ray", f"{n_videos} videos > executor.local_max_videos={cfg.executor.local_max_videos}"
+    fuse = cfg.ray.fuse_stages
+    if fuse == "never" or (fuse == "auto" and cfg.model.uri != "default"):
+        return "ray", "the model runs in its own MLLM pool (ray.fuse_stages)"
+    wants_gpu = cfg.ray.mllm.num_gpus > 0 or cfg.model.device.startswith("cuda") or (
+        cfg.ray.mllm.num_gpus < 0 and _local_gpus())
+    if wants_gpu or cfg.ray.faces.num_gpus > 0:
+        return "ray", "the job asks for a GPU"
+    return "local", f"a small job ({n_videos} video(s) <= executor.local_max_videos) without a cluster"
 
-    resources = cfg.ray.connect()
-    plan = runner.stage_plan(cfg, resources, len(todo), cluster.node_resources())
+
+def _local_gpus() -> bool:
+    """Whether this machine shows an NVIDIA GPU to this process (no CUDA library is loaded)."""
+    import glob
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return False
+    return bool(glob.glob("/dev/nvidia[0-9]*"))
+
+
+def _run(todo: list, cfg: AnnotateConfig, run_id: str, sink: Any, summary: AnnotateSummary,
+         progress: bool, clock: Stopwatch) -> dict[str, Any]:
+    from workflows.annotate import runner
+
+    executor, why = choose_executor(cfg, len(todo))
+    summary.executor = executor
+    log.info("executor: %s (%s)", executor, why)
+    if executor == "local":
+        from workflows.annotate import local
+
+        plan = local.local_plan(cfg, len(todo))
+
+        def execute(rows: list[dict[str, str]], plan: dict[str, Any]) -> Iterable[dict[str, Any]]:
+            return local.run_local(rows, cfg, run_id, plan)
+    else:
+        from workflows.core import cluster
+
+        resources = cfg.ray.connect()
+        clock.lap("cluster_start_s")
+        plan = runner.stage_plan(cfg, resources, len(todo), cluster.node_resources())
+
+        def execute(rows: list[dict[str, str]], plan: dict[str, Any]) -> Iterable[dict[str, Any]]:
+            return runner.run_pipeline(rows, cfg, run_id, plan, progress)
     summary.plan = plan
     log.info("stage plan: %s", plan)
     t_start = time.perf_counter()
@@ -353,7 +512,7 @@ def _run(todo: list, cfg: AnnotateConfig, run_id: str, sink: Any, summary: Annot
                         len(pending), attempt, cfg.ray.crash_passes)
             plan = runner.isolated(plan)
         rows = [{"video_id": s.video_id, "uri": s.uri} for s in largest_first(pending.values())]
-        for row in runner.run_pipeline(rows, cfg, run_id, plan, progress):
+        for row in execute(rows, plan):
             if pending.pop(row["video_id"], None) is None:
                 # A block re-executed after a node or object loss can deliver a video twice;
                 # the first result is already in the sink.
@@ -362,15 +521,18 @@ def _run(todo: list, cfg: AnnotateConfig, run_id: str, sink: Any, summary: Annot
             done += 1
             if summary.first_result_s is None:
                 summary.first_result_s = time.perf_counter() - t_start
+                clock.lap("first_result_s")
             last_log = _consume(row, run_id, sink, summary, fe_counts, au_counts, done, len(todo), last_log)
     for s in pending.values():  # still missing: every attempt crashed its worker
         row = {"video_id": s.video_id, "video_uri": s.uri, "status": "error", "error_kind": "worker_crash",
                "error": f"the worker processing this video died on every try ({cfg.ray.crash_passes + 1} "
-                        f"pass(es) x {cfg.ray.max_task_retries + 1} tries; a native crash or out of memory); "
-                        f"see the Ray logs",
+                        + ("pass(es); a native crash or out of memory); see the run's stderr" if executor == "local"
+                           else f"pass(es) x {cfg.ray.max_task_retries + 1} tries; a native crash or out of "
+                                f"memory); see the Ray logs"),
                "faces_ipc": None, "tracks_ipc": None, "n_frames": 0}
         done += 1
         last_log = _consume(row, run_id, sink, summary, fe_counts, au_counts, done, len(todo), last_log)
+    clock.lap("steady_state_s")
     summary.fe_counts = dict(fe_counts)
     summary.au_counts = dict(au_counts)
     return plan
@@ -464,14 +626,16 @@ def _write_run_json(output_uri: str, input_uri: str, cfg: AnnotateConfig, summar
                    "videos_elsewhere": sum(summary.videos_elsewhere.values()),
                    "videos_ok": summary.videos_ok, "videos_error": summary.videos_error,
                    "faces": summary.faces, "tracks": summary.tracks,
-                   "rejected_manifest_lines": len(summary.rejected)},
+                   "rejected_manifest_lines": len(summary.rejected),
+                   "skipped_non_media": summary.skipped_non_media},
         "timings": {"wall_s": summary.wall_s,
                     "videos_per_s": (summary.videos_ok + summary.videos_error) / summary.wall_s
                     if summary.wall_s else None,
                     "faces_per_s": summary.faces / summary.wall_s if summary.wall_s else None,
                     "decode_faces_s": summary.decode_faces_s, "decode_faces_cpu_s": summary.decode_faces_cpu_s,
                     "mllm_s": summary.mllm_s,
-                    "first_result_s": summary.first_result_s, "utilisation": summary.utilisation()},
+                    "first_result_s": summary.first_result_s, "utilisation": summary.utilisation(),
+                    "executor": summary.executor, "breakdown": summary.breakdown},
         "stage_plan": plan, "errors": summary.errors, "rejected": summary.rejected,
         "fe_counts": summary.fe_counts, "au_counts": summary.au_counts,
         "parts_written": sink.parts_written, "bytes_written": sink.bytes_written,

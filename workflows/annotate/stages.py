@@ -131,6 +131,7 @@ class DecodeFacesStage:
 
     def process_video(self, video_id: str, uri: str) -> dict[str, Any]:
         from workflows.annotate.decode import DecodeError, VideoReader
+        from workflows.annotate.ingest import printable
 
         if self._faults:
             faults.exit_if_injected(self._faults, uri)
@@ -160,7 +161,7 @@ class DecodeFacesStage:
         except DecodeError as e:
             row.update(status="error", error=e.message, error_kind=e.kind, n_frames=counter["n"])
         except Exception as e:  # noqa: BLE001 - one video's failure is data, not a crashed job
-            log.exception("face extraction failed on %s", uri)
+            log.exception("face extraction failed on %s", printable(uri))
             row.update(status="error", error=f"{type(e).__name__}: {e}", error_kind="face_stage_exception",
                        n_frames=counter["n"])
             row["traceback"] = traceback.format_exc(limit=5)

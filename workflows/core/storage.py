@@ -16,6 +16,7 @@ import os
 import random
 import tempfile
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable
 from typing import IO, Any, TypeVar
 
@@ -46,7 +47,23 @@ def is_remote(uri: str) -> bool:
 
 
 def strip_file_scheme(uri: str) -> str:
-    return uri[len("file://"):] if uri.startswith("file://") else uri
+    """The local path of a path or ``file://`` URI (whose path is percent-encoded, RFC 8089: how
+    :func:`local_uri` names a file whose name is not valid UTF-8)."""
+    if not uri.startswith("file://"):
+        return uri
+    return os.fsdecode(urllib.parse.unquote_to_bytes(uri[len("file://"):]))
+
+
+def local_uri(path: str) -> str:
+    """How a local file is named in an output: its path, or, when the path is not valid UTF-8
+    (``os`` gives such names as ``surrogateescape`` strings; common on old Latin-1 archives), a
+    ``file://`` URI with the raw bytes percent-encoded, which Parquet can store and
+    :func:`strip_file_scheme` maps back to the file."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return "file://" + urllib.parse.quote(os.fsencode(path), safe="/")
 
 
 def absolute(uri: str) -> str:

@@ -1,12 +1,22 @@
 import json
 import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from workflows.annotate.ingest import InputError, discover
+from tests.conftest import environ
+from workflows.annotate.ingest import NO_CREDENTIALS, InputError, discover
+from workflows.annotate.pipeline import AnnotateSummary
 from workflows.core import storage
+from workflows.core.storage import strip_file_scheme
+
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _touch(p, data=b"x"):
@@ -19,14 +29,15 @@ def test_directory_discovery_filters_media_and_ids_are_stable(tmp_path):
     a = _touch(tmp_path / "c" / "a.mp4")
     b = _touch(tmp_path / "c" / "sub" / "b.JPG")
     _touch(tmp_path / "c" / "notes.txt")
-    srcs, rej = discover(str(tmp_path / "c"))
-    assert [s.uri for s in srcs] == [a, b] and rej == []
-    again, _ = discover(str(tmp_path / "c"))
+    found = discover(str(tmp_path / "c"))
+    srcs = found.sources
+    assert [s.uri for s in srcs] == [a, b] and found.rejected == []
+    again = discover(str(tmp_path / "c")).sources
     assert [s.video_id for s in srcs] == [s.video_id for s in again]
     assert len({s.video_id for s in srcs}) == 2
     # New content at the same URI -> a new id.
     _touch(tmp_path / "c" / "a.mp4", b"different content")
-    changed, _ = discover(str(tmp_path / "c"))
+    changed = discover(str(tmp_path / "c")).sources
     assert changed[0].video_id != srcs[0].video_id and changed[1].video_id == srcs[1].video_id
 
 
@@ -48,7 +59,8 @@ def test_manifests_resolve_relative_and_reject_bad_lines(tmp_path, fmt):
         man.write_text("\n".join(json.dumps({"uri": e}) for e in entries) + "\n")
     else:
         pq.write_table(pa.table({"uri": entries}), man)
-    srcs, rej = discover(str(man))
+    found = discover(str(man))
+    srcs, rej = found.sources, found.rejected
     assert [s.uri for s in srcs] == [v1, v2]
     reasons = {r.entry: r.reason for r in rej}
     assert "escapes" in reasons["../secret.mp4"]
@@ -66,8 +78,8 @@ def test_symlink_out_of_allowed_root_rejected(tmp_path):
     os.symlink(secret, tmp_path / "m" / "link.mp4")
     man = tmp_path / "m" / "list.csv"
     man.write_text("uri\nlink.mp4\n")
-    srcs, rej = discover(str(man), allowed_roots=[str(tmp_path / "m")])
-    assert srcs == [] and "outside the allowed roots" in rej[0].reason
+    found = discover(str(man), allowed_roots=[str(tmp_path / "m")])
+    assert found.sources == [] and "outside the allowed roots" in found.rejected[0].reason
 
 
 def test_manifest_without_uri_column(tmp_path):
@@ -81,10 +93,11 @@ def test_s3_prefix_and_manifest(s3_bucket):
     storage.write_bytes(f"{s3_bucket}/corpus/a.mp4", b"a")
     storage.write_bytes(f"{s3_bucket}/corpus/b.png", b"b")
     storage.write_text(f"{s3_bucket}/corpus/list.jsonl", '{"uri": "a.mp4"}\n{"uri": "../x.mp4"}\n')
-    srcs, _ = discover(f"{s3_bucket}/corpus")
-    assert [s.uri for s in srcs] == [f"{s3_bucket}/corpus/a.mp4", f"{s3_bucket}/corpus/b.png"]
-    srcs, rej = discover(f"{s3_bucket}/corpus/list.jsonl")
-    assert [s.uri for s in srcs] == [f"{s3_bucket}/corpus/a.mp4"] and "escapes" in rej[0].reason
+    found = discover(f"{s3_bucket}/corpus")
+    assert [s.uri for s in found.sources] == [f"{s3_bucket}/corpus/a.mp4", f"{s3_bucket}/corpus/b.png"]
+    assert found.skipped_non_media == {".jsonl": 1}  # the manifest, listed as a file of the prefix
+    found = discover(f"{s3_bucket}/corpus/list.jsonl")
+    assert [s.uri for s in found.sources] == [f"{s3_bucket}/corpus/a.mp4"] and "escapes" in found.rejected[0].reason
 
 
 def test_videos_are_dispatched_largest_first():
@@ -96,3 +109,118 @@ def test_videos_are_dispatched_largest_first():
     srcs = [VideoSource(str(i), f"/d/{i}.mp4", size, "fp") for i, size in
             enumerate([10, None, 300, 10, 5000, 0])]
     assert [s.video_id for s in largest_first(srcs)] == ["4", "2", "0", "3", "1", "5"]
+
+
+def test_one_unreadable_csv_line_is_rejected_alone(tmp_path):
+    """A field over the csv module's size limit used to abort the whole run."""
+    v1, v2 = _touch(tmp_path / "m" / "v1.mp4"), _touch(tmp_path / "m" / "v2.mp4")
+    man = tmp_path / "m" / "list.csv"
+    man.write_text("uri,subject\nv1.mp4,a\n" + "x" * 200_000 + ".mp4,b\n\nv2.mp4,c\n")
+    found = discover(str(man))
+    assert [s.uri for s in found.sources] == [v1, v2]
+    [bad] = found.rejected
+    assert bad.line == 3 and "field larger than field limit" in bad.reason
+
+
+def test_bad_jsonl_lines_are_rejected_alone_with_reasons(tmp_path):
+    """Each line stands alone: invalid or too deeply nested JSON, a doubled 'uri' key, a 'uri'
+    that is not a string; the good lines run (one holds U+2028, which is not a line break)."""
+    v1, v2 = _touch(tmp_path / "m" / "v1.mp4"), _touch(tmp_path / "m" / "v\u2028two.mp4")
+    lines = ['{"uri": "v1.mp4"}', "[" * 100_000 + "]" * 100_000, "{not json", '{"uri": "a.mp4", "uri": "b.mp4"}',
+             '["v1.mp4"]', '{"uri": 3}', json.dumps({"uri": "v\u2028two.mp4", "subject": "s1"}, ensure_ascii=False)]
+    man = tmp_path / "m" / "list.jsonl"
+    man.write_text("\n".join(lines) + "\n")
+    found = discover(str(man))
+    assert [s.uri for s in found.sources] == [v1, v2]
+    reasons = {r.line: r.reason for r in found.rejected}
+    assert sorted(reasons) == [2, 3, 4, 5, 6]
+    assert "nested too deeply" in reasons[2] and "not readable as JSON" in reasons[3]
+    assert "'uri' key appears more than once" in reasons[4]
+    assert "an object with a 'uri' key is required" in reasons[5] and "must be a string, got int" in reasons[6]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_two_uri_columns_make_the_manifest_unusable_with_a_clear_message(tmp_path, fmt):
+    man = tmp_path / f"list.{fmt}"
+    if fmt == "csv":
+        man.write_text("uri,uri\na.mp4,b.mp4\n")
+    else:
+        pq.write_table(pa.Table.from_arrays([pa.array(["a.mp4"]), pa.array(["b.mp4"])], names=["uri", "uri"]), man)
+    with pytest.raises(InputError, match="has 2 'uri' columns .*give exactly one column named 'uri'"):
+        discover(str(man))
+
+
+@pytest.fixture
+def no_aws_credentials(tmp_path):
+    """No credential source botocore could find (the S3 test server's keys may be in the environment)."""
+    import s3fs
+
+    none = str(tmp_path / "no-such-file")
+    with environ(AWS_ACCESS_KEY_ID=None, AWS_SECRET_ACCESS_KEY=None, AWS_SESSION_TOKEN=None, AWS_PROFILE=None,
+                 AWS_SHARED_CREDENTIALS_FILE=none, AWS_CONFIG_FILE=none, AWS_EC2_METADATA_DISABLED="true",
+                 AWS_CONTAINER_CREDENTIALS_RELATIVE_URI=None, AWS_CONTAINER_CREDENTIALS_FULL_URI=None,
+                 AWS_WEB_IDENTITY_TOKEN_FILE=None):
+        s3fs.S3FileSystem.clear_instance_cache()
+        yield
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+def test_s3_entries_without_credentials_are_rejected_lines(tmp_path, no_aws_credentials):
+    v1 = _touch(tmp_path / "m" / "v1.mp4")
+    man = tmp_path / "m" / "list.csv"
+    man.write_text("uri\ns3://bucket/a.mp4\nv1.mp4\ns3://bucket/b.mp4\n")
+    found = discover(str(man))
+    assert [s.uri for s in found.sources] == [v1]
+    assert [(r.entry, r.line, r.reason) for r in found.rejected] == [
+        ("s3://bucket/a.mp4", 2, NO_CREDENTIALS), ("s3://bucket/b.mp4", 4, NO_CREDENTIALS)]
+    with pytest.raises(InputError, match="cannot list s3://bucket/corpus: no credentials .*AWS_ACCESS_KEY_ID"):
+        discover("s3://bucket/corpus")
+
+
+def test_files_that_are_not_media_are_counted_by_extension(tmp_path):
+    for name in ["a.mp4", "README.txt", "sub/notes.TXT", "sub/take1.wav", "clip.y4m", ".DS_Store"]:
+        _touch(tmp_path / "c" / name)
+    found = discover(str(tmp_path / "c"))
+    assert [Path(s.uri).name for s in found.sources] == ["a.mp4"]
+    assert found.skipped_non_media == {".txt": 2, "(no extension)": 1, ".wav": 1, ".y4m": 1}
+    assert discover(str(tmp_path / "c" / "README.txt")).skipped_non_media == {".txt": 1}
+
+
+def test_the_summary_prints_one_line_per_error_whatever_the_file_name_holds():
+    """A newline or a terminal escape in a file name must not forge lines of the summary."""
+    uri = "/d/a\n  error /d/b.mp4: [ok] fine\x1b[2J.mp4"
+    text = AnnotateSummary(run_id="r", output="o", videos_error=1, skipped_non_media={".txt": 2, ".wav": 1},
+                           errors=[{"video_uri": uri, "error_kind": "not_found",
+                                    "error": f"no such file: {uri}"}]).render()
+    lines = text.splitlines()
+    assert len(lines) == 4 and "\x1b" not in text and lines[2] == "skipped 3 non-media file(s): .txt 2, .wav 1"
+    assert lines[3].startswith("  error /d/a\\x0a  error /d/b.mp4")
+
+
+def test_a_latin1_file_name_is_annotated_under_a_uri_that_leads_back_to_it(asset, tmp_path):
+    """Old archives hold names that are not UTF-8. Parquet cannot store them as they are: the
+    video is annotated under a percent-encoded file:// URI that maps back to the file, with a
+    stable video_id; the README beside it is counted, not lost."""
+    corpus = tmp_path / "in"
+    corpus.mkdir()
+    latin1 = os.path.join(os.fsencode(corpus), b"entr\xe9e.mp4")
+    shutil.copyfile(asset("sample_single_face_video"), latin1)
+    (corpus / "README.txt").write_text("what these clips are\n")
+    out = tmp_path / "out"
+    sets = [x for s in ["mlflow.enabled=false", "output.crops=false"] for x in ("--set", s)]
+    r = subprocess.run([sys.executable, "-m", "jobs.cli", "annotate", "--input", str(corpus), "--output", str(out),
+                        "--no-progress", *sets], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                       env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})  # a local run
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "skipped 1 non-media file(s): .txt 1" in r.stdout
+    [row] = pd.read_parquet(out / "videos").to_dict("records")
+    assert row["status"] == "ok" and row["n_faces"] > 0, row
+    assert row["video_uri"].startswith("file://") and row["video_uri"].endswith("/entr%E9e.mp4")
+    assert os.path.samefile(strip_file_scheme(row["video_uri"]), latin1)
+    assert row["video_id"] == discover(str(corpus)).sources[0].video_id  # the same id on the next run
+    from jobs.cli import main
+
+    assert main(["render", "--input", str(out), "--video", row["video_id"], "--output", str(tmp_path / "r.mp4")]) == 0
+    assert (tmp_path / "r.mp4").stat().st_size > 0  # the tools that reopen the source find it too
+    [run] = (out / "runs").glob("*.json")
+    assert json.loads(run.read_text())["counts"]["skipped_non_media"] == {".txt": 1}

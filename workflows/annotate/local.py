@@ -1,0 +1,133 @@
+"""The in-process executor for small local jobs: the same stages as the Ray pipeline
+(:mod:`workflows.annotate.stages`), run in a small pool of worker processes on this machine.
+
+A job of a few clips on a laptop or in a notebook spends most of its Ray run starting Ray, its
+actors and the object store (docs/PERFORMANCE.md, "Small jobs"); here a worker process starts
+in about the time Python takes to import the face libraries. The contract is the Ray
+pipeline's: the driver receives the same per-video result rows and commits them through the
+same sink, so resume, exactly-once and the error rows are unchanged. A worker that dies (a
+native crash, the OOM killer) takes only the videos it had in flight: the driver's crash passes
+retry them one at a time (``runner.isolated`` plans), and a video that kills every worker it
+meets becomes a ``worker_crash`` row, as under Ray.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import logging
+import multiprocessing
+import os
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# The stage of this worker process, built on its first video (its models load once per process).
+_STAGE: Any = None
+
+
+class LocalStartError(RuntimeError):
+    """The stages could not be built in a worker (a model or asset that fails to load)."""
+
+
+def local_plan(cfg: Any, n_videos: int) -> dict[str, dict[str, Any]]:
+    """The plan in the shape of ``runner.stage_plan``: one fused face+MLLM stage, one worker
+    process per CPU (``ray.num_cpus`` when set), never more than there are videos."""
+    workers = cfg.executor.local_workers or cfg.ray.num_cpus or os.cpu_count() or 1
+    workers = max(1, min(int(workers), n_videos))
+    return {"faces": {"concurrency": workers, "num_cpus": 1.0, "num_gpus": 0.0, "batch_size": 1},
+            "mllm": {"concurrency": 0, "num_cpus": 0.0, "num_gpus": 0.0, "batch_size": 1, "fused": True}}
+
+
+def run_local(rows: list[dict[str, str]], cfg: Any, run_id: str,
+              plan: dict[str, dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Stream per-video result rows (``stages.RESULT_FIELDS``) as the workers finish them.
+
+    Videos whose worker died are not yielded: the caller's crash passes retry them. In an
+    isolated plan (``max_tasks_in_flight`` 1) one worker takes one video at a time and a fresh
+    worker replaces a dead one, so a crash names its video and spares the rest."""
+    faces = plan["faces"]
+    if faces.get("max_tasks_in_flight") == 1:
+        for row in rows:
+            yield from _run_pool([row], cfg, run_id, workers=1)
+        return
+    yield from _run_pool(rows, cfg, run_id, workers=faces["concurrency"])
+
+
+def _run_pool(rows: list[dict[str, str]], cfg: Any, run_id: str, workers: int) -> Iterator[dict[str, Any]]:
+    # spawn, not fork: the driver has threads (the lease heartbeat, MLflow) and native libraries
+    # loaded, which a forked child would inherit in an undefined state.
+    ctx = multiprocessing.get_context("spawn")
+    pool = cf.ProcessPoolExecutor(max_workers=max(1, min(workers, len(rows))), mp_context=ctx)
+    try:
+        quiet = not logging.getLogger("workflows").isEnabledFor(logging.DEBUG)  # mien -v: everything
+        futures = [pool.submit(_process, cfg, run_id, row["video_id"], row["uri"], quiet) for row in rows]
+        for future in cf.as_completed(futures):
+            try:
+                yield future.result()
+            except cf.process.BrokenProcessPool:
+                # A worker died: every video still in flight is lost with the pool; those
+                # already yielded are committed. The caller retries the rest.
+                log.warning("a local worker process died; its videos are retried one at a time")
+                return
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _process(cfg: Any, run_id: str, video_id: str, uri: str, quiet: bool = True) -> dict[str, Any]:
+    """One video, in a worker process: decode + faces + MLLM, the fused stage's result row."""
+    global _STAGE
+    from workflows.annotate.stages import RESULT_FIELDS, FusedStage
+
+    if _STAGE is None:
+        with _native_stderr_held(quiet) as held:
+            try:
+                _STAGE = FusedStage(*FusedStage.constructor_args(cfg, run_id))
+            except Exception as e:  # noqa: BLE001 - re-raised on the driver with its cause named
+                error = e
+            else:
+                error = None
+        if error is not None:
+            raise LocalStartError(f"the annotate stages failed to start in a local worker: "
+                                  f"{type(error).__name__}: {error}" + (f"\n{held.text}" if held.text else "")) from None
+    out = _STAGE({"video_id": [video_id], "uri": [uri]})
+    return {k: out[k][0] for k in RESULT_FIELDS}
+
+
+class _Held:
+    text = ""
+
+
+@contextlib.contextmanager
+def _native_stderr_held(quiet: bool) -> Iterator[_Held]:
+    """While the face libraries load, hold what is written to stderr and let through all but
+    the native start-up notices (MediaPipe's, LiteRT's and OpenCV's: a dozen lines per worker
+    that bury mien's own messages). Everything held is in ``.text`` for an error message when
+    loading fails; with ``quiet`` False (``mien -v``) nothing is held."""
+    held = _Held()
+    if not quiet:
+        yield held
+        return
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as buf:
+        os.dup2(buf.fileno(), 2)
+        try:
+            yield held
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            buf.seek(0)
+            held.text = buf.read().decode(errors="replace").strip()
+            kept = [line for line in held.text.splitlines() if not line.startswith(_NATIVE_NOTICES)]
+            if kept:
+                print("\n".join(kept), file=sys.stderr, flush=True)
+
+
+# How the start-up notices of the face libraries begin: glog/absl (W0000 ..., I0000 ...), LiteRT, OpenCV.
+_NATIVE_NOTICES = ("W0000 ", "I0000 ", "WARNING: Logging before InitGoogle", "INFO: Created TensorFlow Lite",
+                   "[ WARN:", "[ INFO:")
