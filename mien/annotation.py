@@ -57,8 +57,8 @@ class Annotation:
 
 
 def annotate(input: str | os.PathLike[str], output: str | os.PathLike[str] | None = None, *,
-             config: str | os.PathLike[str] | None = None, force: bool = False, limit: int | None = None,
-             progress: bool = False, **settings: Any) -> Annotation:
+             config: str | os.PathLike[str] | None = None, force: bool = False, retry_errors: bool = False,
+             limit: int | None = None, progress: bool = False, **settings: Any) -> Annotation:
     """Annotate every face of ``input`` into ``output``; returns an :class:`Annotation`.
 
     ``input``: a directory, an ``s3://`` prefix, a media file, or a manifest (``.parquet`` /
@@ -71,7 +71,8 @@ def annotate(input: str | os.PathLike[str], output: str | os.PathLike[str] | Non
     ``__`` for the dot of ``--set`` (``decode__sampling="fps:1"``, ``model__uri="models/tiny"``,
     ``ray__address="auto"``, ``output__crops=False``, ``mlflow__enabled=False``), applied over
     ``config``. A bad key or value raises :class:`~workflows.core.config.ConfigError` before
-    anything runs. ``force``: redo videos that already have an ``ok`` row; ``limit``: only the
+    anything runs. ``force``: redo videos that already have an ``ok`` row; ``retry_errors``: also
+    retry videos whose earlier error is in the file itself (a rerun skips them); ``limit``: only the
     first N videos; ``progress``: Ray Data progress bars.
 
     Where it runs is the CLI's choice (``executor__kind``): a small job without a cluster address
@@ -90,7 +91,8 @@ def annotate(input: str | os.PathLike[str], output: str | os.PathLike[str] | Non
     cfg = job_config(AnnotateConfig, config, settings)
     input_uri = storage.absolute(os.fspath(input))
     output_uri = storage.absolute(os.fspath(output)) if output is not None else _new_output_dir()
-    summary = run_pipeline(input_uri, output_uri, cfg, force=force, limit=limit, progress=progress)
+    summary = run_pipeline(input_uri, output_uri, cfg, force=force, limit=limit, progress=progress,
+                           retry_errors=retry_errors)
     log.info("annotated %s into %s", input_uri, summary.output)
     return Annotation(summary=summary, input=input_uri, output=summary.output)
 

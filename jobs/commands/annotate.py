@@ -14,7 +14,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("annotate", help="label every face in a corpus into Parquet (videos/faces/tracks)",
                        description="Run the annotate pipeline: discover -> decode+sample -> faces -> tracks "
                                    "-> MLLM -> Parquet. Reruns on the same OUTPUT only process videos "
-                                   "without an ok row.")
+                                   "without an ok row, except those whose error is in the file itself "
+                                   "(--retry-errors); a changed file is a new video.")
     p.add_argument("--input", required=True, metavar="URI",
                    help="a directory, s3://bucket/prefix, a media file, or a manifest (.parquet/.csv/.jsonl "
                         "with a 'uri' column)")
@@ -23,6 +24,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_args(p, "faces.crop_size=336", configs="jobs/configs/annotate/")
     p.add_argument("--address", metavar="ADDR", default=None, help=RAY_ADDRESS_HELP)
     p.add_argument("--force", action="store_true", help="re-annotate videos that already have an ok row")
+    p.add_argument("--retry-errors", action="store_true",
+                   help="also retry videos whose earlier error is in the file itself (cannot decode, over a "
+                        "decode limit, timeout); a plain rerun retries only errors that can pass (crashed "
+                        "workers, storage, access) and files that changed")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N videos (smoke runs)")
     p.add_argument("--executor", choices=("auto", "local", "ray"), default=None,
                    help="where the stages run: local worker processes (no Ray; small jobs start in seconds), "
@@ -59,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(AnnotateConfig, args.config, overrides)
     try:
         summary = annotate(args.input, args.output, cfg, force=args.force, limit=args.limit,
-                           progress=not args.no_progress, startup_s=process_age_s())
+                           progress=not args.no_progress, startup_s=process_age_s(), retry_errors=args.retry_errors)
     except InputError as e:
         print(f"mien annotate: {e}", file=sys.stderr)
         return 2

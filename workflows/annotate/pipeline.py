@@ -179,6 +179,8 @@ class AnnotateSummary:
     output: str
     videos_total: int = 0
     videos_skipped: int = 0
+    # Videos left alone because their current row is an error of the file itself: kind -> videos.
+    errors_not_retried: dict[str, int] = dataclasses.field(default_factory=dict)
     # Left to other live runs on the same output (claimed by them first): run -> videos.
     videos_elsewhere: dict[str, int] = dataclasses.field(default_factory=dict)
     videos_ok: int = 0
@@ -247,6 +249,10 @@ class AnnotateSummary:
         if self.skipped_non_media:
             lines.append(f"skipped {sum(self.skipped_non_media.values())} non-media file(s): "
                          + ", ".join(f"{ext} {n}" for ext, n in self.skipped_non_media.items()))
+        if self.errors_not_retried:
+            lines.append(f"{sum(self.errors_not_retried.values())} video(s) not retried: their earlier error is in "
+                         f"the file itself (" + ", ".join(f"{k} {n}" for k, n in self.errors_not_retried.items())
+                         + "); --retry-errors tries them again (e.g. after raising a decode limit)")
         for run, n in self.videos_elsewhere.items():
             lines.append(f"{n} video(s) left to {run}, which is annotating them into this output now; once it "
                          f"ends, run this command again to pick up any it did not finish (if it died on another "
@@ -301,12 +307,33 @@ class Stopwatch:
 MLFLOW_WAIT_S = 120.0
 
 
+# Error kinds that are the file itself: the same bytes fail the same way on every try, so a rerun
+# skips them (a changed file has a new video_id and is done again); ``--retry-errors`` retries them
+# anyway, e.g. after raising a decode limit. Every other error (a crashed or starved worker,
+# storage, access, a stage exception) is retried by a plain rerun.
+SETTLED_ERROR_KINDS = frozenset({
+    "invalid_data", "no_video_stream", "empty_file", "invalid_dimensions", "no_frames", "truncated",
+    "decode_error", "not_a_file", "too_small", "too_large", "too_long", "too_many_frames", "timeout"})
+
+
+def settled_errors(output_uri: str) -> dict[str, str]:
+    """``video_id -> error_kind`` of the videos whose current row is an error of the file itself
+    (:data:`SETTLED_ERROR_KINDS`)."""
+    from workflows.corpus.reader import AnnotationOutput
+
+    return {r["video_id"]: r["error_kind"] for r in AnnotationOutput(output_uri, must_exist=False).current_videos()
+            if r["status"] == "error" and r["error_kind"] in SETTLED_ERROR_KINDS}
+
+
 def annotate(input_uri: str, output_uri: str, cfg: AnnotateConfig, force: bool = False,
-             limit: int | None = None, progress: bool = True, startup_s: float | None = None) -> AnnotateSummary:
+             limit: int | None = None, progress: bool = True, startup_s: float | None = None,
+             retry_errors: bool = False) -> AnnotateSummary:
     """Run the pipeline; returns the summary. Raises InputError / PermissionError for an
     unusable input root or output and ModelDirError for an unusable model (the CLI turns them
     into a message and exit code). ``startup_s``: the caller's start-up time (process start and
-    imports) for the breakdown."""
+    imports) for the breakdown. A rerun skips videos whose current row is ``ok`` or an error of
+    the file itself (:data:`SETTLED_ERROR_KINDS`; ``retry_errors`` retries those, ``force`` redoes
+    everything)."""
     from workflows.annotate.ingest import discover
     from workflows.corpus.lease import RunLease
     from workflows.corpus.writer import AnnotationSink
@@ -342,8 +369,11 @@ def annotate(input_uri: str, output_uri: str, cfg: AnnotateConfig, force: bool =
                               lease=lease)
         sink.prepare(temporaries_older_than_s=cfg.output.lease_ttl_s)
         done = set() if force else sink.done_video_ids()
-        todo = [s for s in sources if s.video_id not in done]
-        summary.videos_skipped = len(sources) - len(todo)
+        settled = {} if force or retry_errors else settled_errors(output_uri)
+        todo = [s for s in sources if s.video_id not in done and s.video_id not in settled]
+        summary.videos_skipped = sum(s.video_id in done for s in sources)
+        summary.errors_not_retried = dict(collections.Counter(
+            settled[s.video_id] for s in sources if s.video_id in settled and s.video_id not in done).most_common())
         held = lease.claim([s.video_id for s in todo])
         if held:
             todo = [s for s in todo if s.video_id not in held]
@@ -623,6 +653,7 @@ def _write_run_json(output_uri: str, input_uri: str, cfg: AnnotateConfig, summar
         "assets": {n: {"package": assets.ASSETS[n].package, "member": assets.ASSETS[n].member,
                        "sha256": assets.ASSETS[n].sha256} for n in used},
         "counts": {"videos_total": summary.videos_total, "videos_skipped": summary.videos_skipped,
+                   "errors_not_retried": summary.errors_not_retried,
                    "videos_elsewhere": sum(summary.videos_elsewhere.values()),
                    "videos_ok": summary.videos_ok, "videos_error": summary.videos_error,
                    "faces": summary.faces, "tracks": summary.tracks,
