@@ -5,18 +5,20 @@ the JSON schema the installed Ray ships and Ray's own prepare/validate; the Kube
 resources obey the rules the KubeRay operator enforces at admission (re-implemented here for
 the fields we use); schedules, images, versions and secrets are consistent across files; and
 every ``mien`` command a manifest runs parses with the real CLI and names config files that
-exist. With ``KUBERAY_CRD_DIR`` pointing at KubeRay's CRDs the custom resources are also
-validated structurally (unknown fields are errors).
+exist; and the custom resources (and the plain pods) are validated structurally against the
+CRDs of the KubeRay release infra/README.md installs, vendored under infra/kuberay-crds/
+(wrong types, missing required fields and unknown fields are errors).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import functools
+import hashlib
 import importlib.util
 import io
 import json
-import os
 import re
 import shlex
 import tomllib
@@ -38,7 +40,9 @@ RAY_CLUSTER_YAML = REPO / "ray_cluster.yaml"
 DOCKERFILE = INFRA / "Dockerfile"
 DOCKERIGNORE = INFRA / "Dockerfile.dockerignore"
 CONSTRAINTS = INFRA / "constraints.txt"
-MANIFEST_FILES = sorted(INFRA.rglob("*.yaml"))
+KUBERAY_RELEASE = "v1.7.0"
+KUBERAY_CRDS = INFRA / "kuberay-crds" / KUBERAY_RELEASE  # KubeRay's CRDs, not our manifests
+MANIFEST_FILES = sorted(p for p in INFRA.rglob("*.yaml") if KUBERAY_CRDS.parent not in p.parents)
 RAY_CR_KINDS = ("RayCluster", "RayJob", "RayCronJob")
 GPU_RESOURCE = "nvidia.com/gpu"
 # Limits KubeRay 1.7 enforces on names (a RayCronJob's child RayJob adds an 11-char suffix).
@@ -705,7 +709,7 @@ def test_mien_command_parses_with_the_real_cli(where: str, argv: list[str]) -> N
 
 
 # ---------------------------------------------------------------------------------------------
-# optional: structural validation against the KubeRay CRDs
+# structural validation against KubeRay's own CRDs (vendored from the release, infra/kuberay-crds/)
 
 
 def _strict(schema):
@@ -722,27 +726,103 @@ def _strict(schema):
     return schema
 
 
-@pytest.mark.skipif(not os.environ.get("KUBERAY_CRD_DIR"), reason="set KUBERAY_CRD_DIR to KubeRay's crd/bases")
-def test_custom_resources_match_the_kuberay_crds() -> None:
+@functools.cache
+def _crd_schemas() -> dict[str, dict]:
+    """Kind -> the strict ``v1`` openAPIV3Schema of each vendored KubeRay CRD."""
     schemas = {}
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the CRDs are megabytes of YAML
-    for path in Path(os.environ["KUBERAY_CRD_DIR"]).glob("ray.io_*.yaml"):
+    for path in sorted(KUBERAY_CRDS.glob("ray.io_*.yaml")):
         crd = yaml.load(path.read_text(), Loader=loader)
         for version in crd["spec"]["versions"]:
             if version["name"] == "v1":
                 schemas[crd["spec"]["names"]["kind"]] = _strict(version["schema"]["openAPIV3Schema"])
-    assert set(RAY_CR_KINDS) <= schemas.keys(), f"CRDs found: {sorted(schemas)}"
-    errors = []
-    for path, doc in _manifests():
-        if doc["kind"] in schemas:
-            for e in jsonschema.Draft7Validator(schemas[doc["kind"]]).iter_errors(doc):
-                errors.append(f"{path.name}: {'/'.join(map(str, e.absolute_path))}: {e.message[:200]}")
-    # The CRDs embed the core PodTemplateSpec schema: check the plain pods with it too.
-    pod_template = schemas["RayCluster"]["properties"]["spec"]["properties"]["headGroupSpec"]["properties"]["template"]
+    return schemas
+
+
+def _pod_template_schema() -> dict:
+    """The core PodTemplateSpec schema the CRDs embed (for the plain Deployment and CronJob pods)."""
+    spec = _crd_schemas()["RayCluster"]["properties"]["spec"]
+    return spec["properties"]["headGroupSpec"]["properties"]["template"]
+
+
+def schema_errors(node: object, schema: dict) -> list[str]:
+    """``path: message`` for every place ``node`` breaks ``schema`` (empty when it conforms)."""
+    return [f"{'/'.join(map(str, e.absolute_path)) or '.'}: {e.message[:200]}"
+            for e in jsonschema.Draft7Validator(schema).iter_errors(node)]
+
+
+def _custom_resources() -> list[tuple[str, dict]]:
+    return [(f"{path.relative_to(REPO)}:{doc['kind']}", doc) for path, doc in _manifests()
+            if doc["kind"] in RAY_CR_KINDS]
+
+
+def _plain_pod_templates() -> list[tuple[str, dict]]:
+    out = []
     for kind, keys in (("Deployment", ["spec", "template"]), ("CronJob", ["spec", "jobTemplate", "spec", "template"])):
         path, node = _one(kind)
         for key in keys:
             node = node[key]
-        for e in jsonschema.Draft7Validator(pod_template).iter_errors(node):
-            errors.append(f"{path.name}: {'/'.join(map(str, e.absolute_path))}: {e.message[:200]}")
-    assert not errors, "\n".join(errors)
+        out.append((f"{path.relative_to(REPO)}:{kind}", node))
+    return out
+
+
+def test_vendored_crds_are_the_release_files_for_the_documented_operator() -> None:
+    listed = dict(re.findall(r"^\| `([^`]+)` \| `([0-9a-f]{64})` \|$", (KUBERAY_CRDS / "README.md").read_text(), re.M))
+    files = {p.name for p in KUBERAY_CRDS.iterdir() if p.name != "README.md"}
+    assert files == set(listed), f"{KUBERAY_CRDS}: files {sorted(files)} != README.md's sha256 table {sorted(listed)}"
+    for name, digest in listed.items():
+        assert hashlib.sha256((KUBERAY_CRDS / name).read_bytes()).hexdigest() == digest, f"{name} was edited"
+    assert "Apache License" in (KUBERAY_CRDS / "LICENSE").read_text()
+    assert set(RAY_CR_KINDS) <= _crd_schemas().keys(), f"CRDs found: {sorted(_crd_schemas())}"
+    # The manifests are checked against the operator release infra/README.md tells users to install.
+    helm = re.findall(r"kuberay/kuberay-operator --version (\S+)", (INFRA / "README.md").read_text())
+    assert helm and set(helm) == {KUBERAY_RELEASE.removeprefix("v")}, \
+        f"infra/README.md installs KubeRay {helm}, the vendored CRDs are {KUBERAY_RELEASE}"
+
+
+@pytest.mark.parametrize("label,doc", _collect(_custom_resources),
+                         ids=[label for label, _ in _collect(_custom_resources)])
+def test_custom_resource_matches_its_kuberay_crd(label: str, doc: dict) -> None:
+    errors = schema_errors(doc, _crd_schemas()[doc["kind"]])
+    assert not errors, f"{label}:\n" + "\n".join(errors)
+
+
+@pytest.mark.parametrize("label,template", _collect(_plain_pod_templates),
+                         ids=[label for label, _ in _collect(_plain_pod_templates)])
+def test_plain_pod_template_matches_the_core_schema(label: str, template: dict) -> None:
+    errors = schema_errors(template, _pod_template_schema())
+    assert not errors, f"{label}:\n" + "\n".join(errors)
+
+
+def _head_container(spec: dict) -> dict:
+    return spec["headGroupSpec"]["template"]["spec"]["containers"][0]
+
+
+# (kind, what is broken, the mutation, the path of the error it must cause)
+CRD_MUTATIONS = [
+    ("RayCluster", "wrong type", lambda d: d["spec"]["workerGroupSpecs"][0].update(maxReplicas="8"),
+     "spec/workerGroupSpecs/0/maxReplicas"),
+    ("RayCluster", "unknown field", lambda d: d["spec"]["headGroupSpec"].update(rayStartParam={}),
+     "spec/headGroupSpec"),
+    ("RayCluster", "required field missing", lambda d: d["spec"].pop("headGroupSpec"), "spec"),
+    ("RayCluster", "quantity that is not one", lambda d: _head_container(d["spec"])["resources"]["limits"]
+     .update(memory="16 GB"), "spec/headGroupSpec/template/spec/containers/0/resources/limits/memory"),
+    ("RayJob", "wrong type in the embedded pod spec",
+     lambda d: _head_container(d["spec"]["rayClusterSpec"])["ports"][0].update(containerPort="6379"),
+     "spec/rayClusterSpec/headGroupSpec/template/spec/containers/0/ports/0/containerPort"),
+    ("RayJob", "wrong type", lambda d: d["spec"].update(shutdownAfterJobFinishes="yes"),
+     "spec/shutdownAfterJobFinishes"),
+    ("RayCronJob", "required field missing", lambda d: d["spec"].pop("schedule"), "spec"),
+    ("RayCronJob", "unknown field", lambda d: d["spec"]["jobTemplate"].update(concurrencyPolicy="Forbid"),
+     "spec/jobTemplate"),
+]
+
+
+@pytest.mark.parametrize("kind,broken,mutate,where", CRD_MUTATIONS, ids=[f"{k}: {b}" for k, b, _, _ in CRD_MUTATIONS])
+def test_crd_validation_rejects_a_broken_manifest(kind: str, broken: str, mutate, where: str) -> None:
+    _, doc = _one(kind)
+    assert schema_errors(doc, _crd_schemas()[kind]) == []
+    doc = copy.deepcopy(doc)
+    mutate(doc)
+    errors = schema_errors(doc, _crd_schemas()[kind])
+    assert any(e.startswith(f"{where}: ") for e in errors), f"{broken} at {where} not reported: {errors}"

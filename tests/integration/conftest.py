@@ -35,6 +35,8 @@ def local_ray(s3_server):
 
 
 def shared_checker():
+    """The workspace's contract checker beside the repository (None when absent), only for the test
+    comparing it with mien's own (workflows/corpus/contract.py), which every other test uses."""
     from pathlib import Path
 
     here = Path(__file__).resolve()

@@ -8,7 +8,6 @@ the facex expression classifier alone and a rule classifier on AU evidence alone
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
@@ -32,9 +31,7 @@ def smiling_batch(rows: int = 4) -> dict:
 
 
 def test_default_scores_without_an_llm_and_ranks_happiness_first():
-    t0 = time.perf_counter()
-    m = load_model("default")
-    assert time.perf_counter() - t0 < 10
+    m = load_model("default")  # its load time: bench/bench_model.py, default_prior_load_s
     assert m.model_id.startswith("mien-default-prior-v1+") and len(m.model_id.split("+")[1]) == 8
     out = m.annotate(smiling_batch())
     assert not m.llm_loaded  # prior_weight = 1 and generation off: nothing loaded
@@ -93,7 +90,7 @@ def test_default_on_real_faces_beats_the_rule_classifier(real_faces):
 
     clip_batch = _batch_from_records(clip)
     out = m.annotate(clip_batch)
-    assert len(np.unique(clip_batch["track_key"])) >= 1
+    assert len({r.track_id for r in clip}) == 1  # one woman, one track: her evidence is normalised as one
     assert FE_BASIC[int(out["fe_probs"].mean(0).argmax())] == "happiness"  # the clip as a whole
 
     # frames where the woman visibly smiles (AU12 evidence above half) must read as happiness

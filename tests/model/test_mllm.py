@@ -116,9 +116,15 @@ def test_generation_end_to_end_per_track_and_fraction(tiny_mllm):
         assert all(isinstance(out["description"][i], str) for i in described)
         assert len(out["description_fe"]) == 6 and len(out["description_aus"]) == 6
         g.mode, g.fraction = "fraction", 0.5
-        picked = ann.generation_rows(batch)
-        assert picked == ann.generation_rows(batch)  # same tracks every time
-        assert set(picked) <= {1, 4, 5}
+        many = face_batch(300, size=8, tracks=[t for t in range(100) for _ in range(3)])  # 100 tracks of 3
+        picked = ann.generation_rows(many)
+        assert all(i % 3 == 1 for i in picked)  # the middle face of each chosen track
+        assert 35 <= len(picked) <= 65  # about half the tracks
+        # A track's draw depends on its key alone: the same tracks of another batch, in another order
+        # (a rerun batches differently), are chosen again.
+        later = face_batch(150, size=8, tracks=[t for t in reversed(range(50)) for _ in range(3)])
+        chosen = {int(many["track_key"][i]) for i in picked}
+        assert {int(later["track_key"][i]) for i in ann.generation_rows(later)} == {t for t in chosen if t < 50}
         g.mode = "all"
         assert ann.generation_rows(batch) == list(range(6))
     finally:

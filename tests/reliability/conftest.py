@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -111,11 +109,10 @@ def faces_per_video(out: str) -> dict[str, int]:
 
 
 def check_contract(out: str) -> None:
-    """The shared output checker (DESIGN.md §3) on a local output directory."""
-    checker = ROOT.parent / "shared" / "tools" / "check_annotate_output.py"
-    if checker.exists():
-        r = subprocess.run([sys.executable, str(checker), str(out)], capture_output=True, text=True)
-        assert r.returncode == 0, r.stdout + r.stderr
+    """The output contract (docs/OUTPUT.md), checked as `mien inspect OUT --check` checks it."""
+    from workflows.corpus.contract import check_output
+
+    assert check_output(str(out)) == []
 
 
 class RssSampler:

@@ -116,7 +116,7 @@ def test_cli_permanent_faults_give_clear_message_and_nonzero_exit(proxy, s3_corp
     r = _cli(args, AWS_ENDPOINT_URL=proxy.url, MIEN_STORAGE_RETRIES="2", MIEN_STORAGE_RETRY_DELAY_S="0.05",
              AWS_MAX_ATTEMPTS="2")
     proxy.set_plan(FaultPlan())
-    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stdout + r.stderr
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stdout + r.stderr  # docs/RELIABILITY.md row 9
     assert f"{s3_bucket}/out" in r.stderr
 
 

@@ -60,7 +60,8 @@ def _run_pool(rows: list[dict[str, str]], cfg: Any, run_id: str, workers: int) -
     # spawn, not fork: the driver has threads (the lease heartbeat, MLflow) and native libraries
     # loaded, which a forked child would inherit in an undefined state.
     ctx = multiprocessing.get_context("spawn")
-    pool = cf.ProcessPoolExecutor(max_workers=max(1, min(workers, len(rows))), mp_context=ctx)
+    pool = cf.ProcessPoolExecutor(max_workers=max(1, min(workers, len(rows))), mp_context=ctx,
+                                  initializer=_exit_with_parent, initargs=(os.getpid(),))
     try:
         quiet = not logging.getLogger("workflows").isEnabledFor(logging.DEBUG)  # mien -v: everything
         futures = [pool.submit(_process, cfg, run_id, row["video_id"], row["uri"], quiet) for row in rows]
@@ -74,6 +75,20 @@ def _run_pool(rows: list[dict[str, str]], cfg: Any, run_id: str, workers: int) -
                 return
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """A worker ends when the driver does, however it ends (kill -9, a fault, SIGTERM): an orphan
+    would keep working for nobody and hold the driver's stdout/stderr pipes open."""
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="mien-parent-watch", daemon=True).start()
 
 
 def _process(cfg: Any, run_id: str, video_id: str, uri: str, quiet: bool = True) -> dict[str, Any]:

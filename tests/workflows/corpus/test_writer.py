@@ -24,12 +24,12 @@ from tests.outputs.conftest import RUN2, build_annotated_output
 from tests.workflows.corpus.test_reader import RUN2_FINISHED, RUN3, write_chunk
 from workflows.core import storage
 from workflows.corpus import schema
+from workflows.corpus.contract import check_output
 from workflows.corpus.lease import LEASE_DIR
 from workflows.corpus.reader import AnnotationOutput
 from workflows.corpus.writer import AnnotationSink
 
 ROOT = Path(__file__).resolve().parents[3]
-CHECKER = ROOT.parent / "shared" / "tools" / "check_annotate_output.py"
 RUN4 = "20260104T000000Z-dddd4444"
 
 # A run writing one chunk of video d4 under a lease: it stops between its faces/tracks writes
@@ -71,9 +71,7 @@ def current_state(root: Path) -> dict[str, tuple[str, str, int]]:
 
 
 def check_contract(root: Path) -> None:
-    if CHECKER.exists():
-        r = subprocess.run([sys.executable, str(CHECKER), str(root)], capture_output=True, text=True)
-        assert r.returncode == 0, r.stdout + r.stderr
+    assert check_output(str(root)) == []
 
 
 def _start_chunk_writer(root: Path, run_id: str, state: Path) -> tuple[subprocess.Popen, Path]:
