@@ -66,7 +66,7 @@ def test_no_secret_reaches_outputs_logs_or_mlflow(s3_server, s3_bucket, asset, t
     env.pop("RAY_ADDRESS", None)
     try:
         r = subprocess.run([sys.executable, "-m", "jobs.cli", "-v", "annotate", "--input", f"{s3_bucket}/in",
-                            "--output", f"{s3_bucket}/out", "--no-progress",
+                            "--output", f"{s3_bucket}/out", "--no-progress", "--executor", "ray",  # + Ray's logs
                             "--set", "mlflow.experiment=secrets-test", "--set", "ray.faces.concurrency=1",
                             "--set", "ray.faces.num_cpus=0.5"],
                            cwd=work, env=env, capture_output=True, text=True, timeout=360)
