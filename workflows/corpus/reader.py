@@ -11,7 +11,17 @@ them see the same thing:
   status: a ``--force`` rerun's row replaces the older one, and of two concurrent runs that
   both annotated a video the later row wins; and the faces and tracks of that row only. Rows a
   newer row replaced stay on disk until the writer drops them (an interrupted ``--force``, runs
-  that overlapped); every read here skips them (:meth:`AnnotationOutput.read_part`).
+  that overlapped); every read here skips them (:meth:`AnnotationOutput.read_part`);
+* no damaged part: when the output is first read, every committed part is checked from its
+  footer alone (it parses, and its row count is what the commit record says: the videos part
+  stores the faces and tracks rows of each video in its footer, ``mien.part_rows``). A chunk
+  with a bad part (truncated, overwritten, not Parquet, a row count that disagrees) is left out
+  and listed in :attr:`AnnotationOutput.damaged`, and its videos count as not annotated: a
+  plain ``mien annotate`` rerun annotates exactly them again, then moves the chunk's files to
+  ``_damaged/`` (:meth:`workflows.corpus.writer.AnnotationSink.drop_replaced`). Its rows still
+  rank against newer ones, so no older row of those videos comes back in the meantime. Corrupt
+  data pages behind a sound footer show only when read: :class:`DamagedPartError`, naming the
+  part and the repair.
 
 Works the same on a local path and on ``s3://`` (every read goes through
 :mod:`workflows.core.storage`). Faces parts can be large (they carry JPEG crops), so nothing here
@@ -22,10 +32,13 @@ in memory.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
+import shlex
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -41,9 +54,72 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+PART_ROWS_KEY = b"mien.part_rows"  # videos part footer: {"faces"|"tracks": {video_id: rows}} of its chunk
+DAMAGED_DIR = "_damaged"  # where the writer moves a damaged chunk's files once no video needs them
+FOOTER_THREADS = 16  # footer reads in flight on object storage (one round trip each)
+_ROW_KEYS = ["video_id", "video_uri", "status", "run_id", "finished_at"]
+_warned: set[str] = set()  # damaged parts this process has warned about: an output is opened many times
+
 
 class OutputError(ValueError):
     """A problem the user can fix: not an annotate output, unknown video, missing source file."""
+
+
+class DamagedPartError(OutputError):
+    """A part whose bytes are bad (not Parquet, cut short, corrupt pages); the message names the
+    part and the repair."""
+
+    def __init__(self, uri: str, reason: str, repair: str):
+        super().__init__(f"{uri} is damaged ({reason}); {repair}")
+        self.uri, self.reason = uri, reason
+
+
+@dataclasses.dataclass(frozen=True)
+class DamagedPart:
+    """A part file mien does not trust, and the videos of its chunk.
+
+    ``video_ids``: the chunk's videos per its commit record (the videos part of the same name);
+    when that is the unreadable file, the videos its faces and tracks parts name (a video of that
+    chunk without faces cannot be named; it has no readable row, so a rerun annotates it too)."""
+
+    uri: str
+    table: str  # videos | faces | tracks
+    reason: str
+    video_ids: tuple[str, ...]
+
+    @property
+    def part(self) -> str:
+        """The file name, shared by the chunk's three parts."""
+        return self.uri.rsplit("/", 1)[-1]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"part": f"{self.table}/{self.part}", "uri": self.uri, "reason": self.reason,
+                "video_ids": list(self.video_ids)}
+
+
+def run_of_part(uri: str) -> str:
+    """The run that wrote a part: its file name is ``<run_id>-<seq:05d>.parquet``."""
+    return uri.rsplit("/", 1)[-1].removesuffix(".parquet").rsplit("-", 1)[0]
+
+
+def _bad_bytes(e: BaseException) -> bool:
+    """True when ``e`` says a file's bytes are bad (not Parquet, cut short, corrupt pages), not that
+    storage failed to serve them: a 403 or an outage is no damage and propagates."""
+    return isinstance(e, pa.ArrowException) or (type(e) is OSError and not storage.is_transient(e))
+
+
+def _footer(uri: str) -> pq.FileMetaData | str:
+    """A part's Parquet footer (one small read), or why there is none: ``missing`` or the parser's
+    complaint."""
+    fs, path = storage.filesystem(uri)
+    try:
+        return storage.with_retries(pq.read_metadata)(path, filesystem=fs)
+    except FileNotFoundError:
+        return "missing"
+    except Exception as e:
+        if _bad_bytes(e):
+            return f"unreadable: {e}"
+        raise
 
 
 def list_parts(root: str, name: str) -> list[str]:
@@ -90,19 +166,29 @@ class AnnotationOutput:
         self._parts: dict[str, list[str]] = {}
         self._videos: pa.Table | None = None
         self._row_index: pd.DataFrame | None = None
+        self._readable_videos: list[str] = []  # videos parts, in listing order, that read
+        self._video_names: set[str] = set()  # file names of every videos part: committed chunks
+        self._damaged: list[DamagedPart] = []
+        self._waiting: dict[str, set[str]] = {}  # damaged chunk -> videos that still depend on it
         self._replaced: set[tuple[str, str]] | None = None
         self._video_parts: dict[str, dict[str, list[int]]] = {}
 
     # -- parts ------------------------------------------------------------------------
     def parts(self, name: str) -> list[str]:
-        """URIs of the committed Parquet parts of ``videos`` | ``faces`` | ``tracks``, sorted.
+        """URIs of the committed Parquet parts of ``videos`` | ``faces`` | ``tracks``, sorted, without
+        damaged chunks (:attr:`damaged`; their videos part stays among ``videos`` if it reads).
 
         As in :mod:`workflows.corpus.writer`, a faces/tracks part counts only once the videos part of the
         same name exists: without it, it is a run's chunk in progress or the leftover of a crashed
         run (the next annotate run deletes it), and its rows would be counted twice after the rerun.
         """
         if name not in self._parts:
+            if name == "videos":
+                self._verify()
+                self._parts[name] = self._readable_videos
+                return self._parts[name]
             uris, skipped = self._listing(name)
+            uris = [u for u in uris if u.rsplit("/", 1)[-1] not in self._waiting]
             if skipped:
                 log.warning("ignoring %d uncommitted %s part(s): a run in progress, or left by an interrupted "
                             "run (no videos part of the same name; the next `mien annotate` on this output "
@@ -120,7 +206,8 @@ class AnnotationOutput:
         uris = list_parts(self.root, name)
         if name == "videos":
             return uris, []
-        committed = {u.rsplit("/", 1)[-1] for u in self.parts("videos")}
+        self._verify()
+        committed = self._video_names  # an unreadable videos part still claims its chunk's parts
         return ([u for u in uris if u.rsplit("/", 1)[-1] in committed],
                 [u for u in uris if u.rsplit("/", 1)[-1] not in committed])
 
@@ -135,14 +222,21 @@ class AnnotationOutput:
             raise ValueError("row_numbers are positions in the part file; they cannot be combined with filters")
         name = uri.rstrip("/").rsplit("/", 2)[-2]
         fs, path = storage.filesystem(uri)
-        names = storage.with_retries(pq.read_schema)(path, filesystem=fs).names
-        present = set(names)
-        wanted = columns if columns is not None else names
-        have = [c for c in wanted if c in present]
-        replaced = self.replaced_rows() if name in ("faces", "tracks") else set()
-        keys = ["video_id", "run_id"] if replaced and {"video_id", "run_id"} <= present else []
-        t = storage.with_retries(pq.read_table)(path, filesystem=fs, columns=list(dict.fromkeys(have + keys)),
-                                                filters=filters)
+        try:
+            names = storage.with_retries(pq.read_schema)(path, filesystem=fs).names
+            present = set(names)
+            wanted = columns if columns is not None else names
+            have = [c for c in wanted if c in present]
+            replaced = self.replaced_rows() if name in ("faces", "tracks") else set()
+            keys = ["video_id", "run_id"] if replaced and {"video_id", "run_id"} <= present else []
+            t = storage.with_retries(pq.read_table)(path, filesystem=fs, columns=list(dict.fromkeys(have + keys)),
+                                                    filters=filters)
+        except Exception as e:
+            if not _bad_bytes(e):
+                raise
+            raise DamagedPartError(uri, str(e), f"move it to {storage.join(self.root, DAMAGED_DIR, name)}/ and rerun "
+                                                f"`{self.repair_command({run_of_part(uri)})}`: the videos of its "
+                                                "chunk are annotated again") from e
         if row_numbers:
             t = t.append_column("row", pa.array(np.arange(len(t), dtype=np.int64)))
         if keys and len(t):
@@ -172,27 +266,145 @@ class AnnotationOutput:
 
     def _rows(self) -> pd.DataFrame:
         """Key columns of every videos row, in :meth:`videos` order, with ``part`` (its file name),
-        ``finished_ms`` (None when unknown) and ``current`` (it is its video's newest row: latest
-        ``finished_at``, then greatest ``run_id``; rows without ``finished_at`` rank oldest)."""
+        ``finished_ms`` (None when unknown), ``current`` (it is its video's newest row: latest
+        ``finished_at``, then greatest ``run_id``; rows without ``finished_at`` rank oldest) and
+        ``damaged`` (its chunk is damaged)."""
+        self._verify()
+        assert self._row_index is not None
+        return self._row_index
+
+    def _verify(self) -> None:
+        """Read the videos rows and check every committed part from its footer, once (module
+        docstring): fills the row index, :attr:`damaged` and the damaged chunks' waiting videos."""
         import pandas as pd
 
-        if self._row_index is None:
-            frames = []
-            for uri in self.parts("videos"):
-                t = self.read_part(uri, ["video_id", "video_uri", "status", "run_id", "finished_at"])
-                finished = pc.cast(t.column("finished_at").cast(pa.timestamp("ms", tz="UTC")), "int64")
-                frames.append(pd.DataFrame({
-                    "video_id": t.column("video_id").to_pylist(), "video_uri": t.column("video_uri").to_pylist(),
-                    "status": t.column("status").to_pylist(), "run_id": t.column("run_id").to_pylist(),
-                    "finished_ms": pd.Series(finished.to_pylist(), dtype=object), "part": uri.rsplit("/", 1)[-1]}))
-            rows = (pd.concat(frames, ignore_index=True) if frames else
-                    pd.DataFrame(columns=["video_id", "video_uri", "status", "run_id", "finished_ms", "part"]))
-            order = pd.DataFrame({"video_id": rows["video_id"],
-                                  "t": rows["finished_ms"].map(lambda v: -1 if v is None else v).astype("int64"),
-                                  "run": rows["run_id"].fillna("").astype(str)}).sort_values(["video_id", "t", "run"])
-            rows["current"] = ~order.duplicated("video_id", keep="last").reindex(rows.index).astype(bool)
-            self._row_index = rows
-        return self._row_index
+        if self._row_index is not None:
+            return
+        # Faces and tracks footers are read before the videos rows they are checked against: a
+        # --force run drops replaced rows from faces/tracks parts before the videos part, so an
+        # older faces footer never holds fewer rows than a newer videos part's current rows need.
+        footers = self._sibling_footers([u.rsplit("/", 1)[-1] for u in list_parts(self.root, "videos")])
+        video_uris = list_parts(self.root, "videos")
+        names = {u.rsplit("/", 1)[-1] for u in video_uris}
+        footers |= self._sibling_footers(sorted(names - {part for _, part in footers}))
+        bad: dict[str, list[tuple[str, str, str]]] = {}  # part -> (table, uri, reason)
+        frames, counts, readable = [], {}, []
+        for uri in video_uris:
+            part = uri.rsplit("/", 1)[-1]
+            try:
+                t = self.read_part(uri, _ROW_KEYS)
+            except DamagedPartError as e:
+                bad.setdefault(part, []).append(("videos", uri, f"unreadable: {e.reason}"))
+                continue
+            readable.append(uri)
+            meta = (t.schema.metadata or {}).get(PART_ROWS_KEY)
+            counts[part] = json.loads(meta) if meta else None  # None: an older writer's part
+            finished = pc.cast(t.column("finished_at").cast(pa.timestamp("ms", tz="UTC")), "int64")
+            frames.append(pd.DataFrame({
+                "video_id": t.column("video_id").to_pylist(), "video_uri": t.column("video_uri").to_pylist(),
+                "status": t.column("status").to_pylist(), "run_id": t.column("run_id").to_pylist(),
+                "finished_ms": pd.Series(finished.to_pylist(), dtype=object), "part": part}))
+        rows = (pd.concat(frames, ignore_index=True) if frames else
+                pd.DataFrame(columns=["video_id", "video_uri", "status", "run_id", "finished_ms", "part"]))
+        order = pd.DataFrame({"video_id": rows["video_id"],
+                              "t": rows["finished_ms"].map(lambda v: -1 if v is None else v).astype("int64"),
+                              "run": rows["run_id"].fillna("").astype(str)}).sort_values(["video_id", "t", "run"])
+        rows["current"] = ~order.duplicated("video_id", keep="last").reindex(rows.index).astype(bool)
+
+        held = {part: rows[rows["part"] == part] for part in counts}
+        for part, record in counts.items():
+            for name in ("faces", "tracks"):
+                reason = _count_problem(footers[(name, part)], None if record is None else record.get(name, {}),
+                                        held[part], part)
+                if reason is not None:
+                    bad.setdefault(part, []).append((name, storage.join(self.root, name, part), reason))
+        rows["damaged"] = rows["part"].isin(bad)
+        done = set(rows["video_id"][rows["current"] & (rows["status"] == "ok") & ~rows["damaged"]])
+        damaged, waiting = [], {}
+        for part, problems in sorted(bad.items()):
+            if part in counts:  # its videos part reads: the commit record names the chunk's videos
+                ids = set(held[part]["video_id"])
+                mine = held[part]
+                waiting[part] = set(mine["video_id"][mine["current"] & (mine["status"] == "ok")])
+            else:
+                ids = set()
+                for name in ("faces", "tracks"):
+                    footer = footers[(name, part)]
+                    if isinstance(footer, str):
+                        if footer != "missing":
+                            problems.append((name, storage.join(self.root, name, part), footer))
+                        continue
+                    fs, path = storage.filesystem(storage.join(self.root, name, part))
+                    try:
+                        ids |= set(storage.with_retries(pq.read_table)(path, filesystem=fs, columns=["video_id"])
+                                   .column("video_id").to_pylist())
+                    except Exception as e:
+                        if not _bad_bytes(e):
+                            raise
+                        problems.append((name, storage.join(self.root, name, part), f"unreadable: {e}"))
+                waiting[part] = ids - done
+            damaged += [DamagedPart(uri, name, reason, tuple(sorted(ids))) for name, uri, reason in problems]
+        self._readable_videos, self._video_names, self._damaged, self._waiting = readable, names, damaged, waiting
+        self._row_index = rows
+        fresh = [d for d in self._damaged if d.uri not in _warned]
+        if fresh:
+            _warned.update(d.uri for d in fresh)
+            log.warning("%s", self.damage_message())
+
+    def _sibling_footers(self, parts: list[str]) -> dict[tuple[str, str], pq.FileMetaData | str]:
+        """``(faces|tracks, part) -> footer`` (:func:`_footer`) of each named chunk, in parallel on
+        object storage."""
+        keys = [(name, part) for part in parts for name in ("faces", "tracks")]
+        uris = [storage.join(self.root, name, part) for name, part in keys]
+        if storage.is_remote(self.root) and len(uris) > 1:
+            with ThreadPoolExecutor(min(FOOTER_THREADS, len(uris))) as pool:
+                return dict(zip(keys, pool.map(_footer, uris), strict=True))
+        return {k: _footer(u) for k, u in zip(keys, uris, strict=True)}
+
+    # -- damaged parts ----------------------------------------------------------------
+    @property
+    def damaged(self) -> list[DamagedPart]:
+        """Every damaged part of a committed chunk (module docstring); empty for a sound output."""
+        self._verify()
+        return self._damaged
+
+    def damaged_chunks(self) -> dict[str, set[str]]:
+        """Part file name of each damaged chunk -> the videos that still depend on it: those whose
+        current ``ok`` row it holds or, when its videos part does not read, the ones its
+        faces/tracks parts name that have no sound ``ok`` row elsewhere. A chunk none depends on
+        any more moves out of the way (the writer does that): its error rows carry no faces, and a
+        video left without a row is simply annotated again."""
+        self._verify()
+        return {part: set(ids) for part, ids in self._waiting.items()}
+
+    def repair_command(self, runs: set[str]) -> str:
+        """The ``mien annotate`` command that repairs parts written by ``runs``: their input when
+        the runs' records name one, ``IN`` otherwise."""
+        inputs = {str(doc["input"]) for doc in self.runs() if doc.get("run_id") in runs and doc.get("input")}
+        source = shlex.quote(inputs.pop()) if len(inputs) == 1 else "IN"
+        return f"mien annotate --input {source} --output {shlex.quote(self.root)}"
+
+    def repair_advice(self) -> str:
+        """The repair of :attr:`damaged`, in one sentence: the rerun that annotates the affected
+        videos again (empty for a sound output)."""
+        if not self.damaged:
+            return ""
+        waiting = set().union(*self._waiting.values())
+        if not waiting:
+            return (f"no video depends on them any more; the next `mien annotate` on this output moves them to "
+                    f"{storage.join(self.root, DAMAGED_DIR)}/")
+        command = self.repair_command({run_of_part(d.uri) for d in self.damaged})
+        return (f"rerun `{command}` to re-annotate the {len(waiting)} affected video(s) (nothing else is redone); "
+                f"it then moves the damaged files to {storage.join(self.root, DAMAGED_DIR)}/")
+
+    def damage_message(self) -> str:
+        """What is damaged and the repair, in one paragraph (the warning every command prints)."""
+        if not self.damaged:
+            return ""
+        waiting = set().union(*self._waiting.values())
+        listing = "; ".join(f"{d.table}/{d.part} ({d.reason})" for d in self.damaged)
+        effect = f", so {len(waiting)} video(s) count as not annotated" if waiting else ""
+        return f"{self.root}: {len(self.damaged)} damaged part(s) left out{effect}: {listing}; {self.repair_advice()}"
 
     def latest_finished_ms(self) -> int | None:
         """Commit time of the newest videos row (ms since the epoch, UTC); None when there is none."""
@@ -211,9 +423,10 @@ class AnnotationOutput:
 
     def replaced_ok_rows(self) -> dict[str, set[tuple[str, str]]]:
         """Part file name -> ``(video_id, run_id)`` of its replaced ``ok`` rows: what the writer
-        drops (replaced error rows carry no faces and stay as history, ``attempts``)."""
+        drops (replaced error rows carry no faces and stay as history, ``attempts``). Damaged
+        chunks are not rewritten: the writer moves them aside whole (:meth:`damaged_chunks`)."""
         rows = self._rows()
-        rows = rows[~rows["current"] & (rows["status"] == "ok")]
+        rows = rows[~rows["current"] & (rows["status"] == "ok") & ~rows["damaged"]]
         found: dict[str, set[tuple[str, str]]] = {}
         for vid, run, part in zip(rows["video_id"], rows["run_id"], rows["part"], strict=True):
             found.setdefault(part, set()).add((vid, run))
@@ -222,13 +435,21 @@ class AnnotationOutput:
     def current_videos(self) -> list[dict[str, Any]]:
         """One row per ``video_id``: its newest row (module docstring), ``ok`` or ``error``.
 
-        Each row gets ``attempts``: how many rows the video has across runs.
+        Each row gets ``attempts``: how many rows the video has across runs. An ``ok`` row of a
+        damaged chunk reads as an ``error`` of kind ``damaged_part`` that names the part and the
+        repair: its faces and tracks are left out.
         """
         index = self._rows()
         attempts = index["video_id"].value_counts().to_dict()
         best = [r for r, current in zip(self.videos().to_pylist(), index["current"], strict=True) if current]
-        for r in best:
+        damaged = {d.part: d for d in reversed(self.damaged)}
+        for r, part in zip(best, index["part"][index["current"]], strict=True):
             r["attempts"] = attempts[r["video_id"]]
+            if part in damaged and r["status"] == "ok":  # not annotated until a rerun redoes it
+                d = damaged[part]
+                r.update(status="error", error_kind="damaged_part",
+                         error=f"{d.table}/{d.part} is damaged ({d.reason}); rerun "
+                               f"`{self.repair_command({r['run_id']})}` to annotate it again")
         return sorted(best, key=lambda r: (r["status"] != "error", str(r["video_uri"])))
 
     def find_video(self, key: str) -> dict[str, Any]:
@@ -248,10 +469,10 @@ class AnnotationOutput:
                           f"`mien inspect {self.root} --videos` lists them)")
 
     def committed_videos(self, since_ms: int | None = None) -> pd.DataFrame:
-        """The current ``ok`` row of every video whose current row is ``ok`` (one per video; module
-        docstring) as a DataFrame: ``video_id``, ``video_uri``, ``run_id``, ``finished_ms`` (commit
-        time, ms since the epoch, UTC) and ``part`` (the part's file name). With ``since_ms`` (a
-        watermark), only rows finished after it.
+        """The current ``ok`` row of every video whose current row is ``ok`` and in a sound chunk
+        (one per video; module docstring) as a DataFrame: ``video_id``, ``video_uri``, ``run_id``,
+        ``finished_ms`` (commit time, ms since the epoch, UTC) and ``part`` (the part's file name).
+        With ``since_ms`` (a watermark), only rows finished after it.
 
         A videos part is the commit marker of the faces part of the same name
         (:mod:`workflows.corpus.writer`), so faces are only ever read through these rows
@@ -260,7 +481,7 @@ class AnnotationOutput:
         """
         columns = ["video_id", "video_uri", "run_id", "finished_ms", "part"]
         index = self._rows()
-        ok = index[index["current"] & (index["status"] == "ok")]
+        ok = index[index["current"] & (index["status"] == "ok") & ~index["damaged"]]
         unfinished = ok["finished_ms"].isna()
         if unfinished.any():
             log.warning("%s: skipping %d ok videos row(s) without finished_at (not written by mien annotate?)",
@@ -377,6 +598,28 @@ class AnnotationOutput:
             doc.setdefault("run_id", uri.rsplit("/", 1)[-1].removesuffix(".json"))
             docs.append(doc)
         return sorted(docs, key=lambda d: str(d.get("run_id")))
+
+
+def _count_problem(footer: pq.FileMetaData | str, expected: dict[str, int] | None, rows: pd.DataFrame,
+                   part: str) -> str | None:
+    """Why a chunk's faces or tracks part disagrees with its commit record, or None.
+
+    ``expected``: that table's rows per video of the chunk as written (None: an older writer
+    recorded none, and only the footer is checked); ``rows``: the chunk's videos rows. Dropping
+    replaced rows rewrites faces and tracks before the videos part, so any count from the current
+    rows' to the whole chunk's is sound."""
+    low = 0 if expected is None else sum(expected.get(v, 0) for v in rows["video_id"][rows["current"]])
+    if isinstance(footer, str):
+        if footer != "missing":
+            return footer
+        return None if low == 0 else f"missing, where its commit record videos/{part} counts {low} rows"
+    if expected is None:
+        return None
+    high = sum(expected.values())
+    if low <= footer.num_rows <= high:
+        return None
+    return (f"{footer.num_rows} rows, where its commit record videos/{part} says "
+            f"{high if low == high else f'{low} to {high}'}")
 
 
 def _sort_rows(t: pa.Table, name: str) -> pa.Table:

@@ -40,6 +40,15 @@ newest row that existed when it started (:meth:`AnnotationSink.commit_time`), so
 replace older ones even when its machine's clock is behind. Two runs that annotated the same
 video (they started at the same moment) are resolved the same way: the later row wins.
 
+**Damaged parts.** A chunk whose part is truncated, overwritten or disagrees with its commit
+record is left out by every reader, and its videos count as not annotated
+(:attr:`~workflows.corpus.reader.AnnotationOutput.damaged`), so a plain rerun annotates them
+again. The videos part records each video's faces and tracks rows in its footer for that check
+(``mien.part_rows``). Once no video depends on a damaged chunk any more (its videos have newer
+rows), :meth:`AnnotationSink.drop_replaced` moves its files to ``_damaged/<table>/`` (out of the
+way of pandas and DuckDB too, kept for a post-mortem): nothing is moved before the replacement
+is committed.
+
 **Killed writes.** Temporary files of local writes and incomplete S3 multipart uploads older
 than the lease time to live are removed when a run starts
 (:meth:`AnnotationSink.remove_stale_temporaries`); younger ones may be a live run's write.
@@ -49,6 +58,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import json
 import logging
 import time
 
@@ -58,15 +68,10 @@ import pyarrow.parquet as pq
 from workflows.core import faults, storage
 from workflows.corpus import schema
 from workflows.corpus.lease import LEASE_DIR, LeaseLost, RunLease, read_leases, remove_lease
-from workflows.corpus.reader import AnnotationOutput
+from workflows.corpus.reader import DAMAGED_DIR, PART_ROWS_KEY, AnnotationOutput, run_of_part
 
 log = logging.getLogger(__name__)
 TABLE_DIRS = ("faces", "tracks", "videos")
-
-
-def run_of_part(uri: str) -> str:
-    """The run that wrote a part: its file name is ``<run_id>-<seq:05d>.parquet``."""
-    return uri.rsplit("/", 1)[-1].removesuffix(".parquet").rsplit("-", 1)[0]
 
 
 class AnnotationSink:
@@ -145,7 +150,8 @@ class AnnotationSink:
         bypass mien (pandas, DuckDB): faces and tracks parts go first and the videos part last,
         and a replaced row stays replaced, so stopping anywhere loses nothing. Runs rewriting one
         part at once can at worst bring back replaced rows, which the next run drops again.
-        Returns the number of videos rows dropped."""
+        Damaged chunks are not rewritten: once no video depends on one, its files move to
+        ``_damaged/`` (:meth:`set_aside_damaged`). Returns the number of videos rows dropped."""
         output = AnnotationOutput(self.root, must_exist=False)
         self._floor_ms = output.latest_finished_ms()
         dropped = 0
@@ -165,7 +171,32 @@ class AnnotationSink:
                 dropped += keep.count(False) if name == "videos" else 0
         if dropped:
             log.info("dropped %d replaced videos row(s) with their faces and tracks", dropped)
+        self.set_aside_damaged(output)
         return dropped
+
+    def set_aside_damaged(self, output: AnnotationOutput) -> list[str]:
+        """Move the files of every damaged chunk of ``output`` that no video depends on any more
+        to ``_damaged/<table>/<part>.damaged``; returns the moved parts.
+
+        Faces and tracks go first and the videos part last, so an interrupted move leaves a chunk
+        that is still left out or already sound, and the next run finishes it."""
+        moved = []
+        for part, waiting in sorted(output.damaged_chunks().items()):
+            if waiting:
+                continue
+            for name in TABLE_DIRS:  # videos last
+                src = storage.join(self.root, name, part)
+                if not storage.exists(src):
+                    continue
+                aside = storage.join(self.root, DAMAGED_DIR, name)
+                storage.makedirs(aside)
+                fs, path = storage.filesystem(src)
+                storage.with_retries(fs.mv)(path, storage.filesystem(storage.join(aside, f"{part}.damaged"))[1])
+                moved.append(src)
+        if moved:
+            log.warning("moved %d part(s) of damaged chunk(s) no video depends on any more to %s: %s",
+                        len(moved), storage.join(self.root, DAMAGED_DIR), ", ".join(moved))
+        return moved
 
     def done_video_ids(self) -> set[str]:
         """Videos whose current row is ``ok``: a rerun skips them (resume)."""
@@ -198,6 +229,12 @@ class AnnotationSink:
                   for name in TABLE_DIRS}
         for name in ("faces", "tracks"):
             self._write_table(storage.join(self.root, name, part), tables[name])
+        # The commit record carries each video's faces and tracks rows: readers check the parts
+        # against it from their footers (workflows.corpus.reader).
+        record = {name: _rows_per_video(tables[name]) for name in ("faces", "tracks")}
+        videos = tables["videos"]
+        tables["videos"] = videos.replace_schema_metadata(
+            {**(videos.schema.metadata or {}), PART_ROWS_KEY: json.dumps(record, sort_keys=True).encode()})
         for uri in tables["videos"].column("video_uri").to_pylist():
             faults.exit_if_injected(self._faults, str(uri))
             faults.pause_if_injected(self._faults, str(uri))
@@ -223,3 +260,9 @@ class AnnotationSink:
         data = buf.getvalue()
         storage.write_bytes(uri, data)
         self.bytes_written += len(data)
+
+
+def _rows_per_video(t: pa.Table) -> dict[str, int]:
+    counts = t.column("video_id").value_counts()
+    return {str(v): int(n) for v, n in zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(),
+                                           strict=True)}

@@ -75,6 +75,13 @@ def render_summary(s: OutputSummary, list_videos: bool = False) -> str:
                          f"{c.get('videos_error', '-')!s:>5s} {c.get('faces', '-')!s:>8s} "
                          f"{(f'{wall:.1f}' if isinstance(wall, int | float) else '-'):>8s}  {r.get('model_id', '-')}")
 
+    if s.damaged:
+        lines += ["", f"damaged parts ({len(s.damaged)}, left out: their videos count as not annotated)"]
+        for d in s.damaged:
+            videos = ", ".join(v[:12] for v in d["video_ids"][:5]) + (" ..." if len(d["video_ids"]) > 5 else "")
+            lines.append(f"  {d['part']}  {_short(d['reason'], 90)}  videos: {videos or 'unknown'}")
+        lines.append(f"  fix: {s.repair}")
+
     errors = [v for v in s.videos if v["status"] != "ok"]
     if errors:
         lines += ["", f"errors ({min(len(errors), MAX_ERRORS_SHOWN)} of {len(errors)})"]
@@ -94,9 +101,10 @@ def render_summary(s: OutputSummary, list_videos: bool = False) -> str:
     return "\n".join(lines)
 
 
-def inspect_output(root: str, as_json: bool = False, list_videos: bool = False) -> str:
-    """The text (or JSON) that ``mien inspect`` prints for the output at ``root``."""
-    s = summarize(AnnotationOutput(root))
+def inspect_output(root: str | AnnotationOutput, as_json: bool = False, list_videos: bool = False) -> str:
+    """The text (or JSON) that ``mien inspect`` prints for the output at ``root`` (a URI, or the
+    output already open)."""
+    s = summarize(root if isinstance(root, AnnotationOutput) else AnnotationOutput(root))
     if as_json:
         doc = s.to_dict()
         if list_videos:

@@ -37,6 +37,8 @@ class OutputSummary:
     model_ids: dict[str, int]  # faces per model_id
     runs: list[dict[str, Any]]
     video_fe: dict[str, dict[str, int]]  # video_id -> faces per fe_label
+    damaged: list[dict[str, Any]]  # parts left out (AnnotationOutput.damaged, DamagedPart.to_dict)
+    repair: str  # how to repair them (AnnotationOutput.repair_advice); empty when none is damaged
 
     @property
     def n_ok(self) -> int:
@@ -80,7 +82,7 @@ class OutputSummary:
             "sampled_frames": self.sampled_frames, "duration_s": self.duration_s,
             "faces": self.faces, "tracks": self.tracks, "fe_faces": self.fe_faces,
             "fe_tracks": self.fe_tracks, "au_active": self.au_active, "au_mean": self.au_mean,
-            "model_ids": self.model_ids,
+            "model_ids": self.model_ids, "damaged": self.damaged, "repair": self.repair or None,
             "runs": [{k: r.get(k) for k in ("run_id", "started_at", "model_id", "input", "counts", "timings")}
                      for r in self.runs],
         }
@@ -149,4 +151,5 @@ def summarize(output: AnnotationOutput) -> OutputSummary:
         au_mean=_canonical({k: au_sum[k] / au_n[k] for k in au_n if au_n[k]}, AU_NAMES),
         model_ids=dict(model_ids.most_common()), runs=output.runs(),
         video_fe={k: dict(v) for k, v in video_fe.items()},
+        damaged=[d.to_dict() for d in output.damaged], repair=output.repair_advice(),
     )
