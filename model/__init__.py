@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from model.mllm import FacialMLLM
 
 __all__ = ["ModelConfig", "build_model", "config_from_dict", "init_from_base", "load_model", "load_model_config",
-           "open_model", "resolve_device", "save_model"]
+           "open_model", "resolve_device", "save_model", "verify_model_files"]
 
 
 def build_model(cfg: ModelConfig, device: str = "cpu", **kwargs: Any) -> FacialMLLM:
@@ -56,6 +56,37 @@ def open_model(uri: str = "default") -> tuple[str | None, dict[str, Any]]:
         return None, default_manifest()
     directory = resolve_model_uri(uri)
     return directory, base_manifest(uri, directory) if is_hf_vlm_dir(directory) else read_manifest(directory)
+
+
+def verify_model_files(directory: str, manifest: Mapping[str, Any], vlm_source: str | None = None,
+                       absent_ok: bool = False) -> None:
+    """Check every file that loading the model at ``directory`` reads and that is on this machine:
+    the parts and the components (a pinned asset, a bundled directory, a local base; the VLM base at
+    ``vlm_source``, the architecture's once overrides are applied, default the manifest's).
+
+    What a driver runs before any worker starts, so a bad file is one message naming it here instead
+    of an error in every worker's constructor. A component on ``s3://`` or in MLflow is checked where
+    a worker fetches it (a multi-GB base is not downloaded to the driver only to be hashed), and with
+    ``absent_ok`` so is a local base path that is not on this machine (a cluster's nodes hold it)."""
+    import os
+
+    from model.model_dir import verify_component, verify_parts
+    from model.vlm.base import is_hf_vlm_dir, verified_base
+    from workflows.core import storage
+
+    verify_parts(directory, manifest)
+    if is_hf_vlm_dir(directory):
+        return  # a plain checkpoint is its own manifest: hashed as it was opened, nothing to compare
+    for name, meta in manifest.get("components", {}).items():
+        source = (vlm_source or meta.get("source", "")) if name == "vlm" else meta.get("source", "")
+        if storage.is_remote(source) or source.startswith(("models:/", "runs:/")):
+            continue
+        if absent_ok and not source.startswith(("asset:", "bundled:")) and not os.path.exists(source):
+            continue
+        if name == "vlm":
+            verified_base(source, meta)
+        else:
+            verify_component(name, meta, directory)
 
 
 def load_model(uri: str = "default", device: str = "cpu",

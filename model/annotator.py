@@ -21,10 +21,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from model.config import ModelConfig
+from model.config import GenerationConfig, ModelConfig
 from model.face_batch import batch_rows, slice_batch
+from model.model_dir import described_model_id
 from model.prior import CalibratedFacePrior, PriorScores
-from model.prompts import anchored_opening, parse_description, supporting_aus
+from model.prompts import (
+    anchored_opening,
+    consistent_description,
+    parse_description,
+    prior_sentence,
+    supporting_aus,
+)
 from model.taxonomy import FE_BASIC
 
 if TYPE_CHECKING:
@@ -51,6 +58,17 @@ def _unit_hash(seed: int, key: int) -> float:
     return int.from_bytes(h[:8], "big") / 2.0 ** 64
 
 
+def describe_cost(generation: GenerationConfig, batch_size: int) -> str:
+    """What ``generation`` costs, in LLM decodes (which rows :meth:`FacialAnnotator.generation_rows`
+    picks), to state before a run: a decode runs token by token and dwarfs scoring on CPU."""
+    decodes = f"one LLM decode of up to {generation.max_new_tokens} new tokens"
+    if generation.mode == "all":
+        return f"{decodes} for every face"
+    share = f" of about {generation.fraction:.0%} of the tracks" if generation.mode == "fraction" else ""
+    return (f"{decodes} for each track{share} in every batch of {batch_size} faces (model.batch_size; a track "
+            "spread over k batches gets k)")
+
+
 class FacialAnnotator:
     """A loaded model: ``model_id``, ``config`` (a :class:`ModelConfig`; ``config.generation``
     switches descriptions on), ``annotate(batch)``, and the MLLM underneath (``mllm``)."""
@@ -59,7 +77,7 @@ class FacialAnnotator:
                  build: Callable[[], FacialMLLM] | None = None, mllm: FacialMLLM | None = None,
                  manifest: Mapping[str, Any] | None = None):
         self.config = config
-        self.model_id = model_id
+        self.base_model_id = model_id
         self.device = device
         self.manifest = dict(manifest or {})
         self._build = build
@@ -71,6 +89,13 @@ class FacialAnnotator:
         """Wrap a model built (or trained) in this process."""
         cfg = mllm.cfg
         return cls(cfg, model_id or f"{cfg.name}-{cfg.version}+unsaved", str(mllm.device), mllm=mllm)
+
+    @property
+    def model_id(self) -> str:
+        """The id written with every output row: the model's own id (``base_model_id``, from its
+        architecture and weights), plus the description settings while generation is on
+        (``+describe:per_track/32tok``), so outputs with and without descriptions differ."""
+        return described_model_id(self.base_model_id, self.config.generation)
 
     # ------------------------------------------------------------------ the MLLM
     @property
@@ -138,12 +163,17 @@ class FacialAnnotator:
         descriptions: list[str | None] = [None] * rows
         gen = self.generation_rows(batch)
         if gen:
+            # The description states the final scores: the question gives them, an anchored answer
+            # starts with them, and what the LLM adds that contradicts them is dropped.
+            labels = [FE_BASIC[int(np.argmax(fe[i]))] for i in gen]
+            readings = [prior_sentence(fe[i], au[i]) for i in gen]
             openings = None
             if cfg.generation.anchor_label:
-                labels = [FE_BASIC[int(np.argmax(fe[i]))] for i in gen]
                 openings = [anchored_opening(lb, supporting_aus(lb, au[i])) for lb, i in zip(labels, gen, strict=True)]
-            for i, text in zip(gen, self._describe(batch, prior, gen, openings), strict=True):
-                descriptions[i] = text
+            texts = self._describe(batch, prior, gen, openings, readings)
+            for j, (i, text) in enumerate(zip(gen, texts, strict=True)):
+                descriptions[i] = consistent_description(text, labels[j], au[i],
+                                                         opening=openings[j] if openings else "")
         parsed = [parse_description(d) if d else None for d in descriptions]
         return {
             "fe_probs": fe.astype(np.float32),
@@ -198,7 +228,7 @@ class FacialAnnotator:
         return fe, au
 
     def _describe(self, batch: Mapping[str, Any], prior: PriorScores, rows: list[int],
-                  openings: list[str] | None) -> list[str]:
+                  openings: list[str] | None, readings: list[str]) -> list[str]:
         mllm = self.mllm
         needed = set(rows)
         if mllm.cfg.clip.frames and batch.get("track_key") is not None:
@@ -217,5 +247,6 @@ class FacialAnnotator:
         targets = [where[r] for r in rows]
         for s in range(0, len(targets), step):
             out.extend(mllm.generate(faces, rows=targets[s:s + step],
-                                     openings=None if openings is None else openings[s:s + step]))
+                                     openings=None if openings is None else openings[s:s + step],
+                                     readings=readings[s:s + step]))
         return out

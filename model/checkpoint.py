@@ -29,6 +29,7 @@ from model.model_dir import (
     ArchitectureMismatchError,
     MissingPartError,
     compute_model_id,
+    file_sha256s,
     sha256_bytes,
     tree_sha256,
 )
@@ -82,7 +83,7 @@ def save_model(m: FacialAnnotator | FacialMLLM, uri: str, metrics: Mapping[str, 
         if cfg.llm.enabled:
             if mllm is not None and (not cfg.llm.source or cfg.llm.trainable or bundle_base):
                 save_base_pretrained(mllm.llm, tmp / "base" / "llm")
-                components["llm"] = {"source": "bundled:base/llm", "sha256": tree_sha256(tmp / "base" / "llm")}
+                components["llm"] = _bundled(tmp, "base/llm")
             elif cfg.llm.source == GEMMA_ASSET:
                 from workflows.core.assets import MULTIPART_ASSETS
 
@@ -92,12 +93,11 @@ def save_model(m: FacialAnnotator | FacialMLLM, uri: str, metrics: Mapping[str, 
             if mllm is not None and (cfg.llm.tokenizer == "builtin:words" or components["llm"]["source"]
                                      .startswith("bundled:")):
                 mllm.tokenizer.save_pretrained(tmp / "base" / "tokenizer")
-                components["tokenizer"] = {"source": "bundled:base/tokenizer",
-                                           "sha256": tree_sha256(tmp / "base" / "tokenizer")}
+                components["tokenizer"] = _bundled(tmp, "base/tokenizer")
         if cfg.vision.enabled:
             if mllm is not None and (not cfg.vision.source or cfg.vision.trainable or bundle_base):
                 mllm.vision.encoder.save_pretrained(tmp / "base" / "vision", safe_serialization=True)
-                components["vision"] = {"source": "bundled:base/vision", "sha256": tree_sha256(tmp / "base" / "vision")}
+                components["vision"] = _bundled(tmp, "base/vision")
             else:
                 components["vision"] = {"source": cfg.vision.source, "sha256": ann.component_sha("vision")}
         for p in sorted((tmp / "base").rglob("*")) if (tmp / "base").exists() else []:
@@ -138,8 +138,15 @@ def _add_parts(tensors: Mapping[str, Mapping[str, Any]], files: dict[str, bytes]
     for name, sd in tensors.items():
         data = _safetensors_bytes(sd)
         files[f"{name}.safetensors"] = data
-        parts[name] = {"file": f"{name}.safetensors", "sha256": sha256_bytes(data), "tensors": len(sd),
-                       "parameters": int(sum(v.numel() for v in sd.values()))}
+        parts[name] = {"file": f"{name}.safetensors", "sha256": sha256_bytes(data), "size": len(data),
+                       "tensors": len(sd), "parameters": int(sum(v.numel() for v in sd.values()))}
+
+
+def _bundled(tmp: Path, rel: str) -> dict[str, Any]:
+    """Component meta of a base saved under ``tmp/rel``: sha256 over its files and of each file (so a
+    changed file is named when the directory is verified)."""
+    files = file_sha256s(tmp / rel)
+    return {"source": f"bundled:{rel}", "sha256": tree_sha256(files=files), "files": files}
 
 
 def _save_vlm_parts(ann: FacialAnnotator, files: dict[str, bytes], parts: dict[str, dict[str, Any]],

@@ -286,11 +286,12 @@ class VLMConfig:
     prior_tokens: int = 0
 
     def validate(self) -> list[str]:
-        from model.vlm.adapters import known_families
-
         problems = []
-        if self.family not in known_families():
-            problems.append(f"family: unknown {self.family!r}; one of {', '.join(known_families())}")
+        if self.family != "auto":  # the adapters import torch: not for every config that names no VLM
+            from model.vlm.adapters import known_families
+
+            if self.family not in known_families():
+                problems.append(f"family: unknown {self.family!r}; one of {', '.join(known_families())}")
         if (self.lora.enabled or self.train_projector) and not self.source:
             problems.append("lora/train_projector: train a pretrained VLM by setting vlm.source")
         if self.prior_tokens and not self.source:

@@ -463,18 +463,22 @@ class FacialMLLM(nn.Module):
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
     def generate(self, faces: FaceInputs, rows: Sequence[int] | None = None, openings: Sequence[str] | None = None,
-                 max_new_tokens: int | None = None, seed: int | None = None) -> list[str]:
+                 max_new_tokens: int | None = None, seed: int | None = None,
+                 readings: Sequence[str] | None = None) -> list[str]:
         """A free-text description (FE<->AU reasoning) per face, or per face in ``rows`` (the
         other faces only supply clip frames); greedy unless ``generation.temperature`` > 0.
 
         ``openings``: per described face, text the answer is forced to start with (e.g.
-        ``"The person shows happiness"``); it is part of the returned description."""
+        ``"The person shows happiness"``); it is part of the returned description. ``readings``:
+        per described face, the scores in words, stated in the question
+        (``prompts.describe_question``)."""
         g = self.cfg.generation
         prefix = self.embed(self.prefix_ids(generation=True))
-        q = self.embed(self.ids(prompts.describe_question()))
         segments = self._face_segments(faces, rows)
+        questions = [self.embed(self.ids(prompts.describe_question(r))) for r in (readings or [""] * len(segments))]
         opening_ids = [self.ids(prompts.answer_text(o)) if o else [] for o in (openings or [""] * len(segments))]
-        seqs = [torch.cat([prefix, s, q, self.embed(o)], dim=0) for s, o in zip(segments, opening_ids, strict=True)]
+        seqs = [torch.cat([prefix, s, q, self.embed(o)], dim=0)
+                for s, q, o in zip(segments, questions, opening_ids, strict=True)]
         emb, mask = _left_pad(seqs)
         kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens or g.max_new_tokens,
                                       pad_token_id=self.tokenizer.pad_token_id,

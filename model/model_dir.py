@@ -17,10 +17,15 @@ Nothing is ever unpickled: ``.bin``/``.pt``/``.pkl`` checkpoints are refused wit
 that says how to convert them. A missing part, a checksum mismatch and an architecture
 mismatch each raise their own error naming the file and the fix.
 
+Every file is read only once it is known to be a regular file (a symlink counts as what it points
+at): a FIFO, device or socket in its place is refused by name instead of blocking the reader
+forever. A part's size is checked against the manifest's ``size`` before a byte is read, so a
+huge (e.g. sparse) file in its place is refused, not loaded into memory; checksums are streamed.
+
 This module knows the format and needs no torch: it finds a directory (:func:`resolve_model_uri`),
-reads its manifest and checks every file against it (:func:`verify_parts`,
-:func:`verify_component`). Writing weights into a directory and loading them into a model is
-``model.checkpoint``.
+reads its manifest and checks every file against it (:func:`verify_parts`, :func:`verify_component`;
+``model.verify_model_files`` runs them all on a driver before workers start). Writing weights into a
+directory and loading them into a model is ``model.checkpoint``.
 """
 
 from __future__ import annotations
@@ -30,9 +35,13 @@ import json
 import logging
 import os
 import shutil
+import stat
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from model.config import GenerationConfig
 
 MANIFEST = "mien_model.json"
 FORMAT = "mien-model"
@@ -40,6 +49,8 @@ FORMAT_VERSION = 1
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".pyt", ".joblib")
 # Run-time knobs that do not change what a model computes for scores.
 _RUNTIME_KEYS = ("generation", "scoring")
+_CHUNK = 1 << 20
+_MANIFEST_MAX_BYTES = 16 << 20  # a manifest is kilobytes; anything this large is not one
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +81,87 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _not_regular(path: Path, mode: int, what: str) -> ModelDirError:
+    kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a character device" if stat.S_ISCHR(mode)
+            else "a block device" if stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a directory" if stat.S_ISDIR(mode) else "not a regular file")
+    return ModelDirError(f"{what}: {path} is {kind}, not a regular file; mien reads only regular files from a "
+                         "model directory - replace it with the file itself (copy the complete directory again)")
+
+
+def _stat_regular(path: Path, what: str) -> os.stat_result:
+    """``stat`` of ``path`` (through symlinks), refused unless it is a regular file. Never opens it:
+    opening a FIFO for reading blocks until a writer comes."""
+    try:
+        st = path.stat()
+    except FileNotFoundError as e:
+        target = f" (a symlink to {os.readlink(path)}, which does not exist)" if path.is_symlink() else ""
+        raise MissingPartError(f"{what}: {path} is missing{target}; copy the complete directory again") from e
+    if not stat.S_ISREG(st.st_mode):
+        raise _not_regular(path, st.st_mode, what)
+    return st
+
+
+def _open_regular(path: Path, what: str) -> tuple[int, os.stat_result]:
+    """A read-only descriptor of ``path`` and its ``fstat``, refused unless it is a regular file.
+    Opened non-blocking, so a FIFO swapped in after the ``stat`` check cannot block either."""
+    _stat_regular(path, what)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise _not_regular(path, st.st_mode, what)
+    return fd, st
+
+
+def _stream_sha256(f: Any) -> str:
+    h = hashlib.sha256()
+    for chunk in iter(lambda: f.read(_CHUNK), b""):
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def read_verified(path: Path, meta: Mapping[str, Any], what: str) -> bytes:
+    """The bytes of the regular file ``path`` after checking them against ``meta``'s ``size`` (before
+    reading: a wrong size is refused unread) and ``sha256``. Without a recorded size (directories
+    saved before sizes were) the hash is streamed first and the bytes read only for a match, so a
+    huge file costs no memory either way."""
+    fd, st = _open_regular(path, what)
+    want = meta.get("sha256")
+    size = meta.get("size")
+    with os.fdopen(fd, "rb") as f:
+        if size is not None and st.st_size != size:
+            raise ChecksumError(f"{what}: {path.name} is {st.st_size} bytes, the manifest says {size} (size check; "
+                                "not read); the file is truncated, padded or was replaced - copy the directory again")
+        if size is None:
+            got = _stream_sha256(f)
+            if got != want:
+                raise _checksum_error(path, what, got, want)
+            f.seek(0)
+            size = st.st_size
+        data = f.read(size + 1)
+    if len(data) != size:
+        raise ChecksumError(f"{what}: {path.name} changed size while it was read ({len(data)} bytes, expected "
+                            f"{size}); copy the directory again")
+    got = sha256_bytes(data)
+    if got != want:
+        raise _checksum_error(path, what, got, want)
+    return data
+
+
+def _checksum_error(path: Path, what: str, got: str, want: Any) -> ChecksumError:
+    return ChecksumError(f"{what}: {path.name} has sha256 {got}, the manifest says {want}; the file is corrupt "
+                         "or was replaced - copy the directory again")
+
+
 _INDEX_MIN_BYTES = 1 << 20  # smaller files are hashed every time (cheaper than the bookkeeping)
 
 
 def file_sha256s(directory: str | os.PathLike[str]) -> dict[str, str]:
     """``relative path -> sha256`` of every file under ``directory`` (dotfiles and mien's
-    ``mien_source.json`` note excluded), sorted by path.
+    ``mien_source.json`` note excluded), sorted by path. Anything there that is not a regular file
+    (a FIFO, a device, a dangling symlink) raises :class:`ModelDirError` naming it: it would be
+    loaded from later, and a FIFO would block that forever.
 
     Large files' hashes are remembered in the mien cache by (absolute path, size, mtime), as git's
     index does: a 15 GB 7B base is read once per machine, not at every actor start. A file
@@ -89,10 +175,10 @@ def file_sha256s(directory: str | os.PathLike[str]) -> dict[str, str]:
     except (OSError, ValueError):
         index = {}
     out, changed = {}, False
-    for p in sorted(q for q in root.rglob("*") if q.is_file() and not q.name.startswith(".")):
+    for p in sorted(q for q in root.rglob("*") if not q.name.startswith(".") and not q.is_dir()):
         if p.name == "mien_source.json":
             continue
-        st = p.stat()
+        st = _stat_regular(p, "model file")
         key = str(p.resolve())
         if st.st_size < _INDEX_MIN_BYTES:
             out[p.relative_to(root).as_posix()] = sha256_file(p)
@@ -143,6 +229,24 @@ def compute_model_id(manifest: Mapping[str, Any], overrides: Mapping[str, Any] |
     return f"{manifest.get('name', 'mien')}-{manifest.get('version', 'v1')}+{digest}"
 
 
+DESCRIBE_TAG = "+describe:"
+
+
+def described_model_id(model_id: str, generation: GenerationConfig) -> str:
+    """``model_id`` with the description settings when generation is on
+    (``<id>+describe:per_track/32tok``, ``+describe:fraction=0.1/32tok``): the scores are the
+    model's, but rows with and without descriptions (or with other ones) must be told apart."""
+    if not generation.enabled:
+        return model_id
+    mode = f"fraction={generation.fraction:g}" if generation.mode == "fraction" else generation.mode
+    return f"{model_id}{DESCRIBE_TAG}{mode}/{generation.max_new_tokens}tok"
+
+
+def base_model_id(model_id: str) -> str:
+    """The model's own id without its description settings: what to compare to ask "the same model?"."""
+    return model_id.split(DESCRIBE_TAG, 1)[0]
+
+
 # ---------------------------------------------------------------------- resolution
 
 def _cache_root() -> Path:
@@ -153,11 +257,29 @@ def _cache_root() -> Path:
 
 def materialize(uri: str) -> str:
     """A local directory with the contents of ``uri`` (local paths are returned as they are;
-    ``s3://`` prefixes are downloaded once into the mien cache, file by file)."""
+    ``s3://`` prefixes are downloaded once into the mien cache, file by file). A missing bucket or
+    prefix, refused access and absent credentials raise :class:`ModelDirError` saying which."""
     from workflows.core import storage
 
     if not storage.is_remote(uri):
         return storage.strip_file_scheme(uri)
+    try:
+        return _download_prefix(uri)
+    except FileNotFoundError as e:
+        raise MissingPartError(f"model directory not found: {uri} (no such bucket, or nothing under that prefix); "
+                               "check the URI, and AWS_ENDPOINT_URL for a non-AWS object store") from e
+    except PermissionError as e:
+        raise ModelDirError(f"cannot read {uri}: access denied ({e}); use credentials that may read that "
+                            "bucket (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE)") from e
+    except Exception as e:
+        if not storage.missing_credentials(e):
+            raise
+        raise ModelDirError(f"cannot read {uri}: {storage.NO_CREDENTIALS}") from e
+
+
+def _download_prefix(uri: str) -> str:
+    from workflows.core import storage
+
     dest = _cache_root() / "remote" / sha256_bytes(uri.rstrip("/").encode())[:16]
     base = uri.rstrip("/")
     for file_uri in storage.list_files(base):
@@ -195,6 +317,9 @@ def resolve_model_uri(uri: str) -> str:
                                "(write one with model.save_model)")
     if not path.exists():
         raise MissingPartError(f"model directory not found: {uri}")
+    if not path.is_dir():  # a FIFO, device or socket: never opened
+        raise MissingPartError(f"{uri} is not a directory; a model is a directory with {MANIFEST} (write one with "
+                               "model.save_model) or a save_pretrained checkpoint")
     if not (path / MANIFEST).exists():
         if (path / "config.json").is_file():
             return str(path)  # a plain save_pretrained checkpoint (model.vlm.base checks it)
@@ -211,28 +336,47 @@ def resolve_model_uri(uri: str) -> str:
 
 
 def _download_mlflow(uri: str) -> str:
+    """A local copy of the model at MLflow URI ``uri``. A store, registered model, alias, version or
+    run that does not exist raises :class:`MissingPartError` listing what does exist."""
     try:
         import mlflow
+        from mlflow.exceptions import MlflowException
     except ImportError as e:  # pragma: no cover - mlflow is a core dependency
         raise ImportError("loading models:/ URIs needs mlflow: pip install 'mlflow>=3.17,<3.19'") from e
+    from workflows.core.redact import redact
+    from workflows.core.tracking import Registry, store_exists
+
     # MLFLOW_TRACKING_URI wins over a tracking URI an earlier job in this process left set globally
     tracking = os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
-    dest = _cache_root() / "mlflow" / sha256_bytes(f"{tracking}|{uri}".encode())[:16]
-    if dest.exists():
-        shutil.rmtree(dest)  # aliases move: always fetch what the alias points at now
-    dest.mkdir(parents=True)
+    where = f"the MLflow store {redact(tracking)}"
+    fix = "set MLFLOW_TRACKING_URI (or the job's mlflow.tracking_uri) to the store the model is registered in"
+    if not store_exists(tracking):  # opening a sqlite store that is not there would create an empty one
+        raise MissingPartError(f"{uri}: there is no MLflow store at {redact(tracking)} (no such file); {fix}")
     source = uri
-    if uri.startswith("models:/"):
-        # MLflow's models:/ repository looks the version up in the global registry whatever it is
-        # given, so the version is resolved here against ``tracking`` and its files fetched directly.
-        client = mlflow.MlflowClient(tracking_uri=tracking, registry_uri=tracking)
-        name, sep, alias = uri[len("models:/"):].rstrip("/").partition("@")
-        if sep:
-            version = client.get_model_version_by_alias(name, alias).version
-        else:
-            name, _, version = name.rpartition("/")
-        source = client.get_model_version_download_uri(name, version)
-    return mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dest), tracking_uri=tracking)
+    try:
+        if uri.startswith("models:/"):
+            # MLflow's models:/ repository looks the version up in the global registry whatever it is
+            # given, so the version is resolved here against ``tracking`` and its files fetched directly.
+            registry = Registry(tracking, registry_uri=tracking)
+            name, sep, alias = uri[len("models:/"):].rstrip("/").partition("@")
+            version = ""
+            if not sep:
+                name, _, version = name.rpartition("/")
+            if not name:
+                raise MissingPartError(f"{uri} names no version or alias: give models:/{version}@ALIAS or "
+                                       f"models:/{version}/VERSION ({registry.describe(version)})")
+            found = registry.aliased_version(name, alias) if sep else registry.version(name, version)
+            if found is None:
+                raise MissingPartError(f"{uri} is not in {where}: {registry.describe(name)}. Name one that exists, "
+                                       f"or {fix}")
+            source = registry.client.get_model_version_download_uri(name, found.version)
+        dest = _cache_root() / "mlflow" / sha256_bytes(f"{tracking}|{uri}".encode())[:16]
+        if dest.exists():
+            shutil.rmtree(dest)  # aliases move: always fetch what the alias points at now
+        dest.mkdir(parents=True)
+        return mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dest), tracking_uri=tracking)
+    except MlflowException as e:
+        raise MissingPartError(f"{uri}: MLflow could not fetch it from {where} ({e.message}); {fix}") from e
 
 
 # ------------------------------------------------------------------ reading, verifying
@@ -246,10 +390,19 @@ def read_manifest(directory: str) -> dict[str, Any]:
     for f in sorted(Path(directory).rglob("*")):
         if f.is_file():
             _refuse_pickle_path(str(f))
+    fd, st = _open_regular(path, MANIFEST)
+    if st.st_size > _MANIFEST_MAX_BYTES:
+        os.close(fd)
+        raise ModelDirError(f"{path} is {st.st_size} bytes, too large for a manifest (at most {_MANIFEST_MAX_BYTES}); "
+                            "the directory is damaged - copy it again, or write it with model.save_model")
+    with os.fdopen(fd, "rb") as f:
+        text = f.read(_MANIFEST_MAX_BYTES + 1)
     try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+        manifest = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ModelDirError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(manifest, dict):
+        raise ModelDirError(f"{path} is not a JSON object; write the directory with model.save_model")
     if manifest.get("format") != FORMAT:
         raise ModelDirError(f"{path}: format is {manifest.get('format')!r}, expected {FORMAT!r}")
     if int(manifest.get("format_version", 0)) > FORMAT_VERSION:
@@ -273,7 +426,8 @@ def inside(directory: str, rel: str, what: str) -> Path:
 
 
 def verify_parts(directory: str, manifest: Mapping[str, Any]) -> dict[str, bytes]:
-    """Every part file's bytes, after checking presence, suffix, confinement and sha256."""
+    """Every part file's bytes, after checking presence, suffix, confinement, that it is a regular
+    file, its size (before reading it) and sha256 (:func:`read_verified`)."""
     out = {}
     for name, meta in manifest.get("parts", {}).items():
         rel = meta.get("file", "")
@@ -284,12 +438,7 @@ def verify_parts(directory: str, manifest: Mapping[str, Any]) -> dict[str, bytes
         if not path.exists():
             raise MissingPartError(f"part {name!r}: {rel} is missing from {directory} "
                                    f"(the manifest lists it; copy the complete directory)")
-        data = path.read_bytes()
-        got = sha256_bytes(data)
-        if got != meta.get("sha256"):
-            raise ChecksumError(f"part {name!r}: {rel} has sha256 {got}, the manifest says {meta.get('sha256')}; "
-                                "the file is corrupt or was replaced - copy the directory again")
-        out[name] = data
+        out[name] = read_verified(path, meta, f"part {name!r}")
     return out
 
 
@@ -355,5 +504,5 @@ __all__ = [
     "ArchitectureMismatchError", "ChecksumError", "MissingPartError", "ModelDirError", "UnsafeCheckpointError",
     "FORMAT", "FORMAT_VERSION", "MANIFEST", "PICKLE_SUFFIXES", "compute_model_id", "copy_tree", "inside",
     "file_sha256s", "materialize", "read_manifest", "resolve_model_uri", "sha256_bytes", "tree_sha256",
-    "verify_component", "verify_parts", "verify_tree",
+    "read_verified", "verify_component", "verify_parts", "verify_tree",
 ]

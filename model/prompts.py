@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import numpy as np
 
@@ -144,9 +144,12 @@ def question_segment(question: str) -> str:
     return f"\n{question.strip()}\n{ASSISTANT}"
 
 
-def describe_question() -> str:
-    """FERID conversation turn asking for FEALLM-style FE<->AU reasoning."""
-    return ("\nDescribe the facial expression of the person: the brows, eyes and mouth, the action units "
+def describe_question(reading: str = "") -> str:
+    """FERID conversation turn asking for FEALLM-style FE<->AU reasoning. ``reading``: the scores
+    the description must agree with, in words (:func:`prior_sentence` of the final scores), stated
+    right before the request so the LLM describes them rather than reading the face anew."""
+    stated = f"{reading.strip()} " if reading and reading.strip() else ""
+    return (f"\n{stated}Describe the facial expression of the person: the brows, eyes and mouth, the action units "
             f"that are active, and the emotion they show, with the reason.\n{ASSISTANT}")
 
 
@@ -232,7 +235,8 @@ def few_shot_block() -> str:
     ]
     lines = []
     for face, fe, aus in shots:
-        lines.append(f"{USER} {FACE_OPEN}{FACE_CLOSE}{face_context(face)}{describe_question()}"
+        reading = prior_sentence(face.fe_prior, face.au_prior)  # as generation states the scores
+        lines.append(f"{USER} {FACE_OPEN}{FACE_CLOSE}{face_context(face)}{describe_question(reading)}"
                      f"{answer_text(reasoning_answer(fe, aus))}")
     return "\n".join(lines) + "\n"
 
@@ -279,6 +283,8 @@ _SENTENCE_SPLIT = re.compile(r"(?<=[.!?;:])\s+|\n+")
 # A contrastive or causal conjunction, or a comma followed by a negation cue, starts a new clause.
 _CLAUSE_SPLIT = re.compile(r",?\s+\b(?:but|however|whereas|while|although|though|yet|because|since)\b\s+"
                            r"|,\s+(?=(?:not|no|never)\b)", re.IGNORECASE)
+# The plain parts of a negated clause ("the face is relaxed and no action unit is active").
+_PART_SPLIT = re.compile(r",\s*|\s+\band\b\s+", re.IGNORECASE)
 _AU_CODE = re.compile(r"\b(?:AU|action unit)\s?0?(\d{1,2})\b", re.IGNORECASE)
 
 
@@ -293,9 +299,13 @@ class ParsedDescription:
     fe_mentions: dict[str, int]
 
 
+def _sentences(text: str) -> list[str]:
+    return [s for s in _SENTENCE_SPLIT.split(text) if s and s.strip()]
+
+
 def _clauses(text: str) -> list[str]:
     out = []
-    for sentence in _SENTENCE_SPLIT.split(text):
+    for sentence in _sentences(text):
         out.extend(c for c in _CLAUSE_SPLIT.split(sentence) if c and c.strip())
     return out
 
@@ -312,6 +322,19 @@ def _find_words(clause: str, lexicon: dict[str, str]) -> list[tuple[int, str]]:
     return sorted(hits)
 
 
+def _named(clause: str) -> tuple[list[tuple[int, str]], list[str]]:
+    """Expressions (offset, class; any class the lexicon knows) and AUs a clause names."""
+    aus: list[str] = []
+    for m in _AU_CODE.finditer(clause):
+        name = f"AU{int(m.group(1)):02d}"
+        if name in AU_DESCRIPTIONS and name not in aus:
+            aus.append(name)
+    for _, au in _find_words(clause, _AU_WORDS):
+        if au not in aus:
+            aus.append(au)
+    return _find_words(clause, _FE_WORDS), aus
+
+
 def parse_description(text: str | None, classes: Sequence[str] = FE_BASIC) -> ParsedDescription:
     """Expression and AUs named in ``text``, ignoring clauses that carry a negation.
 
@@ -326,20 +349,55 @@ def parse_description(text: str | None, classes: Sequence[str] = FE_BASIC) -> Pa
         pos += 1
         if _NEGATION.search(clause):
             continue
-        for off, fe in _find_words(clause, _FE_WORDS):
+        fes, named = _named(clause)
+        for off, fe in fes:
             if fe in classes:
                 counts[fe] = counts.get(fe, 0) + 1
                 first.setdefault(fe, pos * 10_000 + off)
-        for m in _AU_CODE.finditer(clause):
-            name = f"AU{int(m.group(1)):02d}"
-            if name in AU_DESCRIPTIONS and name not in aus:
-                aus.append(name)
-        for _, au in _find_words(clause, _AU_WORDS):
-            if au not in aus:
-                aus.append(au)
+        aus.extend(a for a in named if a not in aus)
     label = min(counts, key=lambda c: first[c]) if counts else None
     ordered = tuple(a for a in AU_NAMES if a in aus)
     return ParsedDescription(label, ordered, counts)
+
+
+def contradicts(text: str, fe: str, active: Collection[str]) -> bool:
+    """Whether ``text`` says something the scores do not: an expression other than ``fe`` or an AU
+    outside ``active`` (below the threshold or not measured), or that ``fe`` or an active AU is
+    absent. A negated clause is read part by part (``"the face is relaxed and no AU is active"``):
+    :func:`parse_description` skips it whole, but a reader sees its plain parts."""
+    for clause in _clauses(text):
+        parts = _PART_SPLIT.split(clause) if _NEGATION.search(clause) else [clause]
+        for part in parts:
+            if _NEGATION.search(part):  # what it denies: "the lip corners are not pulled up" -> AU12
+                fes, aus = _named(" ".join(_NEGATION.sub(" ", part).split()))
+                if any(f == fe for _, f in fes) or any(a in active for a in aus):
+                    return True
+                continue
+            fes, aus = _named(part)
+            if any(f != fe for _, f in fes) or any(a not in active for a in aus):
+                return True
+    return False
+
+
+def consistent_description(text: str, fe: str, au_probs: np.ndarray, threshold: float = 0.5,
+                           opening: str = "") -> str:
+    """``text`` (a generated description) without the sentences that contradict the scores (see
+    :func:`contradicts`): the label ``fe`` (the top FE class) and ``au_probs`` (23, NaN = not
+    measured; active = at least ``threshold``). A model's free text can name any expression or AU -
+    a small or untrained LLM does - and the output must never state what its own scores deny.
+    ``opening``: the anchored start the answer was forced to begin with (kept as is). When nothing
+    the LLM wrote survives, the description is the template :func:`reasoning_answer` of the
+    scores; the result never contradicts them."""
+    p = np.asarray(au_probs, dtype=np.float64)
+    active = {a for a, x in zip(AU_NAMES, p, strict=True) if x >= threshold}  # NaN compares False
+    text = text or ""
+    opened = bool(opening) and text.startswith(opening)
+    rest = text[len(opening):] if opened else text
+    added = " ".join(s.strip() for s in _sentences(rest) if not contradicts(s, fe, active))
+    result = f"{opening} {added}" if opened else added
+    if added and not contradicts(result, fe, active):  # re-read whole: joined sentences may split otherwise
+        return result
+    return reasoning_answer(fe, supporting_aus(fe, p, threshold))
 
 
 def prototype_aus(fe: str) -> tuple[str, ...]:

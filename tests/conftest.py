@@ -84,3 +84,14 @@ def asset():
     from workflows.core.assets import resolve
 
     return resolve
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A saved tiny composed model (``model.tiny.tiny_config``), built once per module; read-only."""
+    from model import build_model, save_model
+    from model.tiny import tiny_config
+
+    out = tmp_path_factory.mktemp("models") / "tiny"
+    save_model(build_model(tiny_config()), str(out))
+    return out

@@ -457,16 +457,18 @@ class VLMFacialModel(nn.Module):
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
     def generate(self, faces: VLMFaces, rows: Sequence[int] | None = None,
-                 openings: Sequence[str] | None = None) -> list[str]:
+                 openings: Sequence[str] | None = None, readings: Sequence[str] | None = None) -> list[str]:
         """A description with FE<->AU reasoning for each face in ``rows`` (``openings``: text the
-        answer must start with, e.g. an anchored label)."""
+        answer must start with, e.g. an anchored label; ``readings``: the scores in words, stated
+        in the question)."""
         g = self.cfg.generation
         rows = list(range(faces.rows)) if rows is None else list(rows)
         if not rows:
             return []
         _, tail = self._prefix_tail
         opens = list(openings) if openings is not None else [""] * len(rows)
-        suffixes = [self._turn(prompts.describe_question()) + tail + o for o in opens]
+        reads = list(readings) if readings is not None else [""] * len(rows)
+        suffixes = [self._turn(prompts.describe_question(r)) + tail + o for r, o in zip(reads, opens, strict=True)]
         inputs, prior = self._prefill_inputs(faces, rows, suffixes)
         kwargs: dict[str, Any] = {"max_new_tokens": g.max_new_tokens, "do_sample": g.temperature > 0,
                                   "pad_token_id": self.tokenizer.pad_token_id}

@@ -37,7 +37,7 @@ def test_annotate_with_a_pretrained_vlm(family, face_corpus, tmp_path, local_ray
     _check_contract(out)
     faces = pads.dataset(out / "faces", format="parquet").to_table().to_pandas()
     videos = pads.dataset(out / "videos", format="parquet").to_table().to_pandas()
-    expected = load_model(str(base)).model_id
+    expected = load_model(str(base)).model_id + ("+describe:all/6tok" if describe else "")  # says descriptions on
     assert len(faces) >= 2 and set(faces.model_id) == {expected} and set(videos.model_id) == {expected}
     assert (videos.mllm_s > 0).all()
     sums = pd.Series([sum(v for _, v in p) for p in faces.fe_probs])

@@ -78,9 +78,13 @@ def test_round_trip_gives_identical_outputs(trained, saved):
 
 
 def test_overrides_at_load_change_runtime_not_id(saved):
+    from model.model_dir import base_model_id
+
     base = load_model(str(saved))
     gen = load_model(str(saved), overrides=["generation.enabled=true"])
-    assert gen.config.generation.enabled and gen.model_id == base.model_id
+    # the same scores (the hash), but rows with descriptions say so
+    assert gen.config.generation.enabled and gen.model_id == f"{base.model_id}+describe:per_track/6tok"
+    assert base_model_id(gen.model_id) == base.model_id
     mixed = load_model(str(saved), overrides={"prior_weight": 0.9})
     assert mixed.model_id != base.model_id
     with pytest.raises(ConfigError, match="generation.enabeld"):

@@ -34,6 +34,7 @@ from collections.abc import Iterable, Iterator
 
 from workflows.annotate.decode import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 from workflows.core import storage
+from workflows.core.storage import NO_CREDENTIALS, missing_credentials
 
 MANIFEST_SUFFIXES = (".parquet", ".csv", ".jsonl")
 OBJECT_STORE_SCHEMES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss")
@@ -87,7 +88,7 @@ def _fingerprint(info: dict) -> str:
 
 def _source(location: str) -> VideoSource:
     """The unit of work for a local path (named by ``local_media_uri``) or an object-store URI.
-    Raises what the object store raises when it has no credentials (see ``_missing_credentials``)."""
+    Raises what the object store raises when it has no credentials (see ``storage.missing_credentials``)."""
     uri = location if storage.is_remote(location) else storage.local_uri(location)
     try:
         info = storage.info(location)
@@ -95,19 +96,6 @@ def _source(location: str) -> VideoSource:
         info = {}
     fp = _fingerprint(info) if info else "missing"
     return VideoSource(make_video_id(uri, fp), uri, info.get("size") if info else None, fp)
-
-
-def _missing_credentials(e: BaseException) -> bool:
-    """Whether an object store refused for want of credentials (botocore raises these outside OSError)."""
-    try:
-        from botocore.exceptions import NoCredentialsError, PartialCredentialsError
-    except ImportError:  # no S3 support installed: no S3 call was made
-        return False
-    return isinstance(e, NoCredentialsError | PartialCredentialsError)
-
-
-NO_CREDENTIALS = ("no credentials for this object store: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
-                  "AWS_PROFILE, or run where an instance role provides them")
 
 
 def discover(input_uri: str, allowed_roots: list[str] | None = None) -> Discovery:
@@ -128,7 +116,7 @@ def discover(input_uri: str, allowed_roots: list[str] | None = None) -> Discover
     except PermissionError as e:
         raise InputError(f"input is not readable: {printable(input_uri)} ({e})") from e
     except Exception as e:
-        if not _missing_credentials(e):
+        if not missing_credentials(e):
             raise
         raise InputError(f"cannot list {printable(input_uri)}: {NO_CREDENTIALS}") from e
     return Discovery(sources, [], _count_extensions(u for u in uris if not _is_media(u)))
@@ -221,7 +209,7 @@ def _manifest_lines(uri: str) -> Iterator[tuple[int, str, str | None]]:
     except PermissionError as e:
         raise InputError(f"manifest is not readable: {printable(uri)} ({e})") from e
     except Exception as e:
-        if not _missing_credentials(e):
+        if not missing_credentials(e):
             raise
         raise InputError(f"cannot read the manifest {printable(uri)}: {NO_CREDENTIALS}") from e
     yield from _csv_lines(uri, text) if lower.endswith(".csv") else _jsonl_lines(text)
@@ -399,7 +387,7 @@ def _from_manifest(manifest: str, allowed_roots: list[str] | None) -> Discovery:
         try:
             sources.append(_source(uri))
         except Exception as e:
-            if not _missing_credentials(e):
+            if not missing_credentials(e):
                 raise
             no_credentials.add(scheme)
             rejected.append(RejectedEntry(entry, line, NO_CREDENTIALS))

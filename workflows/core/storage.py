@@ -109,6 +109,19 @@ def _to_uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
     return path if "://" in path else f"{proto}://{path}"
 
 
+NO_CREDENTIALS = ("no credentials for this object store: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+                  "AWS_PROFILE, or run where an instance role provides them")
+
+
+def missing_credentials(e: BaseException) -> bool:
+    """Whether an object store refused for want of credentials (botocore raises these outside OSError)."""
+    try:
+        from botocore.exceptions import NoCredentialsError, PartialCredentialsError
+    except ImportError:  # no S3 support installed: no S3 call was made
+        return False
+    return isinstance(e, NoCredentialsError | PartialCredentialsError)
+
+
 def is_transient(exc: BaseException) -> bool:
     """True for errors worth retrying: throttling, 5xx, dropped connections, timeouts.
 

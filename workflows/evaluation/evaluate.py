@@ -202,9 +202,12 @@ def load_faces(data_uri: str, cfg: EvaluateConfig, with_crops: bool = True) -> t
 
 def self_graded_warning(model_id: str, data_report: dict[str, Any]) -> str | None:
     """The warning for labels made by the model under test (it would be graded against itself),
-    or None when the labels are independent of it."""
+    or None when the labels are independent of it. Ids are compared without their description
+    settings: a run of the model with descriptions on made the same scores."""
+    from model.model_dir import base_model_id
+
     label_models = data_report.get("label_models") or {}
-    own = label_models.get(model_id, 0)
+    own = sum(n for m, n in label_models.items() if base_model_id(m) == base_model_id(model_id))
     if not own:
         return None
     share = own / max(sum(label_models.values()), 1)

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from model import load_model, open_model
-from model.prompts import parse_description
+from model.prompts import contradicts, parse_description
+from model.taxonomy import AU_NAMES, FE_BASIC
 
 FAMILIES = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "idefics3")
 
@@ -59,8 +60,10 @@ def test_annotate_mixes_the_vlm_with_the_prior_and_describes(tiny_vlms, family):
     prior = model.score_prior(batch)
     assert not np.allclose(out["fe_probs"], prior.fe_probs, atol=1e-4)  # the VLM's half counts
     assert len(out["description"]) == 3 and all(isinstance(d, str) and d for d in out["description"])
-    for d in out["description"]:
+    for d, fe, au in zip(out["description"], out["fe_probs"], out["au_probs"], strict=True):
         parse_description(d)  # a random tiny model's text still parses (to nothing, usually)
+        assert not contradicts(d, FE_BASIC[int(fe.argmax())], {a for a, p in zip(AU_NAMES, au, strict=True)
+                                                              if p >= 0.5})
 
 
 def test_model_id_follows_the_weights(tiny_vlms, tmp_path):

@@ -97,6 +97,23 @@ def test_descriptions_and_model_settings_are_run_time_options_of_annotate():
         _check_model(bad)  # named before any actor starts
 
 
+def test_the_cost_of_descriptions_is_stated_before_the_run(caplog):
+    from workflows.annotate.pipeline import AnnotateConfig, _check_model
+    from workflows.core.config import load_config
+
+    cfg = load_config(AnnotateConfig, None, ["model.describe=fraction", "model.batch_size=16",
+                                             "model.overrides=[generation.max_new_tokens=24]"])
+    with caplog.at_level("WARNING", logger="workflows.annotate.pipeline"):
+        _check_model(cfg)
+    assert ("descriptions are on (model.describe=fraction): one LLM decode of up to 24 new tokens for each track of "
+            "about 10% of the tracks in every batch of 16 faces") in caplog.text
+    assert "--set model.describe=off" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="workflows.annotate.pipeline"):
+        _check_model(load_config(AnnotateConfig, None, []))
+    assert "descriptions" not in caplog.text
+
+
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[3]
 
 

@@ -192,3 +192,8 @@ def test_grading_a_model_on_its_own_pseudo_labels_is_flagged_not_a_result(tmp_pa
                  "--set", "mlflow.enabled=false"]) == 0
     assert "NOT A RESULT" not in capsys.readouterr().out
     assert json.loads((tmp_path / "e2.json").read_text())["self_graded"] is False
+    # the model's own run with descriptions on (its model_id names them) made the same labels
+    described = _annotate_output(tmp_path / "out3", model_id=f"{own}+describe:per_track/32tok")
+    assert _cli(["evaluate", "--model", "default", "--data", described, "--output", str(tmp_path / "e3.json"),
+                 "--set", "mlflow.enabled=false"]) == 0
+    assert "WARNING NOT A RESULT: 100% of these labels are pseudo-labels made by" in capsys.readouterr().out
