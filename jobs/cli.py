@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 
 # argparse only; each command's implementation is imported when it runs
@@ -23,11 +24,13 @@ from jobs.commands import (
     render,
     report,
     retrain,
+    review,
     submit,
     train,
 )
+from workflows.core.redact import RedactingFilter, redact
 
-COMMANDS = (annotate, train, evaluate, retrain, inspect, report, render, export, model, assets, submit)
+COMMANDS = (annotate, train, evaluate, retrain, inspect, report, render, export, review, model, assets, submit)
 
 EPILOG = """\
 examples:
@@ -50,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="debug logging for mien itself (libraries stay at INFO: botocore's debug "
-                             "output includes request credentials)")
+                             "output includes request credentials), and the start-up notices of Ray "
+                             "and the face libraries that are otherwise held back")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command in COMMANDS:
         command.register(sub)
@@ -65,16 +69,21 @@ def main(argv: list[str] | None = None) -> int:
         args.job_args = [*args.job_args, *job_args]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
+    install_log_redaction()
     if args.verbose:  # never the root logger: botocore would log signed headers and session tokens
         for name in ("workflows", "model", "jobs"):
             logging.getLogger(name).setLevel(logging.DEBUG)
     if args.command is None:
         parser.print_help()
         return 2
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         status = args.handler(args)
         sys.stdout.flush()  # a closed pipe shows here, inside the handler below, not at exit
         return status
+    except Terminated:
+        print(f"mien {args.command}: stopped by SIGTERM", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -85,18 +94,39 @@ def main(argv: list[str] | None = None) -> int:
         message = _user_error(e)
         if message is None:
             raise
-        print(f"mien {args.command}: {message}", file=sys.stderr)
+        print(f"mien {args.command}: {redact(message)}", file=sys.stderr)
         return 2
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a scheduler stopping the job) taken the way Ctrl-C is: leases released,
+    temporaries removed, the local Ray and worker processes shut down on the way out (exit 143)."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+def install_log_redaction() -> None:
+    """Mask URI credentials in every record the root logger's handlers emit (ours, and the libraries'
+    that propagate): a handler filter, since a logger's filter never sees its children's records."""
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())
 
 
 def _user_error(e: Exception) -> str | None:
     """The message for an error the user can fix (a config, a missing asset, an unreadable annotate
-    output, a path without permission), or None for one that deserves its traceback."""
+    output, an unusable model such as ``train``'s ``init_from``, a path without permission), or None
+    for one that deserves its traceback."""
+    from model.model_dir import ModelDirError
     from workflows.core.assets import AssetError
     from workflows.core.config import ConfigError
     from workflows.corpus.reader import OutputError
 
-    if isinstance(e, ConfigError | AssetError | OutputError):
+    if isinstance(e, ConfigError | AssetError | OutputError | ModelDirError):
         return str(e)
     if isinstance(e, PermissionError):
         return f"{e} (check the path, its permissions or your S3 credentials)"

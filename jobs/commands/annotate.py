@@ -52,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from workflows.annotate.ingest import InputError
     from workflows.annotate.pipeline import AnnotateConfig, annotate
     from workflows.core.config import load_config
+    from workflows.core.redact import redact
     from workflows.corpus.lease import LeaseLost
 
     overrides = list(args.overrides)
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         summary = annotate(args.input, args.output, cfg, force=args.force, limit=args.limit,
                            progress=not args.no_progress, startup_s=process_age_s(), retry_errors=args.retry_errors)
     except InputError as e:
-        print(f"mien annotate: {e}", file=sys.stderr)
+        print(f"mien annotate: {redact(str(e))}", file=sys.stderr)
         return 2
     except ModelDirError as e:
         print(f"mien annotate: model {cfg.model.uri}: {e}", file=sys.stderr)
@@ -79,9 +80,14 @@ def run(args: argparse.Namespace) -> int:
         return 1
     except OSError as e:  # storage still failing after retries with backoff (storage.with_retries)
         logging.getLogger(__name__).debug("storage failure", exc_info=True)
-        print(f"mien annotate: storage error that persisted through retries: {type(e).__name__}: {e}. "
+        print(f"mien annotate: storage error that persisted through retries: {type(e).__name__}: {redact(str(e))}. "
               "Committed parts are kept; rerun the same command to resume", file=sys.stderr)
         return 1
-    print(summary.render(verbose=getattr(args, "verbose", False)))
+    print(redact(summary.render(verbose=getattr(args, "verbose", False))))  # manifest entries may carry credentials
     print(f"output: {args.output}  (videos/, faces/, tracks/, runs/{summary.run_id}.json)")
+    if cfg.mlflow.enabled:  # a default sqlite store appears in the working directory: say where
+        from workflows.core.tracking import resolve_tracking_uri
+
+        print(f"mlflow: {redact(resolve_tracking_uri(cfg.mlflow.tracking_uri))}, experiment "
+              f"{cfg.mlflow.experiment}, run name {summary.run_id}  (--set mlflow.enabled=false: no tracking)")
     return 0

@@ -449,26 +449,30 @@ def _check_model(cfg: AnnotateConfig) -> None:
     """Refuse an unusable model directory (missing, pickled, checksum mismatch) here, in one
     line, instead of in every MLLM actor's constructor on the cluster. Raises ModelDirError."""
     uri = cfg.model.uri
-    if cfg.model.describe != "off":
-        log.warning("descriptions are on (model.describe=%s): one LLM decode per described face; on CPU that "
-                    "takes seconds per face and dominates the run", cfg.model.describe)
+    slow = "on CPU each takes seconds and they dominate the run (--set model.describe=off switches them off)"
     local = not storage.is_remote(uri) and not uri.startswith(("models:/", "runs:/"))
     if uri != "default" and local and not os.path.exists(storage.strip_file_scheme(uri)) and (
             cfg.ray.address or os.environ.get("RAY_ADDRESS")):
         log.info("model %s is not on this machine; the cluster's MLLM workers will load it", uri)
+        if cfg.model.describe != "off":
+            log.warning("descriptions are on (model.describe=%s): one LLM decode per described face; %s",
+                        cfg.model.describe, slow)
         return
-    from model import open_model
+    from model import open_model, verify_model_files
+    from model.annotator import describe_cost
     from model.checkpoint import apply_overrides
     from model.config import config_from_dict
-    from model.model_dir import verify_parts
 
     directory, manifest = open_model(uri)  # opened (and a plain VLM checkpoint hashed) once
-    if directory is not None:
-        verify_parts(directory, manifest)
-    overrides = cfg.model.load_overrides()
-    if overrides:  # a bad key or value fails here, with every problem named, not in every actor
-        config_from_dict(apply_overrides(manifest["architecture"], overrides),
-                         source=f"model.overrides / model.describe of {uri}")
+    # a bad key or value fails here, with every problem named, not in every actor
+    model_cfg = config_from_dict(apply_overrides(manifest["architecture"], cfg.model.load_overrides()),
+                                 source=f"model {uri} with model.overrides / model.describe")
+    if directory is not None:  # parts and components: every file the actors' load_model checks, checked here
+        verify_model_files(directory, manifest, vlm_source=model_cfg.vlm.source,
+                           absent_ok=bool(cfg.ray.address or os.environ.get("RAY_ADDRESS")))
+    if model_cfg.generation.enabled:  # the run's option, or the model's own setting
+        log.warning("descriptions are on (model.describe=%s): %s; %s", cfg.model.describe,
+                    describe_cost(model_cfg.generation, cfg.model.batch_size), slow)
 
 
 def choose_executor(cfg: AnnotateConfig, n_videos: int) -> tuple[str, str]:
@@ -642,8 +646,10 @@ def _video_record(row: dict[str, Any], sch: Any) -> dict[str, Any]:
 
 def _write_run_json(output_uri: str, input_uri: str, cfg: AnnotateConfig, summary: AnnotateSummary,
                     plan: dict[str, Any], sink: Any) -> None:
+    """``runs/<run_id>.json``, URI credentials masked (the config's mlflow.tracking_uri, manifest entries)."""
     from workflows.core import assets
     from workflows.core.config import to_dict
+    from workflows.core.redact import redact
 
     used = [n for n in assets.MODEL_ASSETS]
     doc = {
@@ -673,7 +679,7 @@ def _write_run_json(output_uri: str, input_uri: str, cfg: AnnotateConfig, summar
         "host": {"python": platform.python_version(), "platform": platform.platform()},
     }
     storage.write_text(storage.join(output_uri, "runs", f"{summary.run_id}.json"),
-                       json.dumps(doc, indent=2, default=str))
+                       json.dumps(redact(doc), indent=2, default=str))
 
 
 def _log_mlflow(cfg: AnnotateConfig, summary: AnnotateSummary, output_uri: str, input_uri: str) -> None:

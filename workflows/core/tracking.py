@@ -13,7 +13,9 @@ active run, so Ray Train workers log into the run the driver opened and a resume
 its run. A new experiment always gets an explicit artifact location (``mlartifacts/`` beside a
 sqlite database), never the Ray worker's working directory; the deprecated file store is never
 the default. The ``mlflow`` section of a config never becomes params: its tracking URI may carry
-a password. mlflow is imported inside the functions, so importing this module costs nothing.
+a password. What a :class:`Tracker` logs (params, tags, dict and text artifacts) has URI
+credentials masked (:func:`workflows.core.redact.redact`); the tracking URI used to connect is
+not touched. mlflow is imported inside the functions, so importing this module costs nothing.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+
+from workflows.core.redact import redact
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 MAX_PARAM_CHARS = 6000  # MLflow's limits for a param value and a run tag value
@@ -177,7 +181,7 @@ class Tracker:
 
         exp_id = ensure_experiment(experiment, tracking_uri, artifact_location)
         run = mlflow.MlflowClient(tracking_uri).create_run(
-            exp_id, run_name=run_name, tags={k: str(v)[:MAX_TAG_CHARS] for k, v in (tags or {}).items()})
+            exp_id, run_name=run_name, tags={k: redact(str(v))[:MAX_TAG_CHARS] for k, v in (tags or {}).items()})
         return cls(tracking_uri, run.info.run_id)
 
     @classmethod
@@ -206,10 +210,10 @@ class Tracker:
         self.end("FAILED" if exc_type is not None else "FINISHED")
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        """Params (immutable in MLflow: log each key once per run), values as text cut to 6000 chars."""
+        """Params (immutable in MLflow: log each key once per run), values as redacted text cut to 6000 chars."""
         from mlflow.entities import Param
 
-        items = [Param(k, str(v)[:MAX_PARAM_CHARS]) for k, v in params.items()]
+        items = [Param(k, redact(str(v))[:MAX_PARAM_CHARS]) for k, v in params.items()]
         for s in range(0, len(items), _BATCH):
             self.client.log_batch(self.run_id, params=items[s:s + _BATCH])
 
@@ -223,19 +227,20 @@ class Tracker:
             self.client.log_batch(self.run_id, metrics=items[s:s + 1000])
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        """Run tags, values as text cut to MLflow's 8000 chars."""
+        """Run tags, values as redacted text cut to MLflow's 8000 chars."""
         from mlflow.entities import RunTag
 
-        items = [RunTag(k, str(v)[:MAX_TAG_CHARS]) for k, v in tags.items()]
+        items = [RunTag(k, redact(str(v))[:MAX_TAG_CHARS]) for k, v in tags.items()]
         for s in range(0, len(items), _BATCH):
             self.client.log_batch(self.run_id, tags=items[s:s + _BATCH])
 
     def log_dict(self, obj: Mapping[str, Any], artifact_file: str) -> None:
-        """``obj`` as a JSON (or YAML, by suffix) artifact."""
-        self.client.log_dict(self.run_id, dict(obj), artifact_file)
+        """``obj``, redacted, as a JSON (or YAML, by suffix) artifact."""
+        self.client.log_dict(self.run_id, redact(dict(obj)), artifact_file)
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        self.client.log_text(self.run_id, text, artifact_file)
+        """``text``, redacted, as an artifact (e.g. a config as YAML: its URIs may carry credentials)."""
+        self.client.log_text(self.run_id, redact(text), artifact_file)
 
     def log_artifacts(self, local_dir: str, artifact_path: str | None = None) -> None:
         self.client.log_artifacts(self.run_id, local_dir, artifact_path)
@@ -275,13 +280,15 @@ class Tracker:
 
 
 class Registry:
-    """MLflow's model registry at one tracking URI: versions, their tags and aliases."""
+    """MLflow's model registry at one tracking URI: versions, their tags and aliases.
+    ``registry_uri``: where the registry is, when not where MLflow's own rule puts it
+    (``MLFLOW_REGISTRY_URI``, else the tracking URI)."""
 
-    def __init__(self, tracking_uri: str):
+    def __init__(self, tracking_uri: str, registry_uri: str | None = None):
         import mlflow
 
         self.tracking_uri = tracking_uri
-        self.client = mlflow.MlflowClient(tracking_uri)
+        self.client = mlflow.MlflowClient(tracking_uri, registry_uri=registry_uri)
 
     def version(self, name: str, version: str) -> Any | None:
         """The ``ModelVersion``, or None when the model or version does not exist."""
@@ -302,6 +309,22 @@ class Registry:
             return None
         version = (model.aliases or {}).get(alias)
         return self.version(name, str(version)) if version is not None else None
+
+    def describe(self, name: str) -> str:
+        """What this registry holds under ``name`` (its aliases and versions), or, when there is
+        no such model, which models it has: what a "not found" message lists, so the user can pick."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            model = self.client.get_registered_model(name)
+        except MlflowException:
+            names = sorted(m.name for m in self.client.search_registered_models(max_results=100))
+            shown = ", ".join(names[:20]) + (f" ... ({len(names)} in all)" if len(names) > 20 else "")
+            return f"there is no registered model {name!r}; registered models: {shown or 'none'}"
+        aliases = ", ".join(f"@{a} (version {v})" for a, v in sorted((model.aliases or {}).items()))
+        found = self.client.search_model_versions(f"name='{name}'")
+        versions = ", ".join(str(v) for v in sorted(int(m.version) for m in found))
+        return f"model {name!r} has aliases: {aliases or 'none'}; versions: {versions or 'none'}"
 
     def run_versions(self, name: str, run_id: str) -> list[str]:
         """Versions of ``name`` registered from run ``run_id``, oldest first."""

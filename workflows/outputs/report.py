@@ -4,7 +4,8 @@ Sections: run summary, expression distribution, action-unit frequency, errors by
 per-video status table (error messages included) and a contact sheet of face crops with their
 labels. Charts are inline SVG and crops are ``data:`` URIs, so the file opens offline, can be
 mailed or attached to a ticket, and loads nothing from the network (no CDN, no script). Every
-value taken from the output is HTML-escaped: error messages and file names are user data.
+value taken from the output is HTML-escaped: error messages and file names are user data; URI
+credentials in them (``https://user:password@host``, presigned-URL signatures) are masked first.
 
 The contact sheet samples distinct tracks per expression (a stable hash of video and track,
 so reruns pick the same faces) and shows each sampled track's most confident face; it reads a
@@ -29,6 +30,7 @@ import pyarrow.parquet as pq
 
 from model.taxonomy import AU_DESCRIPTIONS
 from workflows.core import storage
+from workflows.core.redact import redact
 from workflows.corpus.reader import AnnotationOutput, top_active_aus
 from workflows.outputs.palette import AU_COLOR, ERROR_COLOR, fe_color
 from workflows.outputs.summary import OutputSummary, summarize
@@ -47,8 +49,8 @@ class ReportOptions:
 
 
 def esc(value: Any) -> str:
-    """HTML-escape any value (None -> empty)."""
-    return html.escape("" if value is None else str(value), quote=True)
+    """HTML-escape any value (None -> empty), URI credentials masked: every shown value passes here."""
+    return html.escape("" if value is None else redact(str(value)), quote=True)
 
 
 # -- charts ---------------------------------------------------------------------------
