@@ -75,13 +75,13 @@ def test_mien_model_problems_exit_2_with_one_line(tmp_path, capsys):
 
 
 def test_permission_denied_names_the_fix_and_a_bug_keeps_its_traceback(monkeypatch, capsys):
-    import workflows.outputs.inspect
+    import workflows.corpus.reader
     from jobs.cli import main
 
     def denied(*args, **kwargs):
         raise PermissionError("Access Denied: s3://bucket/out/videos")
 
-    monkeypatch.setattr(workflows.outputs.inspect, "inspect_output", denied)
+    monkeypatch.setattr(workflows.corpus.reader, "AnnotationOutput", denied)
     assert main(["inspect", "s3://bucket/out"]) == 2
     assert capsys.readouterr().err.strip() == ("mien inspect: Access Denied: s3://bucket/out/videos "
                                                "(check the path, its permissions or your S3 credentials)")
@@ -89,7 +89,7 @@ def test_permission_denied_names_the_fix_and_a_bug_keeps_its_traceback(monkeypat
     def bug(*args, **kwargs):
         raise KeyError("fe_label")
 
-    monkeypatch.setattr(workflows.outputs.inspect, "inspect_output", bug)
+    monkeypatch.setattr(workflows.corpus.reader, "AnnotationOutput", bug)
     with pytest.raises(KeyError):
         main(["inspect", "s3://bucket/out"])
 

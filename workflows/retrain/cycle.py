@@ -1013,13 +1013,38 @@ def _shortage(cfg: RetrainConfig, plan: RetrainPlan) -> str | None:
         return (f"not enough new pseudo-labels: {rows} training rows after filtering, data.min_train_rows is "
                 f"{cfg.data.min_train_rows}; nothing trained (waits for more data)")
     if faces < cfg.holdout.min_faces:
-        return (f"holdout too small: {faces} faces, holdout.min_faces is {cfg.holdout.min_faces}; nothing trained")
+        return (f"holdout too small: {faces} faces, holdout.min_faces is {cfg.holdout.min_faces}; nothing trained. "
+                + _holdout_fix(cfg, plan))
     return None
 
 
+def _holdout_fix(cfg: RetrainConfig, plan: RetrainPlan) -> str:
+    """Why the holdout is small and what makes it larger. The pseudo-label holdout is never split
+    differently on its own (e.g. by track for a small corpus): a group's split is fixed for good, so
+    a video trained on once must never turn up in a later cycle's holdout."""
+    h = cfg.holdout
+    if h.uri is not None:
+        return f"Fix: give a larger labeled set as holdout.uri (now {h.uri}), or lower holdout.min_faces"
+    by = (h.filter or cfg.data.filter).group_by
+    unit = "videos" if by == "video" else "face tracks"
+    groups = sum(int(s.get("groups", 0)) for s in plan.data.get("splits", {}).values())
+    share = cfg.data.splits.get(h.split, 0.0)
+    fixes = ["set holdout.uri to a labeled set (a fairer judge, too)", "annotate more videos"]
+    if by == "video":
+        key = "data.filter.group_by" + ("" if h.filter is None else " and holdout.filter.group_by")
+        fixes.append(f"split by face track with {key}=track (best before a first champion: it changes "
+                     "which faces are held out, and one person's tracks can land on both sides)")
+    fixes.append("or lower holdout.min_faces")
+    return (f"The pseudo-label holdout is the {unit} whose id hashes into split {h.split!r} "
+            f"(data.splits: {share:.0%} of them), and {groups} {unit} have faces that pass the filter. "
+            f"Fix: {', '.join(fixes)}")
+
+
 def _warn_about_holdout(plan: RetrainPlan, champion: Any | None) -> None:
+    from model.model_dir import base_model_id  # a labeling run with descriptions on is still the champion
+
     labelers = plan.holdout.get("label_models") or []
     champ_id = (champion.tags or {}).get("mien.model_id") if champion is not None else None
-    if champ_id and champ_id in labelers:
+    if champ_id and base_model_id(champ_id) in {base_model_id(m) for m in labelers}:
         plan.warnings.append(f"the pseudo-label holdout was labeled by the champion itself ({champ_id}); its "
                              "score is inflated. Set holdout.uri to a labeled set for a fair comparison")

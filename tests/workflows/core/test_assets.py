@@ -47,3 +47,25 @@ def test_prestaged_dir_on_s3_is_used_and_verified(tmp_path, monkeypatch, s3_buck
 def test_unknown_asset():
     with pytest.raises(assets.AssetError, match="unknown asset"):
         assets.resolve("nope")
+
+
+def test_cache_defaults_to_the_checkouts_cache_where_make_put_the_assets(tmp_path, monkeypatch):
+    """Before: without the Makefile's MIEN_CACHE_DIR, `.venv/bin/mien` looked in ~/.cache/mien,
+    found nothing (`mien assets list`: `-` everywhere) and fetched ~270 MB again."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[3]
+    env = {k: v for k, v in os.environ.items() if k != "MIEN_CACHE_DIR"}
+    r = subprocess.run([sys.executable, "-c", "from workflows.core.assets import cache_dir; print(cache_dir())"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, check=True)  # from any directory
+    assert r.stdout.strip() == str(root / ".cache" / "mien")
+    monkeypatch.setenv("MIEN_CACHE_DIR", str(tmp_path / "mine"))
+    assert assets.cache_dir() == tmp_path / "mine"
+    # Installed as a package (no checkout around it): the user's cache.
+    monkeypatch.delenv("MIEN_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setattr(assets, "__file__", str(tmp_path / "site-packages" / "workflows" / "core" / "assets.py"))
+    assert assets.cache_dir() == tmp_path / "xdg" / "mien"

@@ -193,6 +193,18 @@ def test_a_champion_graded_on_its_own_pseudo_labels_is_a_loud_warning_in_the_dec
     assert not [r for r in clean.reasons if r.startswith("WARNING")]
 
 
+def test_a_holdout_labeled_by_the_champion_with_descriptions_on_is_still_the_champions() -> None:
+    from types import SimpleNamespace
+
+    from workflows.retrain.cycle import RetrainPlan, _warn_about_holdout
+
+    champion = SimpleNamespace(tags={"mien.model_id": "mien-x-v1+0123abcd"})  # a registry model version
+    for labeler, warned in (("mien-x-v1+0123abcd+describe:per_track/32tok", True), ("mien-y-v1+99999999", False)):
+        plan = RetrainPlan("mien-x", None, None, "1", None, [], {}, holdout={"label_models": [labeler]})
+        _warn_about_holdout(plan, champion)
+        assert bool(plan.warnings) == warned and all("labeled by the champion itself" in w for w in plan.warnings)
+
+
 def test_a_small_holdout_never_promotes() -> None:
     from workflows.retrain.cycle import PromotionConfig, decide
 
