@@ -76,6 +76,7 @@ def test_mien_model_problems_exit_2_with_one_line(tmp_path, capsys):
 
 def test_permission_denied_names_the_fix_and_a_bug_keeps_its_traceback(monkeypatch, capsys):
     import workflows.corpus.reader
+    import workflows.outputs.inspect  # noqa: F401 - bound to the real reader before the patch below
     from jobs.cli import main
 
     def denied(*args, **kwargs):

@@ -57,11 +57,12 @@ def test_cache_defaults_to_the_checkouts_cache_where_make_put_the_assets(tmp_pat
     import sys
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[3]
     env = {k: v for k, v in os.environ.items() if k != "MIEN_CACHE_DIR"}
-    r = subprocess.run([sys.executable, "-c", "from workflows.core.assets import cache_dir; print(cache_dir())"],
-                       cwd=tmp_path, env=env, capture_output=True, text=True, check=True)  # from any directory
-    assert r.stdout.strip() == str(root / ".cache" / "mien")
+    code = "from workflows.core import assets; print(assets.cache_dir()); print(assets.__file__)"
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       check=True)  # from any directory: the checkout the installed package lives in
+    cache, module = r.stdout.split()
+    assert cache == str(Path(module).resolve().parents[2] / ".cache" / "mien")
     monkeypatch.setenv("MIEN_CACHE_DIR", str(tmp_path / "mine"))
     assert assets.cache_dir() == tmp_path / "mine"
     # Installed as a package (no checkout around it): the user's cache.
