@@ -52,3 +52,27 @@ def test_uncommitted_parts_are_ignored(annotated, tmp_path, capsys):
     shutil.copy(part, root / "faces" / "20260103T000000Z-cccc3333-00000.parquet")
     assert mien("inspect", root, "--json") == 0
     assert json.loads(capsys.readouterr().out)["faces"] == annotated.n_faces
+
+
+def test_refused_inputs_and_non_media_files_are_shown_not_only_in_the_run_json(annotated, tmp_path, capsys):
+    """Before: a refused manifest line or a README next to the clips appeared on stdout at run time
+    and in runs/*.json only; `mien inspect` and the report said nothing of them."""
+    import shutil
+
+    root = tmp_path / "out"
+    shutil.copytree(annotated.root, root)
+    newest = root / "runs" / f"{RUN2}.json"
+    doc = json.loads(newest.read_text())
+    doc["rejected"] = [{"entry": "clips/missing.mp4", "line": 7, "reason": "not under an allowed root"}]
+    doc.setdefault("counts", {})["skipped_non_media"] = {".txt": 2, ".wav": 1}
+    newest.write_text(json.dumps(doc))
+    assert mien("inspect", root) == 0
+    text = capsys.readouterr().out
+    assert "1 refused, non-media files .txt 2 · .wav 1" in text
+    assert "line 7" in text and "clips/missing.mp4" in text and "not under an allowed root" in text
+    assert mien("inspect", root, "--json") == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["rejected"][0]["line"] == 7 and summary["skipped_non_media"] == {".txt": 2, ".wav": 1}
+    assert mien("report", "--input", root, "--output", tmp_path / "r.html") == 0
+    html = (tmp_path / "r.html").read_text()
+    assert 'id="rejected"' in html and "not under an allowed root" in html and ".wav 1" in html

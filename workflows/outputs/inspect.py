@@ -82,6 +82,14 @@ def render_summary(s: OutputSummary, list_videos: bool = False) -> str:
             lines.append(f"  {d['part']}  {_short(d['reason'], 90)}  videos: {videos or 'unknown'}")
         lines.append(f"  fix: {s.repair}")
 
+    if s.rejected or s.skipped_non_media:
+        lines += ["", f"not annotated in the newest run's input ({len(s.rejected)} refused"
+                      + (", non-media files " + " · ".join(f"{k} {n}" for k, n in s.skipped_non_media.items())
+                         if s.skipped_non_media else "") + ")"]
+        for r in s.rejected[:MAX_ERRORS_SHOWN]:
+            where = f"line {r.get('line')}" if r.get("line") else "entry"
+            lines.append(f"  {where:10s} {_short(str(r.get('entry')), 40):40s}  {_short(str(r.get('reason')), 80)}")
+
     errors = [v for v in s.videos if v["status"] != "ok"]
     if errors:
         lines += ["", f"errors ({min(len(errors), MAX_ERRORS_SHOWN)} of {len(errors)})"]

@@ -271,6 +271,12 @@ def errors_table(s: OutputSummary) -> str:
     return _table(["kind", "videos", "example message"], rows, "errors-table")
 
 
+def rejected_table(s: OutputSummary, max_rows: int) -> str:
+    rows = [f'<tr><td class="num">{esc(r.get("line") or "–")}</td><td class="mono">{esc(r.get("entry"))}</td>'
+            f'<td class="err">{esc(r.get("reason"))}</td></tr>' for r in s.rejected[:max_rows]]
+    return _table(["manifest line", "entry", "why it was refused"], rows, "rejected-table")
+
+
 def videos_table(s: OutputSummary, max_rows: int) -> str:
     rows = []
     for v in s.videos[:max_rows]:
@@ -376,6 +382,14 @@ def build_report(root: str, options: ReportOptions | None = None) -> str:
     ]
     if s.errors_by_kind:
         sections.append(f'<section id="errors"><h2>Errors by kind</h2>{errors_table(s)}</section>')
+    if s.rejected or s.skipped_non_media:
+        other = ", ".join(f"{k} {n}" for k, n in s.skipped_non_media.items())
+        sections.append(
+            f'<section id="rejected"><h2>Not annotated <small class="dim">(the newest run\'s input: '
+            f"{len(s.rejected)} entries refused)</small></h2>"
+            + (rejected_table(s, opts.max_videos) if s.rejected else "")
+            + (f'<p class="note">Files that are not media, skipped: {esc(other)}</p>' if other else "")
+            + "</section>")
     sections += [
         f'<section id="videos"><h2>Videos <small class="dim">({len(s.videos)}; errors first)</small></h2>'
         f"{videos_table(s, opts.max_videos)}</section>",

@@ -69,6 +69,18 @@ class OutputSummary:
         label, n = max(counts.items(), key=lambda kv: kv[1])
         return label, n / sum(counts.values())
 
+    @property
+    def rejected(self) -> list[dict[str, Any]]:
+        """Input entries the newest run refused (manifest lines, directory entries), each with its
+        ``entry``, ``line`` and ``reason``: every run discovers its input again, so an older run's
+        refusals are either repeated here or were fixed."""
+        return list((self.runs[-1].get("rejected") or []) if self.runs else [])
+
+    @property
+    def skipped_non_media(self) -> dict[str, int]:
+        """Files of the newest run's input that are not media, per extension (not annotated, by design)."""
+        return dict(((self.runs[-1].get("counts") or {}).get("skipped_non_media") or {}) if self.runs else {})
+
     def top_aus(self, k: int = 5) -> list[tuple[str, float]]:
         """The ``k`` AUs active on the largest share of faces, with that share."""
         shares = [(a, n / self.faces) for a, n in self.au_active.items() if self.faces and n]
@@ -83,6 +95,7 @@ class OutputSummary:
             "faces": self.faces, "tracks": self.tracks, "fe_faces": self.fe_faces,
             "fe_tracks": self.fe_tracks, "au_active": self.au_active, "au_mean": self.au_mean,
             "model_ids": self.model_ids, "damaged": self.damaged, "repair": self.repair or None,
+            "rejected": self.rejected, "skipped_non_media": self.skipped_non_media,
             "runs": [{k: r.get(k) for k in ("run_id", "started_at", "model_id", "input", "counts", "timings")}
                      for r in self.runs],
         }
