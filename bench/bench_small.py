@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.bench_small [--pairs 3] [--clips 16] [--json out.json]
 
 Prints, from one run on one machine (noisy: compare the ratios, taken over alternating runs):
-- one short clip (the 3.6-s 720p sample): wall seconds of ``mien annotate`` with the local
+- one clip (the 19.7-s 640x360 smiling sample, 40 sampled frames at fps:2): wall seconds of ``mien annotate`` with the local
   executor and with Ray, alternating, and each one's breakdown of the wall time (run JSON);
 - ``--clips`` short clips: ``mien annotate`` (auto executor: local) vs the hand-written Ray Data
   script (``bench/handwritten_raydata.py``: every frame decoded, the face models on 2 frames per

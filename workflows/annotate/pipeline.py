@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -13,6 +14,7 @@ import logging
 import os
 import platform
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterable
@@ -407,14 +409,14 @@ class _Background:
     unreachable tracking server) never keeps the process from exiting."""
 
     def __init__(self, fn: Any, *args: Any) -> None:
-        import threading
-
         self.error: BaseException | None = None
         self._fn, self._args = fn, args
         self._thread = threading.Thread(target=self._main, name=f"mien-{fn.__name__}", daemon=True)
         self._thread.start()
 
     def _main(self) -> None:
+        with contextlib.suppress(OSError, AttributeError):  # Linux: a thread is a task with its own nice value
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)  # the workers' CPU comes first
         try:
             self._fn(*self._args)
         except BaseException as e:  # noqa: BLE001 - reported by whoever waits
