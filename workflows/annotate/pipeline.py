@@ -149,8 +149,8 @@ class ExecutorConfig:
 
     kind: str = "auto"  # auto | local | ray
     # auto: at most this many videos to do run locally. Measured on 2 cores (docs/PERFORMANCE.md,
-    # "Small jobs"): local is faster at every size up to the corpora of the harness; Ray's
-    # fault tolerance across nodes and its pools are what a larger job wants.
+    # "Small jobs"): local is ~2x faster than Ray still at 60 videos; the limit is there because the
+    # local pool takes every video up front (no backpressure), while Ray Data streams.
     local_max_videos: int = 64
     local_workers: int = 0  # worker processes; 0 = one per CPU (ray.num_cpus when set), at most one per video
 
