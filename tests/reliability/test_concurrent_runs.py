@@ -139,3 +139,38 @@ def test_force_killed_before_its_commit_leaves_old_or_new_rows_then_completes(fa
     assert reader_state(out) == {k: (redo.run_id, n) for k, (_, n) in clean.items()}
     faces = pd.read_parquet(out / "faces")
     assert set(faces["run_id"]) == {redo.run_id} and len(faces) == sum(n for _, n in clean.values())
+
+
+def test_runs_sharing_an_s3_output_keep_each_others_work(face_corpus, tmp_path, s3_bucket):
+    """The same on an S3 output (moto): the lease and the per-run cleanup work on an object store,
+    where there is no rename and no file lock. Run A is stopped with a chunk in flight; run C
+    annotates another shard into the same bucket prefix; A then commits, and nothing is lost."""
+    from workflows.core import storage
+
+    shard1 = _corpus(face_corpus, tmp_path / "shard1", ["clip00.mp4", "still.jpg"])
+    shard2 = _corpus(face_corpus, tmp_path / "shard2", ["clip02.mp4"])
+    out = f"{s3_bucket}/out"
+    state = tmp_path / "fault_state"
+    state.mkdir()
+    a = _annotate_cli(shard1, out, MIEN_FAULT_INJECT="commit_pause:clip00.mp4", MIEN_FAULT_STATE_DIR=str(state))
+    paused = _wait_for_file("mien-fault-*.paused", state, a)
+    faces = [f for f in storage.list_files(f"{out}/faces", (".parquet",))
+             if not storage.exists(f"{out}/videos/{f.rsplit('/', 1)[-1]}")]  # the chunk in flight
+    assert len(faces) == 1 and storage.list_files(f"{out}/_runs", (".lease",))
+
+    c = _annotate_cli(shard2, out)
+    log_c = c.communicate(timeout=300)[0]
+    assert c.returncode == 0 and "1 ok, 0 error" in log_c, log_c
+    assert storage.exists(faces[0]), "run C removed run A's chunk in flight"
+
+    paused.unlink()
+    log_a = a.communicate(timeout=300)[0]
+    assert a.returncode == 0 and "2 ok, 0 error" in log_a, log_a
+    local = tmp_path / "copy"
+    fs, path = storage.filesystem(out)
+    fs.invalidate_cache()
+    fs.get(path, str(local), recursive=True)
+    check_contract(str(local))
+    got = reader_state(local)
+    assert sorted(got) == ["clip00.mp4", "clip02.mp4", "still.jpg"] and all(n > 0 for _, n in got.values())
+    assert not (storage.exists(f"{out}/_runs") and storage.list_files(f"{out}/_runs", (".lease",)))  # released
