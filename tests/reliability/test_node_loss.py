@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -42,13 +41,20 @@ def _node_running(nodes, title: str):
     return None
 
 
-def test_worker_node_lost_mid_run(face_corpus, reference_faces, tmp_path):
-    """Head with no CPUs (driver only) + two 2-CPU workers. As soon as the first video is
-    committed, the worker hosting the MLLM actor is killed (no graceful shutdown): its
-    actors, in-flight tasks and object store vanish. The job must still finish with exactly
-    one ok row per video and the clean run's face counts."""
+def test_worker_node_lost_mid_run(face_corpus, reference_faces, tmp_path, monkeypatch):
+    """Head with no CPUs (driver only) + two 2-CPU workers. The driver is held at its first
+    commit (``commit_pause``: Ray Data goes on in the background) and, while it is held, the worker
+    hosting the MLLM actor is killed (no graceful shutdown): its actors, in-flight tasks and object
+    store vanish. The job must still finish with exactly one ok row per video and the clean run's
+    face counts. (Waiting for the first commit without holding the driver raced a fast run: the
+    node could go after the last video.)"""
     import ray
     from ray.cluster_utils import Cluster
+
+    state = tmp_path / "faults"
+    state.mkdir()
+    monkeypatch.setenv("MIEN_FAULT_INJECT", "commit_pause:clip")  # every clip's commit waits for its marker
+    monkeypatch.setenv("MIEN_FAULT_STATE_DIR", str(state))
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
     workers = [cluster.add_node(num_cpus=2) for _ in range(2)]
@@ -59,21 +65,29 @@ def test_worker_node_lost_mid_run(face_corpus, reference_faces, tmp_path):
                        "ray.fuse_stages=never")
     killed: dict[str, object] = {}
 
+    running = threading.Event()
+
     def kill_when_busy() -> None:
         deadline = time.time() + 240
-        while time.time() < deadline and not list(Path(out, "videos").glob("*.parquet")):
-            time.sleep(0.1)
+        while time.time() < deadline and not list(state.glob("*.paused")):
+            time.sleep(0.05)
         victim = _node_running(workers, "MllmStage") or _node_running(workers, "DecodeFacesStage")
         if victim is not None:
             killed.update(node=victim, raylet=_raylet_pid(victim), at=time.time())
             cluster.remove_node(victim, allow_graceful=False)
+        while running.is_set():  # let every held commit go on (this one and the later ones)
+            for marker in state.glob("*.paused"):
+                marker.unlink(missing_ok=True)
+            time.sleep(0.05)
 
     killer = threading.Thread(target=kill_when_busy, daemon=True)
     try:
+        running.set()
         killer.start()
         t0 = time.time()
         summary = annotate(str(face_corpus), str(out), cfg, progress=False)
         done = time.time()
+        running.clear()
         killer.join(timeout=5)
         assert "node" in killed, "no worker node was removed"
         print(f"node loss run: {done - t0:.1f} s; node removed {killed['at'] - t0:.1f} s in")
