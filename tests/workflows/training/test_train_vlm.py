@@ -103,16 +103,19 @@ def test_an_init_from_model_without_adapters_names_the_fix(data, tmp_path) -> No
         FinetuneRecipe(cfg, inputs, LocalSession(tmp_path / "checkpoints")).setup()
 
 
-@pytest.mark.parametrize("family,start", [("llava", "config"), ("qwen2_vl", "init_from")])
-def test_lora_on_a_vlm_under_ray_train_zero2(local_ray, data, tmp_path, family, start) -> None:
+@pytest.mark.parametrize("family,start,stage", [("llava", "config", "zero2"), ("qwen2_vl", "init_from", "zero2"),
+                                               ("qwen2_vl", "config", "zero3")])
+def test_lora_on_a_vlm_under_ray_train_deepspeed(local_ray, data, tmp_path, family, start, stage) -> None:
     """World size 2, gloo, ZeRO-2: from a model config with vlm.source (llava, with the final
-    evaluation) or from `mien model init --base ... --set vlm.lora.enabled=true` (qwen2_vl)."""
+    evaluation) or from `mien model init --base ... --set vlm.lora.enabled=true` (qwen2_vl); and
+    ZeRO-3 (parameters partitioned across the ranks, gathered for the export) on qwen2_vl."""
     from model import init_from_base, load_model
     from workflows.training.ray_train import train
 
     base = data[family]
     if start == "config":
-        cfg = vlm_config(tmp_path, f"model.vlm.source={base}", "evaluate.enabled=true")
+        cfg = vlm_config(tmp_path, f"model.vlm.source={base}", "evaluate.enabled=" + ("true" if family == "llava" else "false"),
+                         f"deepspeed={stage}")
     else:
         model_config = tmp_path / "qwen_lora.yaml"
         model_config.write_text("name: qwen-faces\nvlm: {lora: {enabled: true, r: 8, alpha: 16, dropout: 0.0}}\n")
@@ -122,7 +125,7 @@ def test_lora_on_a_vlm_under_ray_train_zero2(local_ray, data, tmp_path, family, 
     losses = [h["loss"] for h in result.history]
     assert result.steps == STEPS and len(losses) == STEPS
     assert losses[-1] < losses[0] - 0.3, losses
-    if start == "config":
+    if family == "llava":
         assert result.eval_report["fe"]["n"] > 0  # the exported model was evaluated on the holdout
 
     assert_references_base(tmp_path / "model", base)
