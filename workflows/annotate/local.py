@@ -67,15 +67,29 @@ def _run_pool(rows: list[dict[str, str]], cfg: Any, run_id: str, workers: int) -
     finished = False
     try:
         quiet = not logging.getLogger("workflows").isEnabledFor(logging.DEBUG)  # mien -v: everything
-        futures = [pool.submit(_process, cfg, run_id, row["video_id"], row["uri"], quiet) for row in rows]
-        for future in cf.as_completed(futures):
-            try:
-                yield future.result()
-            except cf.process.BrokenProcessPool:
-                # A worker died: every video still in flight is lost with the pool; those
-                # already yielded are committed. The caller retries the rest.
-                log.warning("a local worker process died; its videos are retried one at a time")
-                return
+        todo = iter(rows)
+        in_flight: set[cf.Future] = set()
+
+        def submit_next() -> None:
+            row = next(todo, None)
+            if row is not None:
+                in_flight.add(pool.submit(_process, cfg, run_id, row["video_id"], row["uri"], quiet))
+
+        # A bounded window, in dispatch order: the driver holds a few videos' results at a time,
+        # however many videos the job has, and a slow sink holds the workers back.
+        for _ in range(2 * workers):
+            submit_next()
+        while in_flight:
+            done, in_flight = cf.wait(in_flight, return_when=cf.FIRST_COMPLETED)
+            for future in done:
+                try:
+                    yield future.result()
+                except cf.process.BrokenProcessPool:
+                    # A worker died: every video still in flight is lost with the pool; those
+                    # already yielded are committed. The caller retries the rest.
+                    log.warning("a local worker process died; its videos are retried one at a time")
+                    return
+                submit_next()
         finished = True
     finally:
         # Stopped early (SIGTERM, Ctrl-C, an error): no waiting for the videos in flight, whose

@@ -149,8 +149,8 @@ class ExecutorConfig:
 
     kind: str = "auto"  # auto | local | ray
     # auto: at most this many videos to do run locally. Measured on 2 cores (docs/PERFORMANCE.md,
-    # "Small jobs"): local is ~2x faster than Ray still at 60 videos; the limit is there because the
-    # local pool takes every video up front (no backpressure), while Ray Data streams.
+    # "Small jobs"): local is ~2x faster than Ray still at 60 videos; larger jobs keep Ray until the
+    # local path has carried the reliability suite at that size.
     local_max_videos: int = 64
     local_workers: int = 0  # worker processes; 0 = one per CPU (ray.num_cpus when set), at most one per video
 
