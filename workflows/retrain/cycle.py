@@ -823,8 +823,11 @@ class _Cycle:
             self.registry.tag_version(name, decision.candidate_version, {"mien.retrain.superseded_by": now})
             return "superseded"
         self.registry.set_alias(name, alias, decision.candidate_version)
-        self.registry.tag_version(name, decision.candidate_version, {
-            "mien.retrain.promoted_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")})
+        at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        self.registry.tag_version(name, decision.candidate_version, {"mien.retrain.promoted_at": at})
+        if now is not None:  # the replaced champion says by what and when, for whoever looks at it later
+            self.registry.tag_version(name, now, {"mien.retrain.replaced_by": decision.candidate_version,
+                                                  "mien.retrain.replaced_at": at})
         log.info("%s@%s -> v%s (was v%s)", name, alias, decision.candidate_version, now)
         return "promoted"
 

@@ -69,6 +69,7 @@ def test_a_better_candidate_moves_the_champion_alias_from_the_old_champion(cycle
     # the replaced champion keeps its version and its own record
     v1 = client.get_model_version("mien-test", "1")
     assert v1.tags["mien.retrain.decision"] == "promote" and v1.tags["mien.model_id"] != v2.tags["mien.model_id"]
+    assert v1.tags["mien.retrain.replaced_by"] == "2" and v1.tags["mien.retrain.replaced_at"]  # and says by what
 
 
 def test_annotate_with_the_champion_alias_loads_the_new_version(cycles, asset, tmp_path) -> None:
