@@ -95,3 +95,19 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("models") / "tiny"
     save_model(build_model(tiny_config()), str(out))
     return out
+
+
+@pytest.fixture
+def tiny_registry(tiny_model_dir, tmp_path, monkeypatch) -> Iterator[str]:
+    """A sqlite MLflow store holding ``mien-tiny`` version 1 (``tiny_model_dir``) at alias ``champion``,
+    set as MLFLOW_TRACKING_URI for the test; yields its URI."""
+    import mlflow
+
+    from workflows.core.tracking import Tracker
+
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
+    with Tracker.start(tracking, "mien-tiny-registry", artifact_location=str(tmp_path / "artifacts")) as run:
+        run.log_model_dir(str(tiny_model_dir), registered_model_name="mien-tiny", alias="champion")
+    yield tracking
+    mlflow.set_tracking_uri(None)

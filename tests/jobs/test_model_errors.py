@@ -14,21 +14,6 @@ from tests.workflows.annotate.test_ingest import no_aws_credentials  # noqa: F40
 pytestmark = pytest.mark.timeout(300)
 
 
-@pytest.fixture
-def registry(tiny_model_dir, tmp_path, monkeypatch) -> str:
-    """A sqlite MLflow store with ``mien-tiny`` version 1 at alias ``champion``, set as MLFLOW_TRACKING_URI."""
-    import mlflow
-
-    from workflows.core.tracking import Tracker
-
-    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
-    with Tracker.start(tracking, "mien-cli-models", artifact_location=str(tmp_path / "artifacts")) as run:
-        run.log_model_dir(str(tiny_model_dir), registered_model_name="mien-tiny", alias="champion")
-    yield tracking
-    mlflow.set_tracking_uri(None)
-
-
 def _one_line(capsys, command: str) -> str:
     err = capsys.readouterr().err
     assert "Traceback" not in err
@@ -62,7 +47,7 @@ def test_annotate_refuses_a_tampered_component_on_the_driver(asset, tiny_model_d
     assert not (tmp_path / "out" / "videos").exists()
 
 
-def test_annotate_names_a_missing_alias_and_lists_the_aliases(asset, registry, tmp_path, capsys):
+def test_annotate_names_a_missing_alias_and_lists_the_aliases(asset, tiny_registry, tmp_path, capsys):
     assert _annotate(asset, tmp_path, "models:/mien-tiny@typo") == 2
     line = _one_line(capsys, "annotate")
     assert "has aliases: @champion (version 1); versions: 1" in line, line
@@ -80,13 +65,13 @@ def test_annotate_without_s3_credentials_says_what_to_set(asset, no_aws_credenti
     assert "no credentials for this object store: set AWS_ACCESS_KEY_ID" in _one_line(capsys, "annotate")
 
 
-def test_evaluate_names_a_missing_version(registry, tmp_path, capsys):
+def test_evaluate_names_a_missing_version(tiny_registry, tmp_path, capsys):
     assert main(["evaluate", "--model", "models:/mien-tiny/7", "--data", str(tmp_path / "data"),
                  "--set", "mlflow.enabled=false"]) == 2
     assert "versions: 1" in _one_line(capsys, "evaluate")
 
 
-def test_train_names_a_missing_init_from_model(registry, tmp_path, capsys):
+def test_train_names_a_missing_init_from_model(tiny_registry, tmp_path, capsys):
     assert main(["train", "--data", str(tmp_path / "data"), "--output", str(tmp_path / "m"),
                  "--set", "init_from=models:/nosuch@champion", "--set", "mlflow.enabled=false"]) == 2
     assert "there is no registered model 'nosuch'; registered models: mien-tiny" in _one_line(capsys, "train")

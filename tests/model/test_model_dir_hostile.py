@@ -130,28 +130,13 @@ def test_the_driver_check_covers_a_vlm_base_where_it_is_on_this_machine(tmp_path
 # ------------------------------------------------------------------------------ model URIs
 
 
-@pytest.fixture
-def registry(tiny_model_dir, tmp_path, monkeypatch) -> str:
-    """A sqlite MLflow store holding ``mien-tiny`` version 1 with alias ``champion``; yields its URI."""
-    import mlflow
-
-    from workflows.core.tracking import Tracker
-
-    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
-    with Tracker.start(tracking, "mien-hostile", artifact_location=str(tmp_path / "artifacts")) as run:
-        run.log_model_dir(str(tiny_model_dir), registered_model_name="mien-tiny", alias="champion")
-    yield tracking
-    mlflow.set_tracking_uri(None)
-
-
 @pytest.mark.parametrize("uri,listed", [
     ("models:/mien-tiny@typo", r"model 'mien-tiny' has aliases: @champion \(version 1\); versions: 1"),
     ("models:/mien-tiny/7", r"model 'mien-tiny' has aliases: @champion \(version 1\); versions: 1"),
     ("models:/nosuch@champion", r"there is no registered model 'nosuch'; registered models: mien-tiny"),
     ("models:/mien-tiny", r"names no version or alias: give models:/mien-tiny@ALIAS"),
 ])
-def test_an_mlflow_uri_that_names_nothing_lists_what_exists(registry, uri, listed):
+def test_an_mlflow_uri_that_names_nothing_lists_what_exists(tiny_registry, uri, listed):
     with pytest.raises(MissingPartError, match=listed):
         open_model(uri)
     assert open_model("models:/mien-tiny@champion")[1]["name"] == "mien-tiny"
@@ -166,7 +151,7 @@ def test_an_mlflow_store_that_does_not_exist_is_named_not_created(tmp_path, monk
     assert not db.exists()
 
 
-def test_a_run_that_does_not_exist_is_a_model_error(registry):
+def test_a_run_that_does_not_exist_is_a_model_error(tiny_registry):
     with pytest.raises(MissingPartError, match="runs:/0123456789abcdef/model: MLflow could not fetch it"):
         open_model("runs:/0123456789abcdef/model")
 

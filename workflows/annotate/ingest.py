@@ -24,6 +24,7 @@ URI and changes when the file is replaced.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -106,20 +107,28 @@ def discover(input_uri: str, allowed_roots: list[str] | None = None) -> Discover
         return _from_manifest(root, allowed_roots)
     if not storage.is_remote(root) and os.path.isdir(root):
         return _from_local_dir(root)
-    try:
+    with _input_errors("input", input_uri, "list", hint=" (give a directory, an s3:// prefix, a media file or a "
+                                                        "manifest .parquet/.csv/.jsonl with a 'uri' column)"):
         uris = storage.list_files(root)
         media = [u for u in uris if _is_media(u)]
         sources = [_source(u) for u in media]
+    return Discovery(sources, [], _count_extensions(u for u in uris if not _is_media(u)))
+
+
+@contextlib.contextmanager
+def _input_errors(what: str, uri: str, verb: str, hint: str = "") -> Iterator[None]:
+    """Storage errors of the input root or manifest as one InputError naming ``what`` and the fix:
+    missing, not readable, or an object store without credentials (e.g. "cannot list s3://...")."""
+    try:
+        yield
     except FileNotFoundError as e:
-        raise InputError(f"input not found: {printable(input_uri)} (give a directory, an s3:// prefix, a media "
-                         f"file or a manifest .parquet/.csv/.jsonl with a 'uri' column)") from e
+        raise InputError(f"{what} not found: {printable(uri)}{hint}") from e
     except PermissionError as e:
-        raise InputError(f"input is not readable: {printable(input_uri)} ({e})") from e
+        raise InputError(f"{what} is not readable: {printable(uri)} ({e})") from e
     except Exception as e:
         if not missing_credentials(e):
             raise
-        raise InputError(f"cannot list {printable(input_uri)}: {NO_CREDENTIALS}") from e
-    return Discovery(sources, [], _count_extensions(u for u in uris if not _is_media(u)))
+        raise InputError(f"cannot {verb} {printable(uri)}: {NO_CREDENTIALS}") from e
 
 
 def _is_media(name: str) -> bool:
@@ -197,21 +206,13 @@ def _manifest_lines(uri: str) -> Iterator[tuple[int, str, str | None]]:
     """``(line number, uri entry, reason to reject the line or None)`` for every entry of a
     manifest. Raises InputError only for what makes the whole manifest unusable."""
     lower = uri.lower()
-    try:
+    with _input_errors("manifest", uri, "read the"):
         if lower.endswith(".parquet"):
             yield from _parquet_lines(uri)
             return
         # Undecodable bytes survive as surrogates so that one bad line is rejected, not the file;
         # a byte-order mark (spreadsheet exports) is not part of the first column's name.
         text = storage.read_bytes(uri).decode("utf-8-sig", "surrogateescape")
-    except FileNotFoundError as e:
-        raise InputError(f"manifest not found: {printable(uri)}") from e
-    except PermissionError as e:
-        raise InputError(f"manifest is not readable: {printable(uri)} ({e})") from e
-    except Exception as e:
-        if not missing_credentials(e):
-            raise
-        raise InputError(f"cannot read the manifest {printable(uri)}: {NO_CREDENTIALS}") from e
     yield from _csv_lines(uri, text) if lower.endswith(".csv") else _jsonl_lines(text)
 
 
