@@ -12,6 +12,7 @@ column a user can filter and plot::
     au_probs     -> au_prob_AU01, au_prob_AU02, ...         (AU_NAMES order)
     au_evidence  -> au_evidence_AU01, ...
     fe_prior     -> fe_prior_neutral, ...
+    meta         -> meta_subject, ...                       (videos: the manifest's other columns, text)
 
 NaN where a face's map has no entry for the class (an AU the model cannot score). Every class
 of the taxonomy gets its column even when no row has it, so code written for one output runs
@@ -33,7 +34,7 @@ if TYPE_CHECKING:  # pandas and pyarrow load on first read: `import mien` stays 
 
 # map column -> prefix of its flat columns
 FLAT_PREFIXES = {"fe_probs": "fe_prob_", "au_probs": "au_prob_", "au_evidence": "au_evidence_",
-                 "fe_prior": "fe_prior_"}
+                 "fe_prior": "fe_prior_", "meta": "meta_"}
 
 
 class AnnotationTables:
@@ -109,8 +110,10 @@ def read(output: str | os.PathLike[str], *, flat: bool = True, crops: bool = Fal
 
 
 def flatten_maps(table: pa.Table) -> pa.Table:
-    """``table`` with each probability map column (:data:`FLAT_PREFIXES`) replaced, in place, by
-    one column per class: the taxonomy's classes in its order, then any other key found, sorted."""
+    """``table`` with each map column (:data:`FLAT_PREFIXES`) replaced, in place, by one column per
+    key: for probabilities the taxonomy's classes in its order, then any other key found, sorted
+    (NaN where a row has no entry); for ``meta`` the manifest's column names, sorted (None where
+    a row has no value)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -122,11 +125,11 @@ def flatten_maps(table: pa.Table) -> pa.Table:
         col = table.column(name)
         at = table.column_names.index(name)
         table = table.remove_column(at)
-        known = FE_BASIC if name.startswith("fe_") else AU_NAMES
+        known = () if name == "meta" else FE_BASIC if name.startswith("fe_") else AU_NAMES
         extra = sorted(set(_map_keys(col)) - set(known))
         for i, key in enumerate([*known, *extra]):
             values = pc.map_lookup(col, pa.scalar(key, col.type.key_type), "first")
-            table = table.add_column(at + i, prefix + key, values.fill_null(float("nan")))
+            table = table.add_column(at + i, prefix + key, values if name == "meta" else values.fill_null(float("nan")))
     return table
 
 

@@ -55,6 +55,9 @@ class VideoSource:
     uri: str
     size: int | None
     fingerprint: str
+    # The manifest line's other columns (name, value as text), carried into ``videos.meta``;
+    # None for a directory or object-store listing.
+    meta: tuple[tuple[str, str], ...] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +90,7 @@ def _fingerprint(info: dict) -> str:
     return f"{size}:{str(tag).strip(chr(34))}"
 
 
-def _source(location: str) -> VideoSource:
+def _source(location: str, meta: tuple[tuple[str, str], ...] | None = None) -> VideoSource:
     """The unit of work for a local path (named by ``local_media_uri``) or an object-store URI.
     Raises what the object store raises when it has no credentials (see ``storage.missing_credentials``)."""
     uri = location if storage.is_remote(location) else storage.local_uri(location)
@@ -96,7 +99,7 @@ def _source(location: str) -> VideoSource:
     except OSError:  # missing, unreadable, name too long: the decode stage reports it per video
         info = {}
     fp = _fingerprint(info) if info else "missing"
-    return VideoSource(make_video_id(uri, fp), uri, info.get("size") if info else None, fp)
+    return VideoSource(make_video_id(uri, fp), uri, info.get("size") if info else None, fp, meta)
 
 
 def discover(input_uri: str, allowed_roots: list[str] | None = None) -> Discovery:
@@ -202,9 +205,19 @@ def _local_entry_problem(path: str, real_root: str) -> str | None:
     return None
 
 
-def _manifest_lines(uri: str) -> Iterator[tuple[int, str, str | None]]:
-    """``(line number, uri entry, reason to reject the line or None)`` for every entry of a
-    manifest. Raises InputError only for what makes the whole manifest unusable."""
+# One manifest entry: (line number, uri entry, reason to reject the line or None, the line's other
+# columns as (name, text) pairs).
+_Line = tuple[int, str, str | None, tuple[tuple[str, str], ...]]
+
+
+def _meta_text(value: object) -> str:
+    """A manifest value as ``videos.meta`` stores it: strings as they are, anything else as JSON."""
+    return value if isinstance(value, str) else json.dumps(value, default=str, ensure_ascii=False)
+
+
+def _manifest_lines(uri: str) -> Iterator[_Line]:
+    """Every entry of a manifest (:data:`_Line`). Raises InputError only for what makes the whole
+    manifest unusable."""
     lower = uri.lower()
     with _input_errors("manifest", uri, "read the"):
         if lower.endswith(".parquet"):
@@ -216,21 +229,25 @@ def _manifest_lines(uri: str) -> Iterator[tuple[int, str, str | None]]:
     yield from _csv_lines(uri, text) if lower.endswith(".csv") else _jsonl_lines(text)
 
 
-def _parquet_lines(uri: str) -> Iterator[tuple[int, str, str | None]]:
+def _parquet_lines(uri: str) -> Iterator[_Line]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     fs, path = storage.filesystem(uri)
     try:
-        _check_uri_columns(uri, pq.read_schema(path, filesystem=fs).names)
-        column = pq.read_table(path, filesystem=fs, columns=["uri"]).column("uri")
+        names = pq.read_schema(path, filesystem=fs).names
+        _check_uri_columns(uri, names)
+        table = pq.read_table(path, filesystem=fs)
     except pa.ArrowInvalid as e:
         raise InputError(f"manifest {printable(uri)} is not a readable Parquet file ({e})") from e
-    for n, v in enumerate(column.to_pylist(), 1):  # rows are numbered from 1
+    others = [c for c in names if c != "uri"]
+    values = {c: table.column(c).to_pylist() for c in others}
+    for n, v in enumerate(table.column("uri").to_pylist(), 1):  # rows are numbered from 1
+        meta = tuple((c, _meta_text(values[c][n - 1])) for c in others if values[c][n - 1] is not None)
         if v is None or isinstance(v, str):
-            yield n, v or "", None
+            yield n, v or "", None, meta
         else:
-            yield n, printable(repr(v)[:200]), f"'uri' must be a string, got {type(v).__name__}"
+            yield n, printable(repr(v)[:200]), f"'uri' must be a string, got {type(v).__name__}", meta
 
 
 def _check_uri_columns(uri: str, columns: list[str]) -> None:
@@ -240,7 +257,7 @@ def _check_uri_columns(uri: str, columns: list[str]) -> None:
                          f"give exactly one column named 'uri'")
 
 
-def _csv_lines(uri: str, text: str) -> Iterator[tuple[int, str, str | None]]:
+def _csv_lines(uri: str, text: str) -> Iterator[_Line]:
     import csv
     import io
 
@@ -258,10 +275,11 @@ def _csv_lines(uri: str, text: str) -> Iterator[tuple[int, str, str | None]]:
         except StopIteration:
             return
         except csv.Error as e:  # e.g. a field over csv.field_size_limit(); the reader goes on at the next line
-            yield line, "", f"not readable as CSV ({e})"
+            yield line, "", f"not readable as CSV ({e})", ()
             continue
-        if row:  # a blank line is no entry
-            yield line, (row[col] if col < len(row) else "").strip(), None
+        if row:  # a blank line is no entry; an empty cell is no value
+            meta = tuple((h, v) for i, (h, v) in enumerate(zip(header, row, strict=False)) if i != col and v != "")
+            yield line, (row[col] if col < len(row) else "").strip(), None, meta
 
 
 class _DuplicateKey(ValueError):
@@ -274,31 +292,34 @@ def _object_without_duplicate_uri(pairs: list[tuple[str, object]]) -> dict:
     return dict(pairs)
 
 
-def _jsonl_lines(text: str) -> Iterator[tuple[int, str, str | None]]:
+def _jsonl_lines(text: str) -> Iterator[_Line]:
     lines = text.split("\n")  # not splitlines(): a JSON string may hold U+2028 and friends
     if lines and not lines[-1].strip():
         lines.pop()  # the final newline ends the last line
     for n, line in enumerate(lines, 1):
         if not line.strip():
-            yield n, "", None
+            yield n, "", None, ()
             continue
         try:
             obj = json.loads(line, object_pairs_hook=_object_without_duplicate_uri)
         except RecursionError:
-            yield n, "", "not readable as JSON: nested too deeply"
+            yield n, "", "not readable as JSON: nested too deeply", ()
             continue
         except _DuplicateKey as e:
-            yield n, "", str(e)
+            yield n, "", str(e), ()
             continue
         except ValueError as e:  # JSONDecodeError, or a number too long to convert
-            yield n, "", f"not readable as JSON ({e})"
+            yield n, "", f"not readable as JSON ({e})", ()
             continue
         if not isinstance(obj, dict) or "uri" not in obj:
-            yield n, "", "an object with a 'uri' key is required"
-        elif not isinstance(obj["uri"], str):
-            yield n, printable(json.dumps(obj["uri"])[:200]), f"'uri' must be a string, got {type(obj['uri']).__name__}"
+            yield n, "", "an object with a 'uri' key is required", ()
+            continue
+        meta = tuple((k, _meta_text(v)) for k, v in obj.items() if k != "uri" and v is not None)
+        if not isinstance(obj["uri"], str):
+            yield (n, printable(json.dumps(obj["uri"])[:200]),
+                   f"'uri' must be a string, got {type(obj['uri']).__name__}", meta)
         else:
-            yield n, obj["uri"], None
+            yield n, obj["uri"], None, meta
 
 
 def _within(path: str, root: str) -> bool:
@@ -317,7 +338,7 @@ def _from_manifest(manifest: str, allowed_roots: list[str] | None) -> Discovery:
     rejected: list[RejectedEntry] = []
     seen: set[str] = set()
     no_credentials: set[str] = set()  # schemes already refused for want of credentials: not asked again
-    for line, entry, problem in _manifest_lines(manifest):
+    for line, entry, problem, meta in _manifest_lines(manifest):
         if problem is not None:
             rejected.append(RejectedEntry(entry, line, problem))
             continue
@@ -386,7 +407,7 @@ def _from_manifest(manifest: str, allowed_roots: list[str] | None) -> Discovery:
             rejected.append(RejectedEntry(entry, line, NO_CREDENTIALS))
             continue
         try:
-            sources.append(_source(uri))
+            sources.append(_source(uri, meta or None))
         except Exception as e:
             if not missing_credentials(e):
                 raise

@@ -549,11 +549,13 @@ def _run(todo: list, cfg: AnnotateConfig, run_id: str, sink: Any, summary: Annot
             plan = runner.isolated(plan)
         rows = [{"video_id": s.video_id, "uri": s.uri} for s in largest_first(pending.values())]
         for row in execute(rows, plan):
-            if pending.pop(row["video_id"], None) is None:
+            source = pending.pop(row["video_id"], None)
+            if source is None:
                 # A block re-executed after a node or object loss can deliver a video twice;
                 # the first result is already in the sink.
                 log.warning("ignoring a second result for video %s", row["video_id"])
                 continue
+            row["meta"] = source.meta  # stays on the driver: the workers never see manifest columns
             done += 1
             if summary.first_result_s is None:
                 summary.first_result_s = time.perf_counter() - t_start
@@ -565,7 +567,7 @@ def _run(todo: list, cfg: AnnotateConfig, run_id: str, sink: Any, summary: Annot
                         + ("pass(es); a native crash or out of memory); see the run's stderr" if executor == "local"
                            else f"pass(es) x {cfg.ray.max_task_retries + 1} tries; a native crash or out of "
                                 f"memory); see the Ray logs"),
-               "faces_ipc": None, "tracks_ipc": None, "n_frames": 0}
+               "faces_ipc": None, "tracks_ipc": None, "n_frames": 0, "meta": s.meta}
         done += 1
         last_log = _consume(row, run_id, sink, summary, fe_counts, au_counts, done, len(todo), last_log)
     clock.lap("steady_state_s")

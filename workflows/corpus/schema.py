@@ -34,6 +34,9 @@ VIDEOS = pa.schema([
     ("model_id", pa.string()),
     ("run_id", pa.string()),
     ("finished_at", pa.timestamp("ms", tz="UTC")),
+    # The manifest line's other columns (e.g. subject, session, split) as text; null for a
+    # directory or object-store input.
+    ("meta", pa.map_(pa.string(), pa.string())),
 ])
 
 FACES = pa.schema([

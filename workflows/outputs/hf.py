@@ -111,6 +111,20 @@ def _map_to_struct(col: pa.ChunkedArray, keys: list[str]) -> pa.Array:
     return pa.StructArray.from_arrays(fields, names=keys, mask=pc.is_null(arr))
 
 
+def _meta_as_struct(videos: pa.Table) -> pa.Table:
+    """``videos.meta`` (the manifest's other columns) as a struct of strings, one field per column
+    name (sorted): ``datasets`` has no map type. Dropped when no video has any."""
+    at = videos.column_names.index("meta")
+    col = videos.column("meta").combine_chunks()
+    keys, _ = map_entries(col)
+    names = sorted(k for k in pc.unique(keys).to_pylist() if k is not None)
+    videos = videos.remove_column(at)
+    if not names:
+        return videos
+    fields = [pc.map_lookup(col, query_key=pa.scalar(k, pa.string()), occurrence="first") for k in names]
+    return videos.add_column(at, "meta", pa.StructArray.from_arrays(fields, names=names, mask=pc.is_null(col)))
+
+
 def _hf_table(t: pa.Table, name: str, keys: dict[str, list[str]], images: bool) -> pa.Table:
     cols: dict[str, pa.Array | pa.ChunkedArray] = {}
     for field in t.schema:
@@ -176,7 +190,7 @@ def export_hf(root: str, directory: str, images: bool = True, pretty_name: str |
             shards[name].append(dest)
             rows[name] += len(t)
     videos = out.current_videos()
-    vt = pa.Table.from_pylist(videos, schema=schema.VIDEOS.append(pa.field("attempts", pa.int32())))
+    vt = _meta_as_struct(pa.Table.from_pylist(videos, schema=schema.VIDEOS.append(pa.field("attempts", pa.int32()))))
     if len(vt):
         dest = storage.join(directory, "data", "videos", "videos.parquet")
         _write_parquet(vt, dest)

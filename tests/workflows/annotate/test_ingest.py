@@ -224,3 +224,50 @@ def test_a_latin1_file_name_is_annotated_under_a_uri_that_leads_back_to_it(asset
     assert (tmp_path / "r.mp4").stat().st_size > 0  # the tools that reopen the source find it too
     [run] = (out / "runs").glob("*.json")
     assert json.loads(run.read_text())["counts"]["skipped_non_media"] == {".txt": 1}
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+def test_a_manifest_s_other_columns_travel_with_each_entry(tmp_path, fmt):
+    _touch(tmp_path / "a.mp4")
+    _touch(tmp_path / "b.mp4")
+    rows = [{"uri": "a.mp4", "subject": "S017", "session": 2}, {"uri": "b.mp4", "subject": None, "session": 3}]
+    man = tmp_path / f"list.{fmt}"
+    if fmt == "csv":
+        man.write_text("subject,uri,session\nS017,a.mp4,2\n,b.mp4,3\n")
+    elif fmt == "jsonl":
+        man.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    else:
+        pq.write_table(pa.Table.from_pylist(rows), man)
+    a, b = discover(str(man)).sources
+    assert dict(a.meta) == {"subject": "S017", "session": "2"}  # as text, whatever the format typed
+    assert dict(b.meta) == {"session": "3"}  # an empty or null value is no entry
+    assert discover(str(tmp_path)).sources[0].meta is None  # a directory has no columns
+
+
+def test_manifest_columns_reach_the_videos_table_of_ok_and_error_rows(asset, tmp_path):
+    """Users keep subject, session and split beside each URI; the annotation must keep them, on
+    the row of a video that failed too, so results can be grouped without a join on paths."""
+    import mien
+
+    shutil.copyfile(asset("sample_single_face_video"), tmp_path / "good.mp4")
+    (tmp_path / "broken.mp4").write_bytes(b"not a video at all" * 100)
+    man = tmp_path / "list.csv"
+    man.write_text("uri,subject,split\ngood.mp4,S001,train\nbroken.mp4,S002,val\n")
+    out = tmp_path / "out"
+    sets = [x for s in ["mlflow.enabled=false", "output.crops=false"] for x in ("--set", s)]
+    r = subprocess.run([sys.executable, "-m", "jobs.cli", "annotate", "--input", str(man), "--output", str(out),
+                        "--no-progress", *sets], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                       env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    raw = {Path(strip_file_scheme(v["video_uri"])).name: v for v in pd.read_parquet(out / "videos").to_dict("records")}
+    assert raw["good.mp4"]["status"] == "ok" and raw["broken.mp4"]["status"] == "error"
+    assert dict(raw["good.mp4"]["meta"]) == {"subject": "S001", "split": "train"}
+    videos = mien.read(out).videos.set_index("meta_subject")
+    assert videos.loc["S002", "status"] == "error" and videos.loc["S002", "meta_split"] == "val"
+    assert videos.loc["S001", "meta_split"] == "train" and videos.loc["S001", "n_faces"] > 0
+    from jobs.cli import main
+
+    assert main(["export", "hf", "--input", str(out), "--output", str(tmp_path / "hf")]) == 0
+    datasets = pytest.importorskip("datasets")
+    hf = datasets.load_dataset(str(tmp_path / "hf"), "videos", split="train")
+    assert sorted((r["meta"]["subject"], r["meta"]["split"]) for r in hf) == [("S001", "train"), ("S002", "val")]
