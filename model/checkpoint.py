@@ -29,10 +29,12 @@ from model.model_dir import (
     ArchitectureMismatchError,
     MissingPartError,
     compute_model_id,
+    derive_licences,
     file_sha256s,
     sha256_bytes,
     tree_sha256,
 )
+from workflows.core.licences import to_dicts
 
 if TYPE_CHECKING:
     from model.annotator import FacialAnnotator
@@ -112,6 +114,7 @@ def save_model(m: FacialAnnotator | FacialMLLM, uri: str, metrics: Mapping[str, 
         }
         if fresh:
             manifest["fresh_parts"] = fresh
+        manifest["licences"] = to_dicts(derive_licences(manifest))
         model_id = compute_model_id(manifest)
         manifest["model_id"] = model_id
         storage.makedirs(uri)

@@ -2,7 +2,7 @@
 
 Layout (local path or ``s3://`` prefix; MLflow ``models:/name@alias`` resolves to one)::
 
-    mien_model.json          format, name, version, architecture (ModelConfig), components, parts
+    mien_model.json          format, name, version, architecture (ModelConfig), components, parts, licences
     face_prior.safetensors   trained parts, one file each (face_prior, fim, frames, lora)
     fim.safetensors
     lora.safetensors
@@ -11,7 +11,9 @@ Layout (local path or ``s3://`` prefix; MLflow ``models:/name@alias`` resolves t
 
 ``components`` names where each base component comes from and its sha256: a pinned asset
 (``asset:gemma3_270m``: the GGUF's sha256), a directory (sha256 over its files), or
-``bundled:<relative dir>``. ``parts`` lists every trained file with its sha256.
+``bundled:<relative dir>``. ``parts`` lists every trained file with its sha256. ``licences`` gives
+every component's licence and whether it allows commercial use (``workflows.core.licences``;
+:func:`model_licences` derives it for a directory saved before it was recorded).
 
 Nothing is ever unpickled: ``.bin``/``.pt``/``.pkl`` checkpoints are refused with a message
 that says how to convert them. A missing part, a checksum mismatch and an architecture
@@ -42,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from model.config import GenerationConfig
+    from workflows.core.licences import Component
 
 MANIFEST = "mien_model.json"
 FORMAT = "mien-model"
@@ -488,6 +491,71 @@ def verify_tree(name: str, meta: Mapping[str, Any], local: str, source: str) -> 
                         "the model was trained on, or retrain on the new base")
 
 
+# ------------------------------------------------------------------------- licences
+
+def model_licences(manifest: Mapping[str, Any], directory: str | None = None) -> list[Component]:
+    """The licence of every component of the model: the manifest's ``licences`` (written by
+    ``save_model``), or for a directory saved before they were recorded, :func:`derive_licences`."""
+    from workflows.core.licences import from_dicts
+
+    recorded = manifest.get("licences")
+    if isinstance(recorded, list) and recorded:
+        return from_dicts(recorded)
+    return derive_licences(manifest, directory)
+
+
+def derive_licences(manifest: Mapping[str, Any], directory: str | None = None) -> list[Component]:
+    """The licences of a model's components, from what the manifest says they are: the face models every
+    annotate run feeds it, each base component (a pinned asset: its licence; a base directory: its model
+    card's ``license:``, also kept in component ``vlm``; a bundled base: the source it was fine-tuned from,
+    or mien's own weights for a random init) and each trained part, which carries the licence of the base
+    it was trained on (the most restrictive, for a composed model's LLM and vision tower)."""
+    from workflows.core.licences import ORDER, OWN, Component, face_components
+
+    arch = manifest.get("architecture") or {}
+    out = face_components()
+    bases: list[Component] = []
+    for name, meta in (manifest.get("components") or {}).items():
+        source = str(meta.get("source", ""))
+        if "licence" in meta:
+            licence = str(meta["licence"] or "")
+        elif source.startswith("bundled:"):  # saved into the directory: the licence of where it came from
+            section = arch.get("vision" if name == "vision" else "llm") or {}
+            own = name == "tokenizer" and section.get("tokenizer") == "builtin:words"
+            licence = OWN if own else _source_licence(str(section.get("source") or ""), directory)
+        else:
+            licence = _source_licence(source, directory)
+        component = Component(name, source or "random init", licence)
+        out.append(component)
+        if name in ("llm", "vision", "vlm"):
+            bases.append(component)
+    vlm = [b for b in bases if b.component == "vlm"]
+    base = min(vlm or bases, key=lambda b: ORDER.index(b.commercial)) if bases else None
+    parts = manifest.get("parts") or {}
+    for part in sorted(set(parts) | set(manifest.get("fresh_parts") or ())):
+        file = (parts.get(part) or {}).get("file") or "not trained yet"
+        out.append(Component(part, f"trained: {file}" + (f", on {base.component}" if base else ""),
+                             base.licence if base else OWN))
+    return out
+
+
+def _source_licence(source: str, directory: str | None) -> str:
+    """The licence of a base at ``source``: the pinned Gemma's; mien's own when there is none (random
+    init); a local directory's model card; "" for a base not on this machine (not fetched to be read)."""
+    from model.config import GEMMA_ASSET
+    from workflows.core import storage
+    from workflows.core.licences import OWN, asset_licence, card_licence
+
+    if source == GEMMA_ASSET:
+        return asset_licence("gemma3_270m_gguf")
+    if not source:
+        return OWN
+    if storage.is_remote(source) or source.startswith(("models:/", "runs:/")):
+        return ""
+    path = Path(storage.strip_file_scheme(source))
+    return card_licence(path if path.is_absolute() or directory is None else Path(directory) / path)
+
+
 def copy_tree(src: str, dst: str) -> None:
     """Copy a local model directory to ``dst`` (local or ``s3://``), manifest last."""
     from workflows.core import storage
@@ -502,7 +570,8 @@ def copy_tree(src: str, dst: str) -> None:
 
 __all__ = [
     "ArchitectureMismatchError", "ChecksumError", "MissingPartError", "ModelDirError", "UnsafeCheckpointError",
-    "FORMAT", "FORMAT_VERSION", "MANIFEST", "PICKLE_SUFFIXES", "compute_model_id", "copy_tree", "inside",
+    "FORMAT", "FORMAT_VERSION", "MANIFEST", "PICKLE_SUFFIXES", "compute_model_id", "copy_tree", "derive_licences",
+    "inside", "model_licences",
     "file_sha256s", "materialize", "read_manifest", "resolve_model_uri", "sha256_bytes", "tree_sha256",
     "read_verified", "verify_component", "verify_parts", "verify_tree",
 ]

@@ -1,4 +1,6 @@
-"""``mien model init | inspect``: create and inspect model directories (``mien_model.json`` + safetensors)."""
+"""``mien model init | inspect``: create and inspect model directories (``mien_model.json`` + safetensors).
+
+Both log a warning when a component's licence does not allow commercial use (``workflows.core.licences``)."""
 
 from __future__ import annotations
 
@@ -37,7 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append", default=[],
                    help="override a config key with a dotted path, e.g. --set seed=3 (repeatable)")
     a.set_defaults(handler=_init)
-    a = msub.add_parser("inspect", help="print a model directory's manifest summary (JSON)")
+    a = msub.add_parser("inspect", help="print a model directory's manifest summary (JSON), with every "
+                                        "component's licence and whether the model may be used commercially")
     a.add_argument("uri", metavar="URI", help="default, a directory, s3://..., or models:/name@alias")
     a.set_defaults(handler=_inspect)
 
@@ -64,6 +67,7 @@ def _init(args: argparse.Namespace) -> int:
         except (ModelDirError, ValueError) as e:
             print(f"mien model init: {e}", file=sys.stderr)
             return 2
+        _warn_licences(args.output)
         return 0
     if not config:
         print("mien model init: give a model config (CONFIG or --config FILE) or --base CHECKPOINT", file=sys.stderr)
@@ -73,19 +77,31 @@ def _init(args: argparse.Namespace) -> int:
                                           or cfg.vision.enabled or cfg.fim.local_clue))
     target = build_model(cfg) if needs_llm else FacialAnnotator(cfg, f"{cfg.name}-{cfg.version}+unsaved")
     print(save_model(target, args.output))
+    _warn_licences(args.output)
     return 0
+
+
+def _warn_licences(output: str) -> None:
+    """The licence warnings of the directory just written (its manifest alone is read back)."""
+    from model.model_dir import MANIFEST, model_licences
+    from workflows.core import storage
+    from workflows.core.licences import warn
+
+    warn(model_licences(json.loads(storage.read_text(storage.join(output, MANIFEST)))), f"model {output}")
 
 
 def _inspect(args: argparse.Namespace) -> int:
     from model import open_model
-    from model.model_dir import ModelDirError, compute_model_id
+    from model.model_dir import ModelDirError, compute_model_id, model_licences
+    from workflows.core.licences import most_restrictive, to_dicts, warn
 
     try:
-        _, manifest = open_model(args.uri)
+        directory, manifest = open_model(args.uri)
     except (ModelDirError, ValueError) as e:
         print(f"mien model inspect: {e}", file=sys.stderr)
         return 2
     arch = manifest["architecture"]
+    licences = model_licences(manifest, directory)
     kind = "mien model"
     if arch.get("vlm", {}).get("source"):
         trained, fresh = sorted(manifest.get("parts", {})), manifest.get("fresh_parts", [])
@@ -99,6 +115,10 @@ def _inspect(args: argparse.Namespace) -> int:
         "parts": {k: {"file": v["file"], "parameters": v.get("parameters")}
                   for k, v in manifest.get("parts", {}).items()},
         "metrics": manifest.get("metrics", {}),
+        # "may we use this model commercially?": the most restrictive component's answer
+        "commercial_use": most_restrictive(c.commercial for c in licences),
+        "licences": to_dicts(licences),
     }
+    warn(licences, f"model {args.uri}")
     print(json.dumps(summary, indent=2))
     return 0

@@ -112,8 +112,10 @@ def architecture_of(config: dict[str, Any]) -> dict[str, Any]:
 
 def base_component(uri: str, directory: str | Path, config: dict[str, Any] | None = None) -> dict[str, Any]:
     """Component ``vlm`` of a model directory for the base at ``uri`` (materialized at
-    ``directory``): where it is, sha256 over its files and of each file, its architecture."""
+    ``directory``): where it is, sha256 over its files and of each file, its architecture, and its
+    licence (its model card's ``license:``; kept here, since a remote base is not fetched to be read)."""
     from model.model_dir import file_sha256s, tree_sha256
+    from workflows.core.licences import card_licence
     from workflows.core.storage import absolute
 
     config = json.loads((Path(directory) / "config.json").read_text()) if config is None else config
@@ -121,7 +123,7 @@ def base_component(uri: str, directory: str | Path, config: dict[str, Any] | Non
     arch = architecture_of(config)
     # a local path made absolute: the manifest is read from other working directories
     return {"source": absolute(uri), "sha256": tree_sha256(files=files), "files": files,
-            "model_type": arch.pop("model_type"), "text": arch}
+            "model_type": arch.pop("model_type"), "text": arch, "licence": card_licence(directory)}
 
 
 def verified_base(source: str, meta: dict[str, Any]) -> str:

@@ -197,6 +197,8 @@ class AnnotateSummary:
     fe_counts: dict[str, int] = dataclasses.field(default_factory=dict)
     au_counts: dict[str, int] = dataclasses.field(default_factory=dict)
     model_id: str | None = None
+    # Every component's licence and whether it allows commercial use (workflows.core.licences).
+    licences: list[dict[str, str]] = dataclasses.field(default_factory=list)
     # Where the time went: seconds inside each stage summed over videos (busy time of the
     # pools), seconds from pipeline start to the first finished video (actor start-up and
     # model loads), and the pool sizes used.
@@ -356,7 +358,7 @@ def annotate(input_uri: str, output_uri: str, cfg: AnnotateConfig, force: bool =
     found = discover(input_uri, cfg.ingest.allowed_roots or None)
     sources = found.sources
     clock.lap("discover_s")
-    _check_model(cfg)
+    summary.licences = _check_model(cfg)
     clock.lap("model_check_s")
     if limit is not None:
         sources = sources[:limit]
@@ -447,9 +449,10 @@ def _finish_tracking(cfg: AnnotateConfig, summary: AnnotateSummary, output_uri: 
                     "and runs/%s.json are complete; exiting without it", MLFLOW_WAIT_S, summary.run_id)
 
 
-def _check_model(cfg: AnnotateConfig) -> None:
+def _check_model(cfg: AnnotateConfig) -> list[dict[str, str]]:
     """Refuse an unusable model directory (missing, pickled, checksum mismatch) here, in one
-    line, instead of in every MLLM actor's constructor on the cluster. Raises ModelDirError."""
+    line, instead of in every MLLM actor's constructor on the cluster. Raises ModelDirError.
+    Returns the run's licences (:func:`_licences`)."""
     uri = cfg.model.uri
     slow = "on CPU each takes seconds and they dominate the run (--set model.describe=off switches them off)"
     local = not storage.is_remote(uri) and not uri.startswith(("models:/", "runs:/"))
@@ -459,7 +462,7 @@ def _check_model(cfg: AnnotateConfig) -> None:
         if cfg.model.describe != "off":
             log.warning("descriptions are on (model.describe=%s): one LLM decode per described face; %s",
                         cfg.model.describe, slow)
-        return
+        return _licences(cfg, None)
     from model import open_model, verify_model_files
     from model.annotator import describe_cost
     from model.checkpoint import apply_overrides
@@ -475,6 +478,24 @@ def _check_model(cfg: AnnotateConfig) -> None:
     if model_cfg.generation.enabled:  # the run's option, or the model's own setting
         log.warning("descriptions are on (model.describe=%s): %s; %s", cfg.model.describe,
                     describe_cost(model_cfg.generation, cfg.model.batch_size), slow)
+    from model.model_dir import model_licences
+
+    return _licences(cfg, model_licences(manifest, directory))
+
+
+def _licences(cfg: AnnotateConfig, components: list[Any] | None) -> list[dict[str, str]]:
+    """The licences of what this run uses: the model's ``components`` (None: a model not on this machine,
+    known only by its URI) and an insightface pack when the face stage runs one; a warning for each that
+    does not allow commercial use."""
+    from workflows.core.licences import Component, card_licence, face_components, to_dicts, warn
+
+    if components is None:
+        components = [*face_components(), Component("model", cfg.model.uri, "")]
+    if cfg.faces.backend == "insightface":
+        pack = cfg.faces.insightface.pack
+        components.append(Component("insightface_pack", pack, "" if storage.is_remote(pack) else card_licence(pack)))
+    warn(components, f"model {cfg.model.uri}")
+    return to_dicts(components)
 
 
 def choose_executor(cfg: AnnotateConfig, n_videos: int) -> tuple[str, str]:
@@ -662,6 +683,7 @@ def _write_run_json(output_uri: str, input_uri: str, cfg: AnnotateConfig, summar
         "model_id": summary.model_id,
         "assets": {n: {"package": assets.ASSETS[n].package, "member": assets.ASSETS[n].member,
                        "sha256": assets.ASSETS[n].sha256} for n in used},
+        "licences": summary.licences,
         "counts": {"videos_total": summary.videos_total, "videos_skipped": summary.videos_skipped,
                    "errors_not_retried": summary.errors_not_retried,
                    "videos_elsewhere": sum(summary.videos_elsewhere.values()),

@@ -255,7 +255,10 @@ class Tracker:
     def log_model_dir(self, directory: str, artifact_path: str = "model", registered_model_name: str | None = None,
                       alias: str | None = None) -> LoggedModel:
         """Log the local model directory ``directory`` under ``artifact_path`` and, with
-        ``registered_model_name``, register it as a new version (``alias`` then points at it)."""
+        ``registered_model_name``, register it as a new version (``alias`` then points at it), tagged with
+        the licences its ``mien_model.json`` records (:func:`workflows.core.licences.recorded_tags`)."""
+        from workflows.core.licences import recorded_tags
+
         self.log_artifacts(directory, artifact_path)
         if not registered_model_name:
             return LoggedModel(f"runs:/{self.run_id}/{artifact_path}", None)
@@ -264,7 +267,8 @@ class Tracker:
         except Exception:  # noqa: BLE001 - "does not exist" has no dedicated exception type
             self.client.create_registered_model(registered_model_name)
         source = f"{self.client.get_run(self.run_id).info.artifact_uri.rstrip('/')}/{artifact_path}"
-        mv = self.client.create_model_version(registered_model_name, source=source, run_id=self.run_id)
+        mv = self.client.create_model_version(registered_model_name, source=source, run_id=self.run_id,
+                                              tags=recorded_tags(directory) or None)
         version = str(mv.version)
         if alias:
             self.client.set_registered_model_alias(registered_model_name, alias, version)

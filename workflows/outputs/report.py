@@ -1,8 +1,8 @@
 """``mien report``: one self-contained HTML file that shows what an annotate output holds.
 
-Sections: run summary, expression distribution, action-unit frequency, errors by kind, a
-per-video status table (error messages included) and a contact sheet of face crops with their
-labels. Charts are inline SVG and crops are ``data:`` URIs, so the file opens offline, can be
+Sections: run summary, the licences of the models the runs used (may the labels be used
+commercially?), expression distribution, action-unit frequency, errors by kind, a per-video status
+table (error messages included) and a contact sheet of face crops with their labels. Charts are inline SVG and crops are ``data:`` URIs, so the file opens offline, can be
 mailed or attached to a ticket, and loads nothing from the network (no CDN, no script). Every
 value taken from the output is HTML-escaped: error messages and file names are user data; URI
 credentials in them (``https://user:password@host``, presigned-URL signatures) are masked first.
@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 
 from model.taxonomy import AU_DESCRIPTIONS
 from workflows.core import storage
+from workflows.core.licences import Component, from_dicts, most_restrictive
 from workflows.core.redact import redact
 from workflows.corpus.reader import AnnotationOutput, top_active_aus
 from workflows.outputs.palette import AU_COLOR, ERROR_COLOR, fe_color
@@ -219,7 +220,7 @@ def contact_sheet(faces: list[SheetFace], videos: dict[str, dict[str, Any]]) -> 
             f'<br><span class="where">{esc(_short(name, 22))} · #{f.track_id} · {f.timestamp_s:.2f}s</span>'
             f"</figcaption></figure>")
     note = (f'<p class="note">{missing} sampled faces have no stored crop (annotate ran with '
-            f"output.crops=false).</p>") if missing else ""
+            f"output.crops=false or output.privacy=strict).</p>") if missing else ""
     if not cells:
         return note or '<p class="empty">no crops stored</p>'
     return f'<div class="sheet">{"".join(cells)}</div>{note}'
@@ -259,6 +260,40 @@ def runs_table(s: OutputSummary) -> str:
             f'<td class="num">{esc(_fmt(tm.get("faces_per_s"), ".1f"))}</td></tr>')
     return _table(["run", "model", "sampling", "ok", "error", "skipped", "faces", "wall s", "faces/s"], rows,
                   "runs-table")
+
+
+_COMMERCIAL_TEXT = {
+    "no": "Not for commercial use: the licence of {names} does not allow it.",
+    "unknown": "Commercial use unknown: check the licence of {names} before any commercial use.",
+    "conditions": "Commercial use under the licensor's terms: read the terms of {names}.",
+    "yes": "Every component's licence allows commercial use.",
+}
+
+
+def licences_section(s: OutputSummary) -> str:
+    """Every component the runs used (each distinct entry once), its licence and whether it allows
+    commercial use, under a one-line answer for the output as a whole (the most restrictive)."""
+    seen: dict[tuple[str, str, str], Component] = {}
+    unrecorded = 0
+    for r in s.runs:
+        entries = r.get("licences")
+        if not isinstance(entries, list):
+            unrecorded += 1
+            continue
+        for c in from_dicts(entries):
+            seen.setdefault((c.component, c.source, c.licence), c)
+    note = (f'<p class="note">{unrecorded} run(s) were written before licences were recorded; their components '
+            "are not listed (<code>mien model inspect MODEL</code> lists a model's).</p>") if unrecorded else ""
+    if not seen:
+        return (note or '<p class="empty">no runs recorded</p>')
+    components = list(seen.values())
+    answer = most_restrictive([c.commercial for c in components] + (["unknown"] if unrecorded else []))
+    names = ", ".join(dict.fromkeys(c.component for c in components if c.commercial == answer)) or "earlier runs"
+    rows = [f'<tr class="licence-{esc(c.commercial)}"><td class="mono">{esc(c.component)}</td>'
+            f'<td class="mono">{esc(c.source)}</td><td>{esc(c.licence or "unknown")}</td>'
+            f"<td>{esc(c.commercial)}</td></tr>" for c in components]
+    return (f'<p class="commercial commercial-{answer}">{esc(_COMMERCIAL_TEXT[answer].format(names=names))}</p>'
+            + _table(["component", "source", "licence", "commercial use"], rows, "licences-table") + note)
 
 
 def errors_table(s: OutputSummary) -> str:
@@ -355,6 +390,7 @@ figcaption{font-size:12px;line-height:1.35}
 figcaption .aus{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:11px;color:#3949ab}
 figcaption .where{color:var(--dim);font-size:11px}
 .empty,.note{color:var(--dim)}
+.commercial{font-weight:600}.commercial-no{color:var(--err)}.licence-no td{background:#fff6f6}
 footer{color:var(--dim);font-size:12px;margin-top:36px}
 @media (max-width:900px){.cards{grid-template-columns:repeat(2,1fr)}.grid2{grid-template-columns:1fr}}
 """.replace("__ERR__", ERROR_COLOR)
@@ -373,6 +409,7 @@ def build_report(root: str, options: ReportOptions | None = None) -> str:
         f'<header><h1>{esc(opts.title)}</h1><p class="sub">{esc(root)} · generated {now}</p></header>',
         f'<section id="summary">{summary_cards(s)}</section>',
         f'<section id="runs"><h2>Runs</h2>{runs_table(s)}</section>',
+        f'<section id="licences"><h2>Licences</h2>{licences_section(s)}</section>',
         '<div class="grid2">'
         f'<section id="fe"><h2>Expression distribution <small class="dim">({s.faces} faces)</small></h2>'
         f'{fe_chart(s)}' + (f'<p class="note">Per track segment: {fe_tracks}</p>' if fe_tracks else "") +
