@@ -4,7 +4,7 @@
 
 A job ends when its last video does. If a long video is listed last, it starts when the other
 videos are done and runs alone while every other actor idles. ``annotate`` hands videos to
-the actors largest file first (``workflows.annotate.pipeline.largest_first``). This bench measures both
+the actors largest file first (``workflows.annotate.plan.largest_first``). This bench measures both
 orders on one skewed corpus, alternating them (A B A B ...) so the machine's drift hits both:
 ``--short`` copies of the short sample media plus one long clip (the smiling clip looped
 ``--loops`` times), named so that it sorts last. It then simulates list scheduling on
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     import ray
 
-    import workflows.annotate.pipeline as annotate_mod
+    import workflows.annotate.plan as annotate_mod
     from workflows.annotate.pipeline import AnnotateConfig, annotate
     from workflows.core import assets
     from workflows.core.config import load_config

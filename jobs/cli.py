@@ -19,6 +19,7 @@ from jobs.commands import (
     assets,
     evaluate,
     export,
+    forget,
     inspect,
     model,
     render,
@@ -30,7 +31,8 @@ from jobs.commands import (
 )
 from workflows.core.redact import RedactingFilter, redact
 
-COMMANDS = (annotate, train, evaluate, retrain, inspect, report, render, export, review, model, assets, submit)
+COMMANDS = (annotate, train, evaluate, retrain, inspect, report, render, export, review, forget, model, assets,
+            submit)
 
 EPILOG = """\
 examples:

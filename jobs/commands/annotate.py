@@ -33,6 +33,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="where the stages run: local worker processes (no Ray; small jobs start in seconds), "
                         "Ray, or auto (default: local for a small job without a cluster address; "
                         "executor.local_max_videos)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="plan only: read the input, check it against OUTPUT (already done, errors not retried, "
+                        "deny-list) and print what a run would annotate, where and in how many chunks; writes "
+                        "nothing")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     p.set_defaults(handler=run)
 
@@ -65,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(AnnotateConfig, args.config, overrides)
     try:
         summary = annotate(args.input, args.output, cfg, force=args.force, limit=args.limit,
-                           progress=not args.no_progress, startup_s=process_age_s(), retry_errors=args.retry_errors)
+                           progress=not args.no_progress, startup_s=process_age_s(), retry_errors=args.retry_errors,
+                           dry_run=args.dry_run)
     except InputError as e:
         print(f"mien annotate: {redact(str(e))}", file=sys.stderr)
         return 2
@@ -84,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
               "Committed parts are kept; rerun the same command to resume", file=sys.stderr)
         return 1
     print(redact(summary.render(verbose=getattr(args, "verbose", False))))  # manifest entries may carry credentials
+    if summary.dry_run:
+        return 0
     print(f"output: {args.output}  (videos/, faces/, tracks/, runs/{summary.run_id}.json)")
     if cfg.mlflow.enabled:  # a default sqlite store appears in the working directory: say where
         from workflows.core.tracking import resolve_tracking_uri

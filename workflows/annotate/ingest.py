@@ -32,6 +32,7 @@ import os
 import posixpath
 import unicodedata
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 from workflows.annotate.decode import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 from workflows.core import storage
@@ -80,6 +81,21 @@ class Discovery:
     skipped_non_media: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
+class DiscoveryStream:
+    """What :func:`iter_discover` finds, one source at a time, so that a corpus of millions of
+    videos is never held as objects: iterate once; :attr:`rejected` and
+    :attr:`skipped_non_media` are complete when the iteration has ended."""
+
+    def __init__(self, sources: Iterator[VideoSource], rejected: list[RejectedEntry],
+                 skipped_non_media: dict[str, int] | None = None):
+        self._sources = sources
+        self.rejected = rejected
+        self.skipped_non_media = skipped_non_media or {}
+
+    def __iter__(self) -> Iterator[VideoSource]:
+        return self._sources
+
+
 def make_video_id(uri: str, fingerprint: str) -> str:
     return hashlib.sha256(f"{uri}\x00{fingerprint}".encode()).hexdigest()[:20]
 
@@ -90,20 +106,33 @@ def _fingerprint(info: dict) -> str:
     return f"{size}:{str(tag).strip(chr(34))}"
 
 
-def _source(location: str, meta: tuple[tuple[str, str], ...] | None = None) -> VideoSource:
-    """The unit of work for a local path (named by ``local_media_uri``) or an object-store URI.
-    Raises what the object store raises when it has no credentials (see ``storage.missing_credentials``)."""
+def _source(location: str, meta: tuple[tuple[str, str], ...] | None = None,
+            info: dict | None = None) -> VideoSource:
+    """The unit of work for a local path (named by ``local_media_uri``) or an object-store URI;
+    ``info``: the listing's details when it gave them (else one request here). Raises what the
+    object store raises when it has no credentials (see ``storage.missing_credentials``)."""
     uri = location if storage.is_remote(location) else storage.local_uri(location)
-    try:
-        info = storage.info(location)
-    except OSError:  # missing, unreadable, name too long: the decode stage reports it per video
-        info = {}
+    if info is None:
+        try:
+            info = storage.info(location)
+        except OSError:  # missing, unreadable, name too long: the decode stage reports it per video
+            info = {}
     fp = _fingerprint(info) if info else "missing"
     return VideoSource(make_video_id(uri, fp), uri, info.get("size") if info else None, fp, meta)
 
 
 def discover(input_uri: str, allowed_roots: list[str] | None = None) -> Discovery:
     """The media under ``input_uri`` (sorted by path), or in the manifest it names (in its order)."""
+    found = iter_discover(input_uri, allowed_roots)
+    sources = list(found)
+    return Discovery(sources, found.rejected, found.skipped_non_media)
+
+
+def iter_discover(input_uri: str, allowed_roots: list[str] | None = None) -> DiscoveryStream:
+    """:func:`discover`, streamed: a manifest is read a batch of lines at a time and each source is
+    made (its file's size and fingerprint looked up) when it is reached. A directory or prefix is
+    listed here (names only: an object store's listing gives sizes and ETags, so no request per
+    file). Raises :class:`InputError` here, before the first source, for an unusable input."""
     root = storage.strip_file_scheme(input_uri)
     lower = root.lower()
     if lower.endswith(MANIFEST_SUFFIXES):
@@ -112,10 +141,11 @@ def discover(input_uri: str, allowed_roots: list[str] | None = None) -> Discover
         return _from_local_dir(root)
     with _input_errors("input", input_uri, "list", hint=" (give a directory, an s3:// prefix, a media file or a "
                                                         "manifest .parquet/.csv/.jsonl with a 'uri' column)"):
-        uris = storage.list_files(root)
-        media = [u for u in uris if _is_media(u)]
-        sources = [_source(u) for u in media]
-    return Discovery(sources, [], _count_extensions(u for u in uris if not _is_media(u)))
+        listed = storage.list_file_details(root)
+    media = [(u, info) for u, info in listed if _is_media(u)]
+    skipped = _count_extensions(u for u, _ in listed if not _is_media(u))
+    del listed
+    return DiscoveryStream((_source(u, info=info) for u, info in media), [], skipped)
 
 
 @contextlib.contextmanager
@@ -162,11 +192,10 @@ def _is_utf8(name: str) -> bool:
     return True
 
 
-def _from_local_dir(root: str) -> Discovery:
+def _from_local_dir(root: str) -> DiscoveryStream:
     """Regular media files under a local directory; irregular media-named entries rejected."""
     root = os.path.abspath(root)
     real_root = os.path.realpath(root)
-    sources: list[VideoSource] = []
     rejected: list[RejectedEntry] = []
     found: list[tuple[str, str | None]] = []  # (path, reason to reject or None)
     other: list[str] = []  # files that are not media
@@ -183,12 +212,10 @@ def _from_local_dir(root: str) -> Discovery:
             path = os.path.join(dirpath, name)
             if _is_media(name):
                 found.append((path, _local_entry_problem(path, real_root)))
-    for path, reason in sorted(found):
-        if reason is None:
-            sources.append(_source(path))
-        else:
-            rejected.append(RejectedEntry(printable(path), 0, reason))
-    return Discovery(sources, rejected, _count_extensions(other))
+    found.sort()
+    rejected += [RejectedEntry(printable(path), 0, reason) for path, reason in found if reason is not None]
+    return DiscoveryStream((_source(path) for path, reason in found if reason is None), rejected,
+                           _count_extensions(other))
 
 
 def _local_entry_problem(path: str, real_root: str) -> str | None:
@@ -211,43 +238,74 @@ _Line = tuple[int, str, str | None, tuple[tuple[str, str], ...]]
 
 
 def _meta_text(value: object) -> str:
-    """A manifest value as ``videos.meta`` stores it: strings as they are, anything else as JSON."""
-    return value if isinstance(value, str) else json.dumps(value, default=str, ensure_ascii=False)
+    """A manifest value (or column name) as ``videos.meta`` stores it: strings as they are (bytes that
+    were not UTF-8 as ``\\xNN``: Parquet holds UTF-8 only), anything else as JSON."""
+    if not isinstance(value, str):
+        return json.dumps(value, default=str, ensure_ascii=False)
+    return value if _is_utf8(value) else value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+# Manifest rows read at once from a Parquet manifest: memory stays bounded for any manifest size.
+PARQUET_BATCH_ROWS = 8192
 
 
 def _manifest_lines(uri: str) -> Iterator[_Line]:
-    """Every entry of a manifest (:data:`_Line`). Raises InputError only for what makes the whole
-    manifest unusable."""
+    """Every entry of a manifest (:data:`_Line`), read as it is iterated. Opens the manifest and
+    checks its header here: raises InputError only for what makes the whole manifest unusable."""
+    import io
+
     lower = uri.lower()
     with _input_errors("manifest", uri, "read the"):
         if lower.endswith(".parquet"):
-            yield from _parquet_lines(uri)
-            return
-        # Undecodable bytes survive as surrogates so that one bad line is rejected, not the file;
-        # a byte-order mark (spreadsheet exports) is not part of the first column's name.
-        text = storage.read_bytes(uri).decode("utf-8-sig", "surrogateescape")
-    yield from _csv_lines(uri, text) if lower.endswith(".csv") else _jsonl_lines(text)
+            lines = _parquet_lines(uri)
+        else:
+            # Undecodable bytes survive as surrogates so that one bad line is rejected, not the file;
+            # a byte-order mark (spreadsheet exports) is not part of the first column's name. JSON
+            # lines end at "\n" only: a JSON string may hold U+2028 and friends.
+            csv_file = lower.endswith(".csv")
+            text = io.TextIOWrapper(storage.open_input(uri), encoding="utf-8-sig", errors="surrogateescape",
+                                    newline="" if csv_file else "\n")
+            lines = _csv_lines(uri, text) if csv_file else _jsonl_lines(text)
+    return _reading(uri, lines)
+
+
+def _reading(uri: str, lines: Iterator[_Line]) -> Iterator[_Line]:
+    """``lines`` with a storage error met half-way through the manifest reported as for its start."""
+    with _input_errors("manifest", uri, "read the"):
+        yield from lines
 
 
 def _parquet_lines(uri: str) -> Iterator[_Line]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    fs, path = storage.filesystem(uri)
+    stream = storage.open_input(uri)
     try:
-        names = pq.read_schema(path, filesystem=fs).names
+        manifest = pq.ParquetFile(stream)
+        names = manifest.schema_arrow.names
         _check_uri_columns(uri, names)
-        table = pq.read_table(path, filesystem=fs)
     except pa.ArrowInvalid as e:
+        stream.close()
         raise InputError(f"manifest {printable(uri)} is not a readable Parquet file ({e})") from e
+    except InputError:
+        stream.close()
+        raise
+    return _parquet_rows(stream, manifest, names)
+
+
+def _parquet_rows(stream: Any, manifest: Any, names: list[str]) -> Iterator[_Line]:
     others = [c for c in names if c != "uri"]
-    values = {c: table.column(c).to_pylist() for c in others}
-    for n, v in enumerate(table.column("uri").to_pylist(), 1):  # rows are numbered from 1
-        meta = tuple((c, _meta_text(values[c][n - 1])) for c in others if values[c][n - 1] is not None)
-        if v is None or isinstance(v, str):
-            yield n, v or "", None, meta
-        else:
-            yield n, printable(repr(v)[:200]), f"'uri' must be a string, got {type(v).__name__}", meta
+    n = 0  # rows are numbered from 1
+    with stream:
+        for batch in manifest.iter_batches(batch_size=PARQUET_BATCH_ROWS):
+            values = {c: batch.column(c).to_pylist() for c in others}
+            for i, v in enumerate(batch.column("uri").to_pylist()):
+                n += 1
+                meta = tuple((c, _meta_text(values[c][i])) for c in others if values[c][i] is not None)
+                if v is None or isinstance(v, str):
+                    yield n, v or "", None, meta
+                else:
+                    yield n, printable(repr(v)[:200]), f"'uri' must be a string, got {type(v).__name__}", meta
 
 
 def _check_uri_columns(uri: str, columns: list[str]) -> None:
@@ -257,29 +315,44 @@ def _check_uri_columns(uri: str, columns: list[str]) -> None:
                          f"give exactly one column named 'uri'")
 
 
-def _csv_lines(uri: str, text: str) -> Iterator[_Line]:
+def _csv_lines(uri: str, text: Any) -> Iterator[_Line]:
     import csv
-    import io
 
-    reader = csv.reader(io.StringIO(text))
+    reader = csv.reader(text)
     try:
         header = next(reader, [])
     except csv.Error as e:
+        text.close()
         raise InputError(f"manifest {printable(uri)}: its header line is not CSV ({e})") from e
-    _check_uri_columns(uri, header)
+    except BaseException:
+        text.close()
+        raise
+    try:
+        _check_uri_columns(uri, header)
+    except InputError:
+        text.close()
+        raise
+    return _csv_rows(text, reader, header)
+
+
+def _csv_rows(text: Any, reader: Any, header: list[str]) -> Iterator[_Line]:
+    import csv
+
     col = header.index("uri")
-    while True:
-        line = reader.line_num + 1  # where this record starts (a quoted field may span lines)
-        try:
-            row = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as e:  # e.g. a field over csv.field_size_limit(); the reader goes on at the next line
-            yield line, "", f"not readable as CSV ({e})", ()
-            continue
-        if row:  # a blank line is no entry; an empty cell is no value
-            meta = tuple((h, v) for i, (h, v) in enumerate(zip(header, row, strict=False)) if i != col and v != "")
-            yield line, (row[col] if col < len(row) else "").strip(), None, meta
+    with text:
+        while True:
+            line = reader.line_num + 1  # where this record starts (a quoted field may span lines)
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as e:  # e.g. a field over csv.field_size_limit(); the reader goes on at the next line
+                yield line, "", f"not readable as CSV ({e})", ()
+                continue
+            if row:  # a blank line is no entry; an empty cell is no value
+                meta = tuple((_meta_text(h), _meta_text(v)) for i, (h, v) in enumerate(zip(header, row, strict=False))
+                             if i != col and v != "")
+                yield line, (row[col] if col < len(row) else "").strip(), None, meta
 
 
 class _DuplicateKey(ValueError):
@@ -292,11 +365,13 @@ def _object_without_duplicate_uri(pairs: list[tuple[str, object]]) -> dict:
     return dict(pairs)
 
 
-def _jsonl_lines(text: str) -> Iterator[_Line]:
-    lines = text.split("\n")  # not splitlines(): a JSON string may hold U+2028 and friends
-    if lines and not lines[-1].strip():
-        lines.pop()  # the final newline ends the last line
-    for n, line in enumerate(lines, 1):
+def _jsonl_lines(text: Any) -> Iterator[_Line]:
+    with text:
+        yield from _jsonl_records(text)
+
+
+def _jsonl_records(text: Any) -> Iterator[_Line]:
+    for n, line in enumerate(text, 1):
         if not line.strip():
             yield n, "", None, ()
             continue
@@ -314,7 +389,7 @@ def _jsonl_lines(text: str) -> Iterator[_Line]:
         if not isinstance(obj, dict) or "uri" not in obj:
             yield n, "", "an object with a 'uri' key is required", ()
             continue
-        meta = tuple((k, _meta_text(v)) for k, v in obj.items() if k != "uri" and v is not None)
+        meta = tuple((_meta_text(k), _meta_text(v)) for k, v in obj.items() if k != "uri" and v is not None)
         if not isinstance(obj["uri"], str):
             yield (n, printable(json.dumps(obj["uri"])[:200]),
                    f"'uri' must be a string, got {type(obj['uri']).__name__}", meta)
@@ -327,18 +402,25 @@ def _within(path: str, root: str) -> bool:
     return path == root or path.startswith(root + "/")
 
 
-def _from_manifest(manifest: str, allowed_roots: list[str] | None) -> Discovery:
+def _from_manifest(manifest: str, allowed_roots: list[str] | None) -> DiscoveryStream:
+    rejected: list[RejectedEntry] = []
+    lines = _manifest_lines(manifest)  # an unusable manifest is an InputError now, not at the first entry
+    return DiscoveryStream(_manifest_sources(manifest, allowed_roots, lines, rejected), rejected)
+
+
+def _manifest_sources(manifest: str, allowed_roots: list[str] | None, lines: Iterator[_Line],
+                      rejected: list[RejectedEntry]) -> Iterator[VideoSource]:
     base = manifest.rsplit("/", 1)[0] if "/" in manifest else "."
     remote_base = storage.is_remote(manifest)
     if not remote_base:
         base = os.path.dirname(os.path.abspath(manifest))
     roots = [storage.strip_file_scheme(r) for r in (allowed_roots or [])]
     roots = [r if storage.is_remote(r) else os.path.realpath(r) for r in roots]
-    sources: list[VideoSource] = []
-    rejected: list[RejectedEntry] = []
-    seen: set[str] = set()
+    # Entries seen, by hash: a set of ints stays small for millions of lines (a 64-bit collision,
+    # ~1e-8 at a million entries, would show as a "duplicate entry" rejection, never silently).
+    seen: set[int] = set()
     no_credentials: set[str] = set()  # schemes already refused for want of credentials: not asked again
-    for line, entry, problem, meta in _manifest_lines(manifest):
+    for line, entry, problem, meta in lines:
         if problem is not None:
             rejected.append(RejectedEntry(entry, line, problem))
             continue
@@ -398,19 +480,20 @@ def _from_manifest(manifest: str, allowed_roots: list[str] | None) -> Discovery:
         if not uri.lower().endswith(MEDIA_SUFFIXES):
             rejected.append(RejectedEntry(entry, line, f"not a supported media suffix ({', '.join(MEDIA_SUFFIXES)})"))
             continue
-        if uri in seen:
+        if hash(uri) in seen:
             rejected.append(RejectedEntry(entry, line, "duplicate entry"))
             continue
-        seen.add(uri)
+        seen.add(hash(uri))
         scheme = uri.split("://", 1)[0].lower() if storage.is_remote(uri) else ""
         if scheme in no_credentials:
             rejected.append(RejectedEntry(entry, line, NO_CREDENTIALS))
             continue
         try:
-            sources.append(_source(uri, meta or None))
+            source = _source(uri, meta or None)
         except Exception as e:
             if not missing_credentials(e):
                 raise
             no_credentials.add(scheme)
             rejected.append(RejectedEntry(entry, line, NO_CREDENTIALS))
-    return Discovery(sources, rejected)
+            continue
+        yield source

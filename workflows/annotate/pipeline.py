@@ -125,9 +125,16 @@ class OutputConfig:
     # killed on another machine counts as gone this long after its last refresh (one on this
     # machine at once), and one that cannot refresh it for ttl/2 stops before its next commit.
     lease_ttl_s: float = 120.0
+    # off | strict: no face crop is written, whatever `crops` says (workflows/corpus/privacy.py;
+    # docs/OUTPUT.md, "What is stored (and privacy mode)").
+    privacy: str = "off"
 
     def validate(self) -> list[str]:
+        from workflows.corpus.privacy import PRIVACY_MODES
+
         p = [] if 1 <= self.jpeg_quality <= 100 else ["jpeg_quality: must be in 1..100"]
+        if self.privacy not in PRIVACY_MODES:
+            p.append(f"privacy: must be one of {', '.join(PRIVACY_MODES)}, got {self.privacy!r}")
         return p + ([] if self.lease_ttl_s > 0 else [f"lease_ttl_s: must be > 0, got {self.lease_ttl_s}"])
 
 
@@ -139,6 +146,13 @@ class AssetsConfig:
 @dataclasses.dataclass
 class IngestConfig:
     allowed_roots: list[str] = dataclasses.field(default_factory=list)  # for manifest entries
+    # Videos never to annotate, by video_id or URI; deny_list_file: a text file of them, one a line
+    # (local or s3://). The output's own list (`mien forget`) applies too (workflows/corpus/privacy.py).
+    deny_list: list[str] = dataclasses.field(default_factory=list)
+    deny_list_file: str | None = None
+    # Videos annotated per pipeline run: the driver holds one chunk of sources at a time (the plan
+    # waits on local disk; workflows/annotate/plan.py). Raised to 16 per actor on large clusters.
+    chunk_videos: int = bounded(10_000, lo=1)
 
 
 @dataclasses.dataclass
@@ -179,12 +193,15 @@ class AnnotateConfig:
 class AnnotateSummary:
     run_id: str
     output: str
+    dry_run: bool = False  # planned only (--dry-run): nothing ran, nothing was written
+    planned_chunks: int = 0
     videos_total: int = 0
     videos_skipped: int = 0
     # Videos left alone because their current row is an error of the file itself: kind -> videos.
     errors_not_retried: dict[str, int] = dataclasses.field(default_factory=dict)
     # Left to other live runs on the same output (claimed by them first): run -> videos.
     videos_elsewhere: dict[str, int] = dataclasses.field(default_factory=dict)
+    denied: int = 0  # on the deny-list (ingest.deny_list, ingest.deny_list_file, `mien forget`): not annotated
     videos_ok: int = 0
     videos_error: int = 0
     faces: int = 0
@@ -247,12 +264,22 @@ class AnnotateSummary:
     def render(self, verbose: bool = False) -> str:
         from workflows.annotate.ingest import printable
 
-        lines = [f"run {self.run_id} -> {self.output}",
-                 f"videos: {self.videos_ok} ok, {self.videos_error} error, {self.videos_skipped} already done "
-                 f"(of {self.videos_total}); faces {self.faces}, tracks {self.tracks}; {self.wall_s:.1f} s"]
+        if self.dry_run:
+            todo = self.videos_total - self.videos_skipped - sum(self.errors_not_retried.values()) - self.denied
+            where = f" on the {self.executor} executor" if self.executor else ""
+            lines = [f"dry run -> {self.output}: nothing was run or written",
+                     f"videos: {todo} to annotate{where} in {self.planned_chunks} chunk(s), "
+                     f"{self.videos_skipped} already done (of {self.videos_total})"]
+        else:
+            lines = [f"run {self.run_id} -> {self.output}",
+                     f"videos: {self.videos_ok} ok, {self.videos_error} error, {self.videos_skipped} already done "
+                     f"(of {self.videos_total}); faces {self.faces}, tracks {self.tracks}; {self.wall_s:.1f} s"]
         if self.skipped_non_media:
             lines.append(f"skipped {sum(self.skipped_non_media.values())} non-media file(s): "
                          + ", ".join(f"{ext} {n}" for ext, n in self.skipped_non_media.items()))
+        if self.denied:
+            lines.append(f"{self.denied} video(s) on the deny-list not annotated (ingest.deny_list, "
+                         f"ingest.deny_list_file, {self.output}/_privacy/forgotten.jsonl)")
         if self.errors_not_retried:
             lines.append(f"{sum(self.errors_not_retried.values())} video(s) not retried: their earlier error is in "
                          f"the file itself (" + ", ".join(f"{k} {n}" for k, n in self.errors_not_retried.items())
@@ -331,15 +358,22 @@ def settled_errors(output_uri: str) -> dict[str, str]:
 
 def annotate(input_uri: str, output_uri: str, cfg: AnnotateConfig, force: bool = False,
              limit: int | None = None, progress: bool = True, startup_s: float | None = None,
-             retry_errors: bool = False) -> AnnotateSummary:
+             retry_errors: bool = False, dry_run: bool = False) -> AnnotateSummary:
     """Run the pipeline; returns the summary. Raises InputError / PermissionError for an
     unusable input root or output and ModelDirError for an unusable model (the CLI turns them
     into a message and exit code). ``startup_s``: the caller's start-up time (process start and
     imports) for the breakdown. A rerun skips videos whose current row is ``ok`` or an error of
     the file itself (:data:`SETTLED_ERROR_KINDS`; ``retry_errors`` retries those, ``force`` redoes
-    everything)."""
-    from workflows.annotate.ingest import discover
+    everything). ``dry_run``: plan only (what would run, counted), and write nothing.
+
+    The input is planned in one streamed pass (:mod:`workflows.annotate.plan`) and annotated a
+    chunk of ``ingest.chunk_videos`` at a time, so the driver's memory does not grow with the corpus."""
+    import tempfile
+
+    from workflows.annotate.ingest import iter_discover
+    from workflows.annotate.plan import Plan
     from workflows.corpus.lease import RunLease
+    from workflows.corpus.privacy import read_deny_list
     from workflows.corpus.writer import AnnotationSink
 
     t0 = time.perf_counter()
@@ -350,48 +384,55 @@ def annotate(input_uri: str, output_uri: str, cfg: AnnotateConfig, force: bool =
     # Actors do not share the driver's working directory: paths the user gave are fixed here.
     output_uri = storage.absolute(output_uri)
     cfg.model.uri = storage.absolute(cfg.model.uri)
-    summary = AnnotateSummary(run_id=run_id, output=output_uri)
+    summary = AnnotateSummary(run_id=run_id, output=output_uri, dry_run=dry_run)
+    if cfg.output.privacy == "strict" and cfg.output.crops:  # strict wins: the MLLM stage writes no crop
+        log.info("output.privacy=strict: no face crops are written (output.crops=true is overridden)")
+        cfg.output.crops = False
     storage.check_writable(output_uri)
     # The tracking store opens (imports, tables, experiment) while the job runs, not after it.
-    tracking = _Background(_open_tracking, cfg) if cfg.mlflow.enabled and not cfg.model.uri.startswith(
+    tracking = _Background(_open_tracking, cfg) if cfg.mlflow.enabled and not dry_run and not cfg.model.uri.startswith(
         ("models:/", "runs:/")) else None
-    found = discover(input_uri, cfg.ingest.allowed_roots or None)
-    sources = found.sources
+    found = iter_discover(input_uri, cfg.ingest.allowed_roots or None)  # an unusable input fails here
     clock.lap("discover_s")
     summary.licences = _check_model(cfg)
     clock.lap("model_check_s")
-    if limit is not None:
-        sources = sources[:limit]
-    summary.videos_total = len(sources)
-    summary.rejected = [dataclasses.asdict(r) for r in found.rejected]
-    summary.skipped_non_media = found.skipped_non_media
     # Other runs may write to this output at the same time (shards, a second start): the lease
     # keeps them from removing each other's chunks in flight, and --force deletes nothing before
-    # its new rows are committed (workflows/corpus/writer.py).
-    with RunLease(output_uri, run_id, cfg.output.lease_ttl_s, input_uri=input_uri, force=force) as lease:
+    # its new rows are committed (workflows/corpus/writer.py). A dry run takes none: it writes nothing.
+    leasing = contextlib.nullcontext() if dry_run else RunLease(output_uri, run_id, cfg.output.lease_ttl_s,
+                                                                 input_uri=input_uri, force=force)
+    with leasing as lease, tempfile.TemporaryDirectory(prefix=f"mien-plan-{run_id}-") as spill:
         sink = AnnotationSink(output_uri, run_id, cfg.output.flush_every_videos, cfg.output.flush_every_s,
                               lease=lease)
-        sink.prepare(temporaries_older_than_s=cfg.output.lease_ttl_s)
-        done = set() if force else sink.done_video_ids()
-        settled = {} if force or retry_errors else settled_errors(output_uri)
-        todo = [s for s in sources if s.video_id not in done and s.video_id not in settled]
-        summary.videos_skipped = sum(s.video_id in done for s in sources)
-        summary.errors_not_retried = dict(collections.Counter(
-            settled[s.video_id] for s in sources if s.video_id in settled and s.video_id not in done).most_common())
-        held = lease.claim([s.video_id for s in todo])
-        if held:
-            todo = [s for s in todo if s.video_id not in held]
-            runs = {rec.run_id: rec for rec in held.values()}
-            summary.videos_elsewhere = {runs[r].describe(): n for r, n in
-                                        collections.Counter(rec.run_id for rec in held.values()).items()}
-            log.warning("%d video(s) are claimed by other live run(s) on this output and left to them: %s",
-                        len(held), "; ".join(summary.videos_elsewhere))
-        log.info("%d video(s) found, %d already annotated, %d to do; run %s", len(sources),
-                 summary.videos_skipped, len(todo), run_id)
+        if not dry_run:
+            sink.prepare(temporaries_older_than_s=cfg.output.lease_ttl_s)
+        # The deny-list is read after the lease is taken: a `mien forget` either sees this run or is seen.
+        deny = read_deny_list(output_uri, cfg.ingest.deny_list, cfg.ingest.deny_list_file)
+        work = Plan.build(found, spill, done=set() if force else sink.done_video_ids(),
+                     settled={} if force or retry_errors else settled_errors(output_uri),
+                     denied=(lambda s: deny.denies(s.video_id, s.uri)) if deny else None, limit=limit)
+        summary.videos_total, summary.videos_skipped = work.counts.total, work.counts.skipped
+        summary.errors_not_retried = dict(work.counts.settled.most_common())
+        summary.denied = work.counts.denied
+        summary.rejected = [dataclasses.asdict(r) for r in found.rejected]
+        summary.skipped_non_media = found.skipped_non_media
+        if summary.denied:
+            log.warning("%d video(s) on the deny-list (ingest.deny_list, ingest.deny_list_file, `mien forget`) are "
+                        "not annotated", summary.denied)
+        log.info("%d video(s) found, %d already annotated, %d to do; run %s", work.counts.total,
+                 summary.videos_skipped, work.counts.todo, run_id)
         clock.lap("resume_check_s")
+        if dry_run:
+            if work.counts.todo:
+                summary.executor, why = choose_executor(cfg, work.counts.todo)
+                log.info("executor: %s (%s)", summary.executor, why)
+            summary.planned_chunks = sum(1 for _ in work.chunks(cfg.ingest.chunk_videos))
+            summary.wall_s = time.perf_counter() - t0
+            summary.breakdown = dict(clock.phases)
+            return summary
         plan: dict[str, Any] = {}
-        if todo:
-            plan = _run(todo, cfg, run_id, sink, summary, progress, clock)
+        if work.counts.todo:
+            plan = _run(work, cfg, run_id, sink, lease, summary, progress, clock)
         sink.flush()
         sink.drop_replaced()  # the rows this run replaced, now that its own are committed
         clock.lap("sink_s")
@@ -530,17 +571,21 @@ def _local_gpus() -> bool:
     return bool(glob.glob("/dev/nvidia[0-9]*"))
 
 
-def _run(todo: list, cfg: AnnotateConfig, run_id: str, sink: Any, summary: AnnotateSummary,
+def _run(work: Any, cfg: AnnotateConfig, run_id: str, sink: Any, lease: Any, summary: AnnotateSummary,
          progress: bool, clock: Stopwatch) -> dict[str, Any]:
+    """Annotate the planned videos (``work``: a :class:`~workflows.annotate.plan.Plan`) a chunk at a
+    time; returns the stage plan."""
+    from workflows.annotate import plan as planning
     from workflows.annotate import runner
 
-    executor, why = choose_executor(cfg, len(todo))
+    total = work.counts.todo
+    executor, why = choose_executor(cfg, total)
     summary.executor = executor
     log.info("executor: %s (%s)", executor, why)
     if executor == "local":
         from workflows.annotate import local
 
-        plan = local.local_plan(cfg, len(todo))
+        plan = local.local_plan(cfg, total)
 
         def execute(rows: list[dict[str, str]], plan: dict[str, Any]) -> Iterable[dict[str, Any]]:
             return local.run_local(rows, cfg, run_id, plan)
@@ -549,61 +594,68 @@ def _run(todo: list, cfg: AnnotateConfig, run_id: str, sink: Any, summary: Annot
 
         resources = cfg.ray.connect()
         clock.lap("cluster_start_s")
-        plan = runner.stage_plan(cfg, resources, len(todo), cluster.node_resources())
+        plan = runner.stage_plan(cfg, resources, total, cluster.node_resources())
 
         def execute(rows: list[dict[str, str]], plan: dict[str, Any]) -> Iterable[dict[str, Any]]:
             return runner.run_pipeline(rows, cfg, run_id, plan, progress)
     summary.plan = plan
     log.info("stage plan: %s", plan)
+    # Each chunk is one pipeline run (its actors start anew): at least 16 videos per face actor.
+    chunk_videos = max(cfg.ingest.chunk_videos, 16 * sum(int(p.get("concurrency") or 0) for p in plan.values()))
     t_start = time.perf_counter()
     fe_counts: collections.Counter[str] = collections.Counter()
     au_counts: collections.Counter[str] = collections.Counter()
-    pending = {s.video_id: s for s in todo}
+    elsewhere: collections.Counter[str] = collections.Counter()
     done = 0
     last_log = 0.0
-    for attempt in range(cfg.ray.crash_passes + 1):
-        if not pending:
-            break
-        if attempt:
-            log.warning("%d video(s) lost to crashed workers; retrying them one at a time (pass %d/%d)",
-                        len(pending), attempt, cfg.ray.crash_passes)
-            plan = runner.isolated(plan)
-        rows = [{"video_id": s.video_id, "uri": s.uri} for s in largest_first(pending.values())]
-        for row in execute(rows, plan):
-            source = pending.pop(row["video_id"], None)
-            if source is None:
-                # A block re-executed after a node or object loss can deliver a video twice;
-                # the first result is already in the sink.
-                log.warning("ignoring a second result for video %s", row["video_id"])
-                continue
-            row["meta"] = source.meta  # stays on the driver: the workers never see manifest columns
+    for chunk in work.chunks(chunk_videos):
+        held = lease.claim([s.video_id for s in chunk])
+        if held:
+            chunk = [s for s in chunk if s.video_id not in held]
+            runs = {rec.run_id: rec for rec in held.values()}
+            mine = collections.Counter(runs[rec.run_id].describe() for rec in held.values())
+            elsewhere.update(mine)
+            total -= len(held)
+            log.warning("%d video(s) are claimed by other live run(s) on this output and left to them: %s",
+                        len(held), "; ".join(mine))
+        pending = {s.video_id: s for s in chunk}
+        passes = plan
+        for attempt in range(cfg.ray.crash_passes + 1):
+            if not pending:
+                break
+            if attempt:
+                log.warning("%d video(s) lost to crashed workers; retrying them one at a time (pass %d/%d)",
+                            len(pending), attempt, cfg.ray.crash_passes)
+                passes = runner.isolated(passes)
+            rows = [{"video_id": s.video_id, "uri": s.uri} for s in planning.largest_first(pending.values())]
+            for row in execute(rows, passes):
+                source = pending.pop(row["video_id"], None)
+                if source is None:
+                    # A block re-executed after a node or object loss can deliver a video twice;
+                    # the first result is already in the sink.
+                    log.warning("ignoring a second result for video %s", row["video_id"])
+                    continue
+                row["meta"] = source.meta  # stays on the driver: the workers never see manifest columns
+                done += 1
+                if summary.first_result_s is None:
+                    summary.first_result_s = time.perf_counter() - t_start
+                    clock.lap("first_result_s")
+                last_log = _consume(row, run_id, sink, summary, fe_counts, au_counts, done, total, last_log)
+        for s in pending.values():  # still missing: every attempt crashed its worker
+            row = {"video_id": s.video_id, "video_uri": s.uri, "status": "error", "error_kind": "worker_crash",
+                   "error": f"the worker processing this video died on every try ({cfg.ray.crash_passes + 1} "
+                            + ("pass(es); a native crash or out of memory); see the run's stderr"
+                               if executor == "local" else
+                               f"pass(es) x {cfg.ray.max_task_retries + 1} tries; a native crash or out of "
+                               f"memory); see the Ray logs"),
+                   "faces_ipc": None, "tracks_ipc": None, "n_frames": 0, "meta": s.meta}
             done += 1
-            if summary.first_result_s is None:
-                summary.first_result_s = time.perf_counter() - t_start
-                clock.lap("first_result_s")
-            last_log = _consume(row, run_id, sink, summary, fe_counts, au_counts, done, len(todo), last_log)
-    for s in pending.values():  # still missing: every attempt crashed its worker
-        row = {"video_id": s.video_id, "video_uri": s.uri, "status": "error", "error_kind": "worker_crash",
-               "error": f"the worker processing this video died on every try ({cfg.ray.crash_passes + 1} "
-                        + ("pass(es); a native crash or out of memory); see the run's stderr" if executor == "local"
-                           else f"pass(es) x {cfg.ray.max_task_retries + 1} tries; a native crash or out of "
-                                f"memory); see the Ray logs"),
-               "faces_ipc": None, "tracks_ipc": None, "n_frames": 0, "meta": s.meta}
-        done += 1
-        last_log = _consume(row, run_id, sink, summary, fe_counts, au_counts, done, len(todo), last_log)
+            last_log = _consume(row, run_id, sink, summary, fe_counts, au_counts, done, total, last_log)
+    summary.videos_elsewhere = dict(elsewhere)
     clock.lap("steady_state_s")
     summary.fe_counts = dict(fe_counts)
     summary.au_counts = dict(au_counts)
     return plan
-
-
-def largest_first(sources: Iterable[Any]) -> list[Any]:
-    """Dispatch order: largest file first, unknown sizes last, listing order among equals.
-
-    Actors take videos in this order, so a long video listed last would otherwise run alone at
-    the end of the job while every other actor idles (`bench/bench_order.py` measures it). File
-    size stands in for decode+face work, which grows with duration."""
-    return sorted(sources, key=lambda s: -(s.size or 0))
 
 
 def _consume(row: dict[str, Any], run_id: str, sink: Any, summary: AnnotateSummary,
@@ -686,7 +738,7 @@ def _write_run_json(output_uri: str, input_uri: str, cfg: AnnotateConfig, summar
         "licences": summary.licences,
         "counts": {"videos_total": summary.videos_total, "videos_skipped": summary.videos_skipped,
                    "errors_not_retried": summary.errors_not_retried,
-                   "videos_elsewhere": sum(summary.videos_elsewhere.values()),
+                   "videos_elsewhere": sum(summary.videos_elsewhere.values()), "denied": summary.denied,
                    "videos_ok": summary.videos_ok, "videos_error": summary.videos_error,
                    "faces": summary.faces, "tracks": summary.tracks,
                    "rejected_manifest_lines": len(summary.rejected),

@@ -198,25 +198,31 @@ def info(uri: str) -> dict[str, Any]:
     return fs.info(path)
 
 
-@with_retries
 def list_files(uri: str, suffixes: Iterable[str] | None = None) -> list[str]:
     """All files under ``uri`` (recursive), sorted, as URIs; filtered by lower-case suffix.
 
     A ``uri`` that is itself a file is returned alone. Raises FileNotFoundError when the
     root does not exist.
     """
+    return [u for u, _ in list_file_details(uri, suffixes)]
+
+
+@with_retries
+def list_file_details(uri: str, suffixes: Iterable[str] | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """:func:`list_files` with each file's listing details (size, ETag or mtime), so that callers
+    need no request per file (an object store lists 1000 keys with one request)."""
     fs, path = filesystem(uri)
     if not fs.exists(path):
         raise FileNotFoundError(f"input not found: {uri}")
     if fs.isfile(path):
-        paths = [path]
+        found = {path: fs.info(path)}
     else:
         fs.invalidate_cache(path)
-        paths = [p for p, d in fs.find(path, detail=True, withdirs=False).items() if d.get("type") == "file"]
+        found = {p: d for p, d in fs.find(path, detail=True, withdirs=False).items() if d.get("type") == "file"}
     if suffixes is not None:
         sfx = tuple(s.lower() for s in suffixes)
-        paths = [p for p in paths if p.lower().endswith(sfx)]
-    return sorted(_to_uri(fs, p) for p in paths)
+        found = {p: d for p, d in found.items() if p.lower().endswith(sfx)}
+    return sorted(((_to_uri(fs, p), d) for p, d in found.items()), key=lambda ud: ud[0])
 
 
 def open_input(uri: str, block_size: int = 4 << 20) -> IO[bytes]:

@@ -60,6 +60,7 @@ import pyarrow.parquet as pq
 from model.taxonomy import AU_DESCRIPTIONS, AU_NAMES, FE_BASIC
 from workflows.core import storage
 from workflows.corpus import schema
+from workflows.corpus.privacy import crops_withheld
 from workflows.corpus.reader import AnnotationOutput
 from workflows.training.instructions import (
     DEFAULT_TASKS,
@@ -382,6 +383,9 @@ def export_tasks(output_uri: str, dest: str, budget: int = 100, strategy: Strate
     out = AnnotationOutput(output_uri)
     candidates, n_read = candidate_faces(out)
     with_crop = int(candidates["has_crop"].sum())
+    if n_read and not with_crop and (strict := crops_withheld(out)):
+        raise ReviewError(f"{output_uri}: {strict}, and Label Studio needs an image to show; review an output "
+                          "annotated without privacy mode")
     if n_read and not with_crop:
         raise ReviewError(f"{output_uri} has no face crops (annotated with output.crops=false), and Label Studio "
                           "needs an image to show: annotate again with crops, `mien annotate --input ... "

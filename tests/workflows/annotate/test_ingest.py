@@ -104,7 +104,7 @@ def test_videos_are_dispatched_largest_first():
     """A long video listed last would run alone at the end of the job: the largest files go
     first, unknown sizes last, listing order among equal sizes."""
     from workflows.annotate.ingest import VideoSource
-    from workflows.annotate.pipeline import largest_first
+    from workflows.annotate.plan import largest_first
 
     srcs = [VideoSource(str(i), f"/d/{i}.mp4", size, "fp") for i, size in
             enumerate([10, None, 300, 10, 5000, 0])]
