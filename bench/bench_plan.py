@@ -71,24 +71,28 @@ def commit_all(manifest: Path, out: Path) -> None:
     import datetime as dt
 
     from workflows.annotate.ingest import iter_discover
+    from workflows.annotate.pipeline import OutputConfig
     from workflows.corpus import schema
     from workflows.corpus.writer import AnnotationSink
 
-    sink = AnnotationSink(str(out), "20260101T000000Z-bench000", flush_every_videos=1 << 30, flush_every_s=1e9)
+    # Chunks as a run commits them (output.flush_every_videos videos a part).
+    sink = AnnotationSink(str(out), "20260101T000000Z-bench000", OutputConfig().flush_every_videos, flush_every_s=1e9)
     now = dt.datetime.now(dt.UTC)
-    rows = [{"video_id": s.video_id, "video_uri": s.uri, "status": "ok", "n_frames": 1, "n_faces": 0, "n_tracks": 0,
-             "run_id": sink.run_id, "finished_at": now} for s in iter_discover(str(manifest))]
-    sink.add(schema.table("videos", rows), schema.FACES.empty_table(), schema.TRACKS.empty_table(), len(rows))
+    for s in iter_discover(str(manifest)):
+        row = {"video_id": s.video_id, "video_uri": s.uri, "status": "ok", "n_frames": 1, "n_faces": 0, "n_tracks": 0,
+               "run_id": sink.run_id, "finished_at": now}
+        sink.add(schema.table("videos", [row]), schema.FACES.empty_table(), schema.TRACKS.empty_table(), 1)
     sink.flush()
 
 
-def peak_kb(mode: str, manifest: Path, out: Path) -> int:
+def peak_kb(mode: str, manifest: Path, out: Path) -> tuple[int, str]:
+    """Peak RSS (KiB) of one fresh process running ``mode`` (module docstring), and what it printed."""
     proc = subprocess.run([sys.executable, "-c", CHILD, mode, str(manifest), str(out)], cwd=ROOT,
                           capture_output=True, text=True, check=False, env={**os.environ, "PYTHONPATH": str(ROOT)})
     line = [x for x in proc.stdout.splitlines() if x.startswith("MAXRSS_KB")]
     if proc.returncode != 0 or not line:
         raise SystemExit(f"{mode} on {manifest} failed (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return int(line[-1].split()[1])
+    return int(line[-1].split()[1]), proc.stdout
 
 
 def main() -> None:
@@ -107,7 +111,7 @@ def main() -> None:
             shutil.rmtree(fresh, ignore_errors=True)
             if not (done / "videos").exists():
                 commit_all(manifest, done)
-            result[str(n)] = {mode: peak_kb(mode, manifest, fresh if mode != "resume" else done)
+            result[str(n)] = {mode: peak_kb(mode, manifest, fresh if mode != "resume" else done)[0]
                               for mode in ("dry_run", "resume", "listed")}
             print(f"{n:>8} entries: " + ", ".join(f"{m} {kb / 1024:.0f} MiB" for m, kb in result[str(n)].items()),
                   flush=True)

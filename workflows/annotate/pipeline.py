@@ -347,13 +347,11 @@ SETTLED_ERROR_KINDS = frozenset({
     "decode_error", "not_a_file", "too_small", "too_large", "too_long", "too_many_frames", "timeout"})
 
 
-def settled_errors(output_uri: str) -> dict[str, str]:
-    """``video_id -> error_kind`` of the videos whose current row is an error of the file itself
+def settled_errors(output: Any) -> dict[str, str]:
+    """``video_id -> error_kind`` of the videos whose current row in ``output`` (an
+    :class:`~workflows.corpus.reader.AnnotationOutput`) is an error of the file itself
     (:data:`SETTLED_ERROR_KINDS`)."""
-    from workflows.corpus.reader import AnnotationOutput
-
-    return {r["video_id"]: r["error_kind"] for r in AnnotationOutput(output_uri, must_exist=False).current_videos()
-            if r["status"] == "error" and r["error_kind"] in SETTLED_ERROR_KINDS}
+    return {vid: kind for vid, kind in output.current_error_kinds().items() if kind in SETTLED_ERROR_KINDS}
 
 
 def annotate(input_uri: str, output_uri: str, cfg: AnnotateConfig, force: bool = False,
@@ -374,6 +372,7 @@ def annotate(input_uri: str, output_uri: str, cfg: AnnotateConfig, force: bool =
     from workflows.annotate.plan import Plan
     from workflows.corpus.lease import RunLease
     from workflows.corpus.privacy import read_deny_list
+    from workflows.corpus.reader import AnnotationOutput
     from workflows.corpus.writer import AnnotationSink
 
     t0 = time.perf_counter()
@@ -408,9 +407,11 @@ def annotate(input_uri: str, output_uri: str, cfg: AnnotateConfig, force: bool =
             sink.prepare(temporaries_older_than_s=cfg.output.lease_ttl_s)
         # The deny-list is read after the lease is taken: a `mien forget` either sees this run or is seen.
         deny = read_deny_list(output_uri, cfg.ingest.deny_list, cfg.ingest.deny_list_file)
-        work = Plan.build(found, spill, done=set() if force else sink.done_video_ids(),
-                     settled={} if force or retry_errors else settled_errors(output_uri),
-                     denied=(lambda s: deny.denies(s.video_id, s.uri)) if deny else None, limit=limit)
+        output = AnnotationOutput(output_uri, must_exist=False)  # read once, after prepare's rewrites
+        work = Plan.build(found, spill, done=set() if force else set(output.committed_videos()["video_id"]),
+                          settled={} if force or retry_errors else settled_errors(output),
+                          denied=(lambda s: deny.denies(s.video_id, s.uri)) if deny else None, limit=limit)
+        del output
         summary.videos_total, summary.videos_skipped = work.counts.total, work.counts.skipped
         summary.errors_not_retried = dict(work.counts.settled.most_common())
         summary.denied = work.counts.denied

@@ -126,10 +126,12 @@ def forget(output_uri: str, video_ids: Iterable[str] = (), video_uris: Iterable[
     with RunLease(root, report.run_id, lease_ttl_s, input_uri="mien forget") as lease:
         targets, found = _resolve(root, ids, uris)
         report.video_ids = sorted(targets)
-        report.unknown = [i for i in ids if i not in targets] + [u for u in uris if u not in found.values()]
-        report.denied_added = record_forgotten(root, [*((v, found.get(v)) for v in sorted(targets)),
+        named = {u for us in found.values() for u in us}  # every URI the targets' rows name
+        report.unknown = [i for i in ids if i not in targets] + [u for u in uris if u not in named]
+        report.denied_added = record_forgotten(root, [*((v, u) for v in sorted(targets)
+                                                        for u in (sorted(found[v]) if v in found else [None])),
                                                       *((i, None) for i in ids if i not in targets),
-                                                      *((None, u) for u in uris if u not in found.values())])
+                                                      *((None, u) for u in uris if u not in named)])
         others = _other_live_runs(root, report.run_id)
         if others:
             raise ForgetRefused(
@@ -142,7 +144,7 @@ def forget(output_uri: str, video_ids: Iterable[str] = (), video_uris: Iterable[
         if targets:
             _replace(sink, targets)
             # While rows still name the URIs: a rerun after an interruption still knows them.
-            report.run_entries = _scrub_run_records(root, set(found.values()) | set(uris))
+            report.run_entries = _scrub_run_records(root, named | set(uris))
             for _ in range(PASSES):
                 if not _drop(root, report, targets, {f"{report.run_id}-00000.parquet"}):
                     break
@@ -156,8 +158,9 @@ def forget(output_uri: str, video_ids: Iterable[str] = (), video_uris: Iterable[
     return report
 
 
-def _resolve(root: str, ids: list[str], uris: list[str]) -> tuple[set[str], dict[str, str]]:
-    """The videos to forget and ``video_id -> uri`` of those whose rows name a URI, from every
+def _resolve(root: str, ids: list[str], uris: list[str]) -> tuple[set[str], dict[str, set[str]]]:
+    """The videos to forget and ``video_id -> URIs`` their rows name (all of them: rows written by
+    other tools may disagree), from every
     readable videos part and ``_damaged/`` copy: the ids given, every video at a URI given or of
     an id given, and the videos of an interrupted forget (their ``forgotten`` rows)."""
     pairs: set[tuple[str, str | None]] = set()
@@ -173,7 +176,11 @@ def _resolve(root: str, ids: list[str], uris: list[str]) -> tuple[set[str], dict
         left |= set(t.filter(pc.equal(t.column("error_kind"), FORGOTTEN_KIND)).column("video_id").to_pylist())
     wanted_uris = set(uris) | {u for v, u in pairs if v in ids and u is not None}
     targets = {v for v, u in pairs if v in ids or u in wanted_uris} | left
-    return targets, {v: u for v, u in pairs if v in targets and u is not None}
+    found: dict[str, set[str]] = {}
+    for v, u in pairs:
+        if v in targets and u is not None:
+            found.setdefault(v, set()).add(u)
+    return targets, found
 
 
 def _other_live_runs(root: str, run_id: str) -> list[str]:

@@ -57,7 +57,7 @@ log = logging.getLogger(__name__)
 PART_ROWS_KEY = b"mien.part_rows"  # videos part footer: {"faces"|"tracks": {video_id: rows}} of its chunk
 DAMAGED_DIR = "_damaged"  # where the writer moves a damaged chunk's files once no video needs them
 FOOTER_THREADS = 16  # footer reads in flight on object storage (one round trip each)
-_ROW_KEYS = ["video_id", "video_uri", "status", "run_id", "finished_at"]
+_ROW_KEYS = ["video_id", "video_uri", "status", "error_kind", "run_id", "finished_at"]
 _warned: set[str] = set()  # damaged parts this process has warned about: an output is opened many times
 
 
@@ -108,18 +108,27 @@ def _bad_bytes(e: BaseException) -> bool:
     return isinstance(e, pa.ArrowException) or (type(e) is OSError and not storage.is_transient(e))
 
 
-def _footer(uri: str) -> pq.FileMetaData | str:
-    """A part's Parquet footer (one small read), or why there is none: ``missing`` or the parser's
-    complaint."""
+def _footer(uri: str) -> int | str:
+    """A part's row count from its Parquet footer (one small read), or why there is none: ``missing``
+    or the parser's complaint. Only the count is kept: a wide table's footer object takes ~100 kB,
+    and an output of 100k videos has thousands of parts."""
     fs, path = storage.filesystem(uri)
     try:
-        return storage.with_retries(pq.read_metadata)(path, filesystem=fs)
+        return storage.with_retries(pq.read_metadata)(path, filesystem=fs).num_rows
     except FileNotFoundError:
         return "missing"
     except Exception as e:
         if _bad_bytes(e):
             return f"unreadable: {e}"
         raise
+
+
+def _read_file(path: str, fs: Any, columns: list[str]) -> pa.Table:
+    """``columns`` of one Parquet file. Through ``ParquetFile``, not the dataset reader: reading the
+    thousands of small parts of a large output, the dataset reader's per-file machinery doubled the
+    driver's resident memory (``bench/bench_plan.py``)."""
+    with pq.ParquetFile(path, filesystem=fs) as f:
+        return f.read(columns=columns)
 
 
 def list_parts(root: str, name: str) -> list[str]:
@@ -229,8 +238,9 @@ class AnnotationOutput:
             have = [c for c in wanted if c in present]
             replaced = self.replaced_rows() if name in ("faces", "tracks") else set()
             keys = ["video_id", "run_id"] if replaced and {"video_id", "run_id"} <= present else []
-            t = storage.with_retries(pq.read_table)(path, filesystem=fs, columns=list(dict.fromkeys(have + keys)),
-                                                    filters=filters)
+            read = list(dict.fromkeys(have + keys))
+            t = (storage.with_retries(pq.read_table)(path, filesystem=fs, columns=read, filters=filters)
+                 if filters is not None else storage.with_retries(_read_file)(path, fs, read))
         except Exception as e:
             if not _bad_bytes(e):
                 raise
@@ -276,7 +286,6 @@ class AnnotationOutput:
     def _verify(self) -> None:
         """Read the videos rows and check every committed part from its footer, once (module
         docstring): fills the row index, :attr:`damaged` and the damaged chunks' waiting videos."""
-        import pandas as pd
 
         if self._row_index is not None:
             return
@@ -288,7 +297,11 @@ class AnnotationOutput:
         names = {u.rsplit("/", 1)[-1] for u in video_uris}
         footers |= self._sibling_footers(sorted(names - {part for _, part in footers}))
         bad: dict[str, list[tuple[str, str, str]]] = {}  # part -> (table, uri, reason)
-        frames, counts, readable = [], {}, []
+        # Per part: its key columns (Arrow, concatenated once) and its commit record, kept as the JSON
+        # bytes until its check (an output of 100k videos has thousands of parts and 200k entries).
+        tables: list[pa.Table] = []
+        counts: dict[str, bytes | None] = {}
+        readable = []
         for uri in video_uris:
             part = uri.rsplit("/", 1)[-1]
             try:
@@ -297,34 +310,35 @@ class AnnotationOutput:
                 bad.setdefault(part, []).append(("videos", uri, f"unreadable: {e.reason}"))
                 continue
             readable.append(uri)
-            meta = (t.schema.metadata or {}).get(PART_ROWS_KEY)
-            counts[part] = json.loads(meta) if meta else None  # None: an older writer's part
+            counts[part] = (t.schema.metadata or {}).get(PART_ROWS_KEY)  # None: an older writer's part
             finished = pc.cast(t.column("finished_at").cast(pa.timestamp("ms", tz="UTC")), "int64")
-            frames.append(pd.DataFrame({
-                "video_id": t.column("video_id").to_pylist(), "video_uri": t.column("video_uri").to_pylist(),
-                "status": t.column("status").to_pylist(), "run_id": t.column("run_id").to_pylist(),
-                "finished_ms": pd.Series(finished.to_pylist(), dtype=object), "part": part}))
-        rows = (pd.concat(frames, ignore_index=True) if frames else
-                pd.DataFrame(columns=["video_id", "video_uri", "status", "run_id", "finished_ms", "part"]))
-        order = pd.DataFrame({"video_id": rows["video_id"],
-                              "t": rows["finished_ms"].map(lambda v: -1 if v is None else v).astype("int64"),
-                              "run": rows["run_id"].fillna("").astype(str)}).sort_values(["video_id", "t", "run"])
-        rows["current"] = ~order.duplicated("video_id", keep="last").reindex(rows.index).astype(bool)
+            tables.append(t.drop_columns(["finished_at"]).replace_schema_metadata(None).append_column(
+                "finished_ms", finished).append_column("part", pa.array([part] * len(t), pa.string())))
+        index = pa.concat_tables(tables) if tables else pa.table(
+            {**{k: pa.array([], pa.string()) for k in _ROW_KEYS if k != "finished_at"},
+             "finished_ms": pa.array([], pa.int64()), "part": pa.array([], pa.string())})
+        del tables
+        rows = _index_frame(index)
+        rows["current"] = _newest_per_video(index)
+        del index
 
-        held = {part: rows[rows["part"] == part] for part in counts}
-        for part, record in counts.items():
+        current: dict[str, list[str]] = {}  # part -> its videos whose current row it holds
+        for vid, part in zip(rows["video_id"][rows["current"]], rows["part"][rows["current"]], strict=True):
+            current.setdefault(part, []).append(vid)
+        for part, raw in counts.items():
+            record = json.loads(raw) if raw else None
             for name in ("faces", "tracks"):
                 reason = _count_problem(footers[(name, part)], None if record is None else record.get(name, {}),
-                                        held[part], part)
+                                        current.get(part, []), part)
                 if reason is not None:
                     bad.setdefault(part, []).append((name, storage.join(self.root, name, part), reason))
+        del current
         rows["damaged"] = rows["part"].isin(bad)
-        done = set(rows["video_id"][rows["current"] & (rows["status"] == "ok") & ~rows["damaged"]])
         damaged, waiting = [], {}
         for part, problems in sorted(bad.items()):
             if part in counts:  # its videos part reads: the commit record names the chunk's videos
-                ids = set(held[part]["video_id"])
-                mine = held[part]
+                mine = rows[rows["part"] == part]
+                ids = set(mine["video_id"])
                 waiting[part] = set(mine["video_id"][mine["current"] & (mine["status"] == "ok")])
             else:
                 ids = set()
@@ -342,7 +356,8 @@ class AnnotationOutput:
                         if not _bad_bytes(e):
                             raise
                         problems.append((name, storage.join(self.root, name, part), f"unreadable: {e}"))
-                waiting[part] = ids - done
+                done = rows["current"] & (rows["status"] == "ok") & ~rows["damaged"] & rows["video_id"].isin(ids)
+                waiting[part] = ids - set(rows["video_id"][done])
             damaged += [DamagedPart(uri, name, reason, tuple(sorted(ids))) for name, uri, reason in problems]
         self._readable_videos, self._video_names, self._damaged, self._waiting = readable, names, damaged, waiting
         self._row_index = rows
@@ -351,9 +366,9 @@ class AnnotationOutput:
             _warned.update(d.uri for d in fresh)
             log.warning("%s", self.damage_message())
 
-    def _sibling_footers(self, parts: list[str]) -> dict[tuple[str, str], pq.FileMetaData | str]:
-        """``(faces|tracks, part) -> footer`` (:func:`_footer`) of each named chunk, in parallel on
-        object storage."""
+    def _sibling_footers(self, parts: list[str]) -> dict[tuple[str, str], int | str]:
+        """``(faces|tracks, part) -> row count or why there is none`` (:func:`_footer`) of each named
+        chunk, in parallel on object storage."""
         keys = [(name, part) for part in parts for name in ("faces", "tracks")]
         uris = [storage.join(self.root, name, part) for name, part in keys]
         if storage.is_remote(self.root) and len(uris) > 1:
@@ -416,8 +431,9 @@ class AnnotationOutput:
         faces and tracks are never read (:meth:`read_part`)."""
         if self._replaced is None:
             rows = self._rows()
-            current = set(zip(rows["video_id"][rows["current"]], rows["run_id"][rows["current"]], strict=True))
-            old = set(zip(rows["video_id"][~rows["current"]], rows["run_id"][~rows["current"]], strict=True))
+            runs = _nullable(rows["run_id"])
+            current = set(zip(rows["video_id"][rows["current"]], runs[rows["current"]], strict=True))
+            old = set(zip(rows["video_id"][~rows["current"]], runs[~rows["current"]], strict=True))
             self._replaced = old - current
         return self._replaced
 
@@ -428,7 +444,7 @@ class AnnotationOutput:
         rows = self._rows()
         rows = rows[~rows["current"] & (rows["status"] == "ok") & ~rows["damaged"]]
         found: dict[str, set[tuple[str, str]]] = {}
-        for vid, run, part in zip(rows["video_id"], rows["run_id"], rows["part"], strict=True):
+        for vid, run, part in zip(rows["video_id"], _nullable(rows["run_id"]), rows["part"], strict=True):
             found.setdefault(part, set()).add((vid, run))
         return found
 
@@ -451,6 +467,13 @@ class AnnotationOutput:
                          error=f"{d.table}/{d.part} is damaged ({d.reason}); rerun "
                                f"`{self.repair_command({r['run_id']})}` to annotate it again")
         return sorted(best, key=lambda r: (r["status"] != "error", str(r["video_uri"])))
+
+    def current_error_kinds(self) -> dict[str, str]:
+        """``video_id -> error_kind`` ("" when none is recorded) of every video whose current row is an
+        ``error``, from the row index alone (an output of millions of rows is not read as dicts)."""
+        index = self._rows()
+        errors = index[index["current"] & (index["status"] == "error")]
+        return dict(zip(errors["video_id"], errors["error_kind"].fillna(""), strict=True))
 
     def find_video(self, key: str) -> dict[str, Any]:
         """The current row of the video named by ``key``: a video_id, a unique id prefix, its
@@ -602,15 +625,48 @@ class AnnotationOutput:
         return sorted(docs, key=lambda d: str(d.get("run_id")))
 
 
-def _count_problem(footer: pq.FileMetaData | str, expected: dict[str, int] | None, rows: pd.DataFrame,
+def _newest_per_video(index: pa.Table) -> np.ndarray:
+    """Mask of the rows of ``index`` that are their video's newest: latest ``finished_ms`` (None ranks
+    oldest), then greatest ``run_id``. Sorted in Arrow, so no Python object is made per row."""
+    n = len(index)
+    if not n:
+        return np.zeros(0, dtype=bool)
+    keys = pa.table({"v": index.column("video_id"), "t": pc.fill_null(index.column("finished_ms"), -1),
+                     "r": pc.fill_null(index.column("run_id"), "")})
+    order = pc.sort_indices(keys, sort_keys=[("v", "ascending"), ("t", "ascending"), ("r", "ascending")])
+    videos = pc.take(keys.column("v"), order)
+    last = np.ones(n, dtype=bool)  # in sorted order, a row is its video's newest when the next row is another video
+    last[:-1] = pc.not_equal(videos.slice(0, n - 1), videos.slice(1)).to_numpy(zero_copy_only=False)
+    current = np.zeros(n, dtype=bool)
+    current[order.to_numpy()[last]] = True
+    return current
+
+
+def _nullable(column: pd.Series) -> pd.Series:
+    """``column`` as Python objects with None for missing (``to_pylist``'s way), for keys compared with them."""
+    return column.astype(object).where(column.notna(), None)
+
+
+def _index_frame(t: pa.Table) -> pd.DataFrame:
+    """The row index of :meth:`AnnotationOutput._verify` from the videos rows' key columns: strings held
+    in Arrow buffers (a few dozen bytes a row, where Python strings took ~10x that for an output of
+    100k videos), ``finished_ms`` a nullable integer."""
+    import pandas as pd
+
+    text = pd.StringDtype("pyarrow")
+    return t.to_pandas(types_mapper={pa.string(): text, pa.large_string(): text, pa.int64(): pd.Int64Dtype()}.get)
+
+
+def _count_problem(footer: int | str, expected: dict[str, int] | None, current: list[str],
                    part: str) -> str | None:
     """Why a chunk's faces or tracks part disagrees with its commit record, or None.
 
     ``expected``: that table's rows per video of the chunk as written (None: an older writer
-    recorded none, and only the footer is checked); ``rows``: the chunk's videos rows. Dropping
+    recorded none, and only the footer is checked); ``current``: the chunk's videos whose current row
+    it holds. Dropping
     replaced rows rewrites faces and tracks before the videos part, so any count from the current
     rows' to the whole chunk's is sound."""
-    low = 0 if expected is None else sum(expected.get(v, 0) for v in rows["video_id"][rows["current"]])
+    low = 0 if expected is None else sum(expected.get(v, 0) for v in current)
     if isinstance(footer, str):
         if footer != "missing":
             return footer
@@ -618,9 +674,9 @@ def _count_problem(footer: pq.FileMetaData | str, expected: dict[str, int] | Non
     if expected is None:
         return None
     high = sum(expected.values())
-    if low <= footer.num_rows <= high:
+    if low <= footer <= high:
         return None
-    return (f"{footer.num_rows} rows, where its commit record videos/{part} says "
+    return (f"{footer} rows, where its commit record videos/{part} says "
             f"{high if low == high else f'{low} to {high}'}")
 
 
