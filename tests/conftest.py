@@ -87,6 +87,21 @@ def asset():
 
 
 @pytest.fixture(scope="module")
+def three_clips(tmp_path_factory) -> Path:
+    """A corpus of three real clips (two copies of the smiling sample, one single face), one per
+    module; read-only."""
+    import shutil
+
+    from workflows.core.assets import resolve
+
+    d = tmp_path_factory.mktemp("clips")
+    for name, asset in (("a_smile.mp4", "sample_smiling_video"), ("b_single.mp4", "sample_single_face_video"),
+                        ("c_smile.mp4", "sample_smiling_video")):
+        shutil.copyfile(resolve(asset), d / name)
+    return d
+
+
+@pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A saved tiny composed model (``model.tiny.tiny_config``), built once per module; read-only."""
     from model import build_model, save_model

@@ -21,7 +21,7 @@ from tests.workflows.corpus.test_reader import RUN2_FINISHED, RUN3, write_chunk
 from tests.workflows.corpus.test_writer import RUN4, check_contract, current_state
 from workflows.annotate.ingest import discover
 from workflows.annotate.pipeline import AnnotateConfig, annotate
-from workflows.core import assets, storage
+from workflows.core import storage
 from workflows.core.config import load_config
 from workflows.corpus.contract import check_output
 from workflows.corpus.forget import FORGOTTEN_KIND, forget
@@ -52,12 +52,8 @@ def faces_of_others(root: Path, gone: str) -> pd.DataFrame:
     return faces.sort_values(["video_id", "frame_index", "track_id"]).reset_index(drop=True)
 
 
-def test_forget_removes_one_video_of_three_and_no_rerun_brings_it_back(tmp_path, capsys):
-    clips = tmp_path / "clips"
-    clips.mkdir()
-    for name, asset in (("a_smile.mp4", "sample_smiling_video"), ("b_single.mp4", "sample_single_face_video"),
-                        ("c_smile.mp4", "sample_smiling_video")):
-        shutil.copyfile(assets.resolve(asset), clips / name)
+def test_forget_removes_one_video_of_three_and_no_rerun_brings_it_back(three_clips, tmp_path, capsys):
+    clips = three_clips
     cfg = lambda: load_config(AnnotateConfig, None, ["mlflow.enabled=false", "executor.kind=local"])  # noqa: E731
     out = tmp_path / "out"
     assert annotate(str(clips), str(out), cfg(), progress=False).videos_ok == 3

@@ -14,7 +14,6 @@ import pyarrow.dataset as pads
 import pytest
 
 from workflows.annotate.pipeline import AnnotateConfig, annotate, choose_executor
-from workflows.core import assets
 from workflows.core.config import load_config
 from workflows.corpus.contract import check_output
 
@@ -28,12 +27,8 @@ def _cfg(*extra: str) -> AnnotateConfig:
 
 
 @pytest.fixture(scope="module")
-def clips(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("clips")
-    for name, asset in (("a_smile.mp4", "sample_smiling_video"), ("b_single.mp4", "sample_single_face_video"),
-                        ("c_smile.mp4", "sample_smiling_video")):
-        shutil.copyfile(assets.resolve(asset), d / name)
-    return d
+def clips(three_clips) -> Path:
+    return three_clips
 
 
 def _faces(out: Path):

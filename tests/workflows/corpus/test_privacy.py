@@ -4,7 +4,6 @@ runs (the local executor, real clips) and the output's files as they are on disk
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pyarrow as pa
@@ -14,7 +13,6 @@ import pytest
 from tests.outputs.conftest import build_annotated_output, mien
 from workflows.annotate.ingest import discover
 from workflows.annotate.pipeline import AnnotateConfig, annotate
-from workflows.core import assets
 from workflows.core.config import ConfigError, load_config
 from workflows.corpus.privacy import STRICT_NO_CROPS, forgotten_uri, read_deny_list, record_forgotten
 
@@ -28,12 +26,8 @@ def _cfg(*extra: str) -> AnnotateConfig:
 
 
 @pytest.fixture(scope="module")
-def clips(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("clips")
-    for name, asset in (("a_smile.mp4", "sample_smiling_video"), ("b_single.mp4", "sample_single_face_video"),
-                        ("c_smile.mp4", "sample_smiling_video")):
-        shutil.copyfile(assets.resolve(asset), d / name)
-    return d
+def clips(three_clips) -> Path:
+    return three_clips
 
 
 def jpeg_bytes_under(root: Path) -> list[str]:
