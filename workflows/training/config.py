@@ -155,6 +155,9 @@ class TrainConfig:
     deepspeed: str = "zero2"  # workflows/training/deepspeed/<name>.json, or a path to a DeepSpeed JSON
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     gradient_checkpointing: bool = False
+    # Sample order, dropout and the max_examples sample. The fresh parts' initial weights (LoRA A, prior
+    # tokens) follow the model's own `model.seed`, recorded in the model directory so every load starts
+    # them the same: a seed sweep over initialisations sets model.seed too.
     seed: int = 0
     val_every_steps: int = 0  # 0 = at the end of every epoch
     log_every_steps: int = 1
