@@ -146,8 +146,12 @@ class FacialAnnotator:
             chosen.append(int(group[len(group) // 2]))
         return sorted(chosen)
 
-    def annotate(self, batch: Mapping[str, Any]) -> dict[str, Any]:
-        """FE/AU probabilities (and opt-in descriptions) for the B faces of ``batch``."""
+    def annotate(self, batch: Mapping[str, Any], au_threshold: float = 0.5) -> dict[str, Any]:
+        """FE/AU probabilities (and opt-in descriptions) for the B faces of ``batch``.
+
+        ``au_threshold``: the probability from which the caller counts an AU active (a run's
+        ``model.au_threshold``, what its ``au_active`` uses); a description states an AU as active
+        only from there, so it never contradicts the ``au_active`` written beside it."""
         cfg = self.config
         rows = batch_rows(batch)
         prior = self.score_prior(batch)
@@ -169,10 +173,11 @@ class FacialAnnotator:
             readings = [prior_sentence(fe[i], au[i]) for i in gen]
             openings = None
             if cfg.generation.anchor_label:
-                openings = [anchored_opening(lb, supporting_aus(lb, au[i])) for lb, i in zip(labels, gen, strict=True)]
+                openings = [anchored_opening(lb, supporting_aus(lb, au[i], au_threshold))
+                            for lb, i in zip(labels, gen, strict=True)]
             texts = self._describe(batch, prior, gen, openings, readings)
             for j, (i, text) in enumerate(zip(gen, texts, strict=True)):
-                descriptions[i] = consistent_description(text, labels[j], au[i],
+                descriptions[i] = consistent_description(text, labels[j], au[i], au_threshold,
                                                          opening=openings[j] if openings else "")
         parsed = [parse_description(d) if d else None for d in descriptions]
         return {

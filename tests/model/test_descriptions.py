@@ -100,3 +100,49 @@ def test_the_cost_of_descriptions_is_stated_in_decodes():
     assert "for each track of about 10% of the tracks" in describe_cost(g, 32)
     g.mode = "all"
     assert describe_cost(g, 32) == "one LLM decode of up to 32 new tokens for every face"
+
+
+def _video_row(faces: int, seed: int) -> dict:
+    """One decoded video of ``faces`` face-stage records (two tracks), as the MLLM stage receives it."""
+    from workflows.annotate.stages import pack_faces
+    from workflows.faces.stage import FaceRecord
+
+    rng = np.random.default_rng(seed)
+    records = [FaceRecord(
+        frame_index=i, timestamp_s=i / 10, bbox=np.array([10, 10, 90, 90], np.float32), det_score=0.9,
+        kps=np.zeros((5, 2), np.float32), landmarks=None, crop=rng.integers(0, 255, (32, 32, 3), dtype=np.uint8),
+        pose=rng.normal(0, 10, 3).astype(np.float32), age=30.0, gender="female", gender_score=0.8,
+        blendshapes=None, au_evidence=(au := (rng.random(len(AU_NAMES)) * 0.6).astype(np.float32)),
+        au_evidence_raw=au, fe_prior=rng.dirichlet(np.ones(len(FE_BASIC))).astype(np.float32), embedding=None,
+        track_id=i % 2, segment_id=0) for i in range(faces)]
+    return {"video_id": "vid", "video_uri": "/corpus/vid.mp4", "status": "ok", "error": None, "n_frames": faces,
+            "n_faces": faces, "n_tracks": 2, "faces_npz": pack_faces(records, 90)}
+
+
+def test_descriptions_state_an_au_active_from_the_runs_au_threshold(tiny_mllm, tmp_path):
+    """A run's ``model.au_threshold`` decides ``au_active``; the description written beside it states an
+    AU as active from the same threshold: at 0.3 an AU scored 0.3-0.5 may be described, at 0.7 one
+    scored 0.5-0.7 may not (both were judged at a fixed 0.5, so descriptions contradicted au_active)."""
+    from model import save_model
+    from workflows.annotate.pipeline import AnnotateConfig, ModelRef
+    from workflows.annotate.stages import MllmStage, read_ipc
+
+    uri = str(tmp_path / "tiny")
+    save_model(tiny_mllm, uri)
+    row = _video_row(12, seed=1)
+    stated = {}
+    for threshold in (0.3, 0.7):
+        cfg = AnnotateConfig(model=ModelRef(uri=uri, au_threshold=threshold, describe="all",
+                                            overrides=["generation.anchor_label=true", "generation.max_new_tokens=24"]))
+        out = MllmStage(cfg, "run").process_video(row, video_key=0)
+        assert out["status"] == "ok", out.get("error")
+        faces = read_ipc(out["faces_ipc"]).to_pylist()
+        assert all(f["description"] for f in faces)
+        stated[threshold] = []
+        for f in faces:
+            described = prompts.parse_description(f["description"]).aus
+            assert set(described) <= set(f["au_active"]), (threshold, f["description"], f["au_active"])
+            assert not prompts.contradicts(f["description"], f["fe_label"], set(f["au_active"])), f["description"]
+            stated[threshold] += [dict(f["au_probs"])[a] for a in described]
+    assert any(0.3 <= p < 0.5 for p in stated[0.3])  # active for this run, described
+    assert all(p >= 0.7 for p in stated[0.7])

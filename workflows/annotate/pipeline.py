@@ -55,7 +55,7 @@ class ModelRef:
     uri: str = "default"  # model dir, s3://..., models:/name@alias, or "default"
     device: str = "auto"  # auto | cpu | cuda
     batch_size: int = 32  # faces per forward pass
-    au_threshold: float = 0.5  # au_active = au_probs >= this
+    au_threshold: float = 0.5  # au_active = au_probs >= this; a description states an AU active from here too
     # Descriptions with FE<->AU reasoning, switched on for this run: off | per_track | fraction | all
     # (one LLM decode of up to generation.max_new_tokens tokens per described face: on CPU this
     # dominates the run's time; see model/README.md).

@@ -217,7 +217,8 @@ class MllmStage:
         bs = max(1, self.cfg.model.batch_size)
         for s in range(0, n, bs):
             sl = slice(s, min(n, s + bs))
-            out = self.model.annotate(model_batch(faces, range(sl.start, sl.stop), video_key))
+            out = self.model.annotate(model_batch(faces, range(sl.start, sl.stop), video_key),
+                                      au_threshold=self.cfg.model.au_threshold)
             fe[sl] = out["fe_probs"]
             au[sl] = out["au_probs"]
             desc[sl] = list(out.get("description") or [None] * (sl.stop - sl.start))

@@ -808,20 +808,23 @@ class _Cycle:
             if rep:
                 self.run.log_dict(rep, f"retrain/eval_{role}.json")
 
-    def move_alias(self, decision: Decision) -> str:
-        """Compare and set: move the alias only from the champion the decision was made against."""
+    def move_alias(self, decision: Decision) -> tuple[str, str | None]:
+        """Compare and set: move the alias only from the champion the decision was made against.
+        Returns the status and the version the alias pointed at when compared (None: unset)."""
         name, alias = self.cfg.model_name, self.cfg.promotion.alias
         current = self.registry.aliased_version(name, alias)
         now = str(current.version) if current is not None else None
         if not decision.promote:
-            return "not_promoted"
+            return "not_promoted", now
         if now == decision.candidate_version:
-            return "promoted"  # an earlier attempt already moved it
+            return "promoted", now  # an earlier attempt already moved it
         if now != decision.champion_version:
-            log.warning("%s@%s is v%s now, not v%s the decision compared against: not moving it", name, alias,
-                        now, decision.champion_version)
-            self.registry.tag_version(name, decision.candidate_version, {"mien.retrain.superseded_by": now})
-            return "superseded"
+            log.warning("%s@%s is %s now, not %s as the decision compared against: not moving it", name, alias,
+                        f"v{now}" if now else "unset",
+                        f"v{decision.champion_version}" if decision.champion_version else "unset")
+            self.registry.tag_version(name, decision.candidate_version,
+                                      {"mien.retrain.superseded_by": now or "alias removed"})
+            return "superseded", now
         self.registry.set_alias(name, alias, decision.candidate_version)
         at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         self.registry.tag_version(name, decision.candidate_version, {"mien.retrain.promoted_at": at})
@@ -829,7 +832,7 @@ class _Cycle:
             self.registry.tag_version(name, now, {"mien.retrain.replaced_by": decision.candidate_version,
                                                   "mien.retrain.replaced_at": at})
         log.info("%s@%s -> v%s (was v%s)", name, alias, decision.candidate_version, now)
-        return "promoted"
+        return "promoted", now
 
 
 def _fmt(v: float | None) -> str:
@@ -910,8 +913,8 @@ def retrain(cfg: RetrainConfig, extra_sources: Sequence[str] = (), *, dry_run: b
                                  f"({'promote' if decision.promote else 'keep the champion'})", plan=plan,
                                  decision=decision)
         cyc.open_registry()
-        status = cyc.move_alias(decision)
-        return _finished(cyc, plan, decision, status, reused=["decision"])
+        status, alias_at = cyc.move_alias(decision)
+        return _finished(cyc, plan, decision, status, alias_at, reused=["decision"])
 
     train_cfg = cyc.train_config(plan)
     stored = cyc.read_json("plan.json")
@@ -945,8 +948,8 @@ def retrain(cfg: RetrainConfig, extra_sources: Sequence[str] = (), *, dry_run: b
         except Exception as e:  # noqa: BLE001 - the original error matters more
             log.warning("could not mark MLflow run %s failed: %s", cyc.run.run_id, e)
         raise
-    status = cyc.move_alias(decision)
-    return _finished(cyc, plan, decision, status)
+    status, alias_at = cyc.move_alias(decision)
+    return _finished(cyc, plan, decision, status, alias_at)
 
 
 def _execute(cyc: _Cycle, plan: RetrainPlan, selected: _Selected | None, champion: Any | None,
@@ -989,16 +992,21 @@ def _execute(cyc: _Cycle, plan: RetrainPlan, selected: _Selected | None, champio
     return decision
 
 
-def _finished(cyc: _Cycle, plan: RetrainPlan, decision: Decision, status: str,
+def _finished(cyc: _Cycle, plan: RetrainPlan, decision: Decision, status: str, alias_at: str | None,
               reused: Sequence[str] = ()) -> RetrainResult:
+    """The cycle's result; ``alias_at``: the version the alias pointed at when the move was tried."""
     name, alias = cyc.cfg.model_name, cyc.cfg.promotion.alias
     v = decision.candidate_version
+    target = (f"replaced v{decision.champion_version} at @{alias}" if decision.champion_version
+              else f"become the first @{alias}")
+    moved = (f"moved to v{alias_at} since the decision: left at v{alias_at} (the next retrain starts from it)"
+             if alias_at else "was removed since the decision: left unset")
     messages = {
         "promoted": f"promoted {name} v{v} to @{alias}" + (f" (was v{decision.champion_version})"
                                                            if decision.champion_version else " (first champion)"),
         "not_promoted": f"kept {name}@{alias}" + (f" v{decision.champion_version}" if decision.champion_version
                                                  else " (none)") + f"; candidate v{v} not promoted",
-        "superseded": f"candidate v{v} would have been promoted, but @{alias} moved since the decision: left as is",
+        "superseded": f"candidate v{v} would have {target}, but @{alias} {moved}",
     }
     run_id = cyc.run.run_id if cyc.run is not None else None
     if run_id is None and cyc.registry is not None:
