@@ -1,13 +1,16 @@
 """The driver's ceiling: how many finished videos per second one annotate driver can fold in.
 
-    .venv/bin/python -m bench.bench_sink [--videos 400] [--faces-per-video 40] [--crops]
+    .venv/bin/python -m bench.bench_sink [--videos 400] [--faces-per-video 40] [--crops] [--batch 4]
 
-Every finished video crosses the driver once: its faces/tracks tables (Arrow IPC) are read,
-counted into the summary and buffered into the Parquet sink, which writes committed parts
-every 64 videos. This times exactly that path (``workflows.annotate.pipeline._consume`` into a real
-``AnnotationSink`` on local disk) with result rows built by the MLLM stage's own table code,
-so the figure is the cluster-wide rate above which the driver, not the workers, is the
-bottleneck (docs/SCALING.md).
+``output.sink=driver``: every finished video crosses the driver once: its faces/tracks tables
+(Arrow IPC) are read, counted into the summary and buffered into the Parquet sink, which writes
+committed parts every 64 videos (``workflows.annotate.pipeline._consume`` into a real
+``AnnotationSink`` on local disk). ``output.sink=workers``: the workers have written each chunk of
+``--batch`` videos; the driver gets a status row per video and commits the chunk
+(``_commit_chunk``: its videos part). Both are timed, one after the other, with result rows built
+by the MLLM stage's own table code; printed: videos and faces per second the driver folds (the
+cluster-wide rate above which the driver, not the workers, is the bottleneck: docs/SCALING.md),
+driver CPU per face and bytes received per face (the pickled result rows), and the ratios.
 """
 
 from __future__ import annotations
@@ -52,16 +55,59 @@ def result_row(video_id: str, n_faces: int, crops: bool, rng: np.random.Generato
             "faces_ipc": _ipc(faces_t), "tracks_ipc": _ipc(tracks_t)}
 
 
+def status_row(row: dict) -> dict:
+    """``row`` as a worker that wrote its chunk itself sends it (``output.sink=workers``)."""
+    from workflows.annotate.stages import read_ipc
+
+    faces, tracks = read_ipc(row["faces_ipc"]), read_ipc(row["tracks_ipc"])
+    out = {k: v for k, v in row.items() if k not in ("faces_ipc", "tracks_ipc")}
+    out.update(faces_rows=len(faces), tracks_rows=len(tracks),
+               fe_counts=json.dumps(collections.Counter(faces.column("fe_label").to_pylist())),
+               au_counts=json.dumps(collections.Counter(a for x in faces.column("au_active").to_pylist() for a in x)),
+               part_bytes=0)
+    return out
+
+
+def fold(mode: str, templates: list[dict], videos: int, batch: int, d: Path) -> dict:
+    """Time the driver folding ``videos`` results in ``mode`` (driver | workers)."""
+    import pickle
+
+    from workflows.annotate.pipeline import AnnotateSummary, _commit_chunk, _consume
+    from workflows.corpus.writer import AnnotationSink
+
+    sink = AnnotationSink(str(d / mode), "bench-run")
+    summary = AnnotateSummary(run_id="bench-run", output=str(d))
+    fe, au = collections.Counter(), collections.Counter()
+    received = 0
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    for start in range(0, videos, batch):
+        rows = [dict(templates[i % 16], video_id=f"video-{i:07d}") for i in range(start, min(videos, start + batch))]
+        received += sum(len(pickle.dumps(r)) for r in rows)  # what crosses to the driver
+        if mode == "driver":
+            for i, row in enumerate(rows, start + 1):
+                _consume(row, "bench-run", sink, summary, fe, au, i, videos, time.perf_counter())
+        else:
+            part = f"bench-run-w{start:08d}.parquet"
+            _commit_chunk(part, [dict(r, part=part, part_videos=len(rows)) for r in rows], "bench-run", sink,
+                          summary, fe, au)
+    sink.flush()
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    faces = summary.faces
+    return {"wall_s": wall, "videos_per_s": videos / wall, "faces_per_s": faces / wall,
+            "driver_cpu_us_per_face": 1e6 * cpu / faces, "driver_bytes_per_face": received / faces,
+            "parquet_bytes_per_face": sink.bytes_written / faces}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--videos", type=int, default=400)
     ap.add_argument("--faces-per-video", type=int, default=40)
     ap.add_argument("--crops", action="store_true", help="keep JPEG crops in the faces table (output.crops)")
+    ap.add_argument("--batch", type=int, default=4, help="videos per chunk a worker writes (ray.mllm.batch_size)")
     ap.add_argument("--json", default="")
     a = ap.parse_args(argv)
-    from workflows.annotate.pipeline import AnnotateConfig, AnnotateSummary, _consume
+    from workflows.annotate.pipeline import AnnotateConfig
     from workflows.core.config import load_config
-    from workflows.corpus.writer import AnnotationSink
 
     cfg = load_config(AnnotateConfig, None, ["mlflow.enabled=false"])
     rng = np.random.default_rng(0)
@@ -69,22 +115,18 @@ def main(argv: list[str] | None = None) -> int:
     templates = [result_row(f"v{i}", a.faces_per_video, a.crops, rng, cfg) for i in range(16)]
     ipc_bytes = np.mean([len(t["faces_ipc"]) + len(t["tracks_ipc"]) for t in templates])
     with tempfile.TemporaryDirectory() as d:
-        sink = AnnotationSink(str(Path(d) / "out"), "bench-run")
-        summary = AnnotateSummary(run_id="bench-run", output=d)
-        fe, au = collections.Counter(), collections.Counter()
-        t0 = time.perf_counter()
-        for i in range(a.videos):
-            row = dict(templates[i % 16], video_id=f"video-{i:07d}")
-            _consume(row, "bench-run", sink, summary, fe, au, i + 1, a.videos, time.perf_counter())
-        sink.flush()
-        wall = time.perf_counter() - t0
-        written = sink.bytes_written
-    r = {"videos": a.videos, "faces_per_video": a.faces_per_video, "crops": a.crops, "wall_s": wall,
-         "videos_per_s": a.videos / wall, "faces_per_s": a.videos * a.faces_per_video / wall,
-         "ipc_kib_per_video": ipc_bytes / 1024, "parquet_bytes_per_face": written / (a.videos * a.faces_per_video)}
-    print(f"driver folds {r['videos_per_s']:.0f} videos/s = {r['faces_per_s']:,.0f} faces/s "
-          f"({a.faces_per_video} faces/video, crops {'on' if a.crops else 'off'}); "
-          f"{r['ipc_kib_per_video']:.0f} KiB in per video, {r['parquet_bytes_per_face']:.0f} B of Parquet per face")
+        modes = {"driver": fold("driver", templates, a.videos, a.batch, Path(d)),
+                 "workers": fold("workers", [status_row(t) for t in templates], a.videos, a.batch, Path(d))}
+    r = {"videos": a.videos, "faces_per_video": a.faces_per_video, "crops": a.crops, "batch": a.batch,
+         "ipc_kib_per_video": ipc_bytes / 1024, **modes["driver"], "sink": modes,
+         "ratio_faces_per_s": modes["workers"]["faces_per_s"] / modes["driver"]["faces_per_s"]}
+    for mode, m in modes.items():
+        print(f"output.sink={mode}: driver folds {m['videos_per_s']:,.0f} videos/s = {m['faces_per_s']:,.0f} faces/s "
+              f"({a.faces_per_video} faces/video, crops {'on' if a.crops else 'off'}); driver "
+              f"{m['driver_cpu_us_per_face']:.1f} us CPU and {m['driver_bytes_per_face']:,.0f} B received per face")
+    print(f"workers / driver: {r['ratio_faces_per_s']:.1f}x the faces/s one driver can take; "
+          f"{modes['driver']['driver_bytes_per_face'] / modes['workers']['driver_bytes_per_face']:.0f}x fewer bytes "
+          f"per face reach it ({r['ipc_kib_per_video']:.0f} KiB of IPC per video with the driver sink)")
     if a.json:
         Path(a.json).write_text(json.dumps(r, indent=2))
     return 0

@@ -131,6 +131,10 @@ def summary_rows(r: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
     if sink:
         rows.append(("driver ceiling (results folded + Parquet)", f"{sink['videos_per_s']:.0f} videos/s, "
                                                                f"{sink['faces_per_s']:,.0f} faces/s"))
+        workers = sink.get("sink", {}).get("workers")
+        if workers:
+            rows.append(("driver ceiling, output.sink=workers", f"{workers['faces_per_s']:,.0f} faces/s "
+                         f"({sink['ratio_faces_per_s']:.1f}x), {workers['driver_bytes_per_face']:.0f} B/face in"))
     seg = r.get("segments", {}).get("sample_smiling_video", {})
     if seg:
         rows.append(("LLM on 2 faces per 16-frame segment", f"{seg['k2_llm_calls_saved']:.0%} calls saved, "

@@ -125,7 +125,7 @@ def test_descriptions_state_an_au_active_from_the_runs_au_threshold(tiny_mllm, t
     scored 0.5-0.7 may not (both were judged at a fixed 0.5, so descriptions contradicted au_active)."""
     from model import save_model
     from workflows.annotate.pipeline import AnnotateConfig, ModelRef
-    from workflows.annotate.stages import MllmStage, read_ipc
+    from workflows.annotate.stages import MllmStage
 
     uri = str(tmp_path / "tiny")
     save_model(tiny_mllm, uri)
@@ -136,7 +136,7 @@ def test_descriptions_state_an_au_active_from_the_runs_au_threshold(tiny_mllm, t
                                             overrides=["generation.anchor_label=true", "generation.max_new_tokens=24"]))
         out = MllmStage(cfg, "run").process_video(row, video_key=0)
         assert out["status"] == "ok", out.get("error")
-        faces = read_ipc(out["faces_ipc"]).to_pylist()
+        faces = out["faces"].to_pylist()
         assert all(f["description"] for f in faces)
         stated[threshold] = []
         for f in faces:

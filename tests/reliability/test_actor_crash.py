@@ -68,7 +68,7 @@ def test_a_video_delivered_twice_is_written_once(tmp_path, monkeypatch):
         (corpus / n).write_bytes(b"x")
     calls = []
 
-    def fake_pipeline(rows, cfg, run_id, plan, progress=True):
+    def fake_pipeline(rows, cfg, run_id, plan, progress=True, output_uri=""):
         calls.append(([r["uri"].rsplit("/", 1)[-1] for r in rows], plan))
         first = rows[:1] * 2 if len(rows) > 1 else []  # the first video twice; b never comes back
         for r in first:

@@ -44,7 +44,7 @@ def local_plan(cfg: Any, n_videos: int) -> dict[str, dict[str, Any]]:
 
 
 def run_local(rows: list[dict[str, str]], cfg: Any, run_id: str,
-              plan: dict[str, dict[str, Any]]) -> Iterator[dict[str, Any]]:
+              plan: dict[str, dict[str, Any]], output_uri: str = "") -> Iterator[dict[str, Any]]:
     """Stream per-video result rows (``stages.RESULT_FIELDS``) as the workers finish them.
 
     Videos whose worker died are not yielded: the caller's crash passes retry them. In an
@@ -53,12 +53,13 @@ def run_local(rows: list[dict[str, str]], cfg: Any, run_id: str,
     faces = plan["faces"]
     if faces.get("max_tasks_in_flight") == 1:
         for row in rows:
-            yield from _run_pool([row], cfg, run_id, workers=1)
+            yield from _run_pool([row], cfg, run_id, 1, output_uri)
         return
-    yield from _run_pool(rows, cfg, run_id, workers=faces["concurrency"])
+    yield from _run_pool(rows, cfg, run_id, faces["concurrency"], output_uri)
 
 
-def _run_pool(rows: list[dict[str, str]], cfg: Any, run_id: str, workers: int) -> Iterator[dict[str, Any]]:
+def _run_pool(rows: list[dict[str, str]], cfg: Any, run_id: str, workers: int,
+              output_uri: str) -> Iterator[dict[str, Any]]:
     # spawn, not fork: the driver has threads (the lease heartbeat, MLflow) and native libraries
     # loaded, which a forked child would inherit in an undefined state.
     ctx = multiprocessing.get_context("spawn")
@@ -73,7 +74,7 @@ def _run_pool(rows: list[dict[str, str]], cfg: Any, run_id: str, workers: int) -
         def submit_next() -> None:
             row = next(todo, None)
             if row is not None:
-                in_flight.add(pool.submit(_process, cfg, run_id, row["video_id"], row["uri"], quiet))
+                in_flight.add(pool.submit(_process, cfg, run_id, output_uri, row["video_id"], row["uri"], quiet))
 
         # A bounded window, in dispatch order: the driver holds a few videos' results at a time,
         # however many videos the job has, and a slow sink holds the workers back.
@@ -111,7 +112,7 @@ def _exit_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="mien-parent-watch", daemon=True).start()
 
 
-def _process(cfg: Any, run_id: str, video_id: str, uri: str, quiet: bool = True) -> dict[str, Any]:
+def _process(cfg: Any, run_id: str, output_uri: str, video_id: str, uri: str, quiet: bool = True) -> dict[str, Any]:
     """One video, in a worker process: decode + faces + MLLM, the fused stage's result row."""
     global _STAGE
     from workflows.annotate.stages import RESULT_FIELDS, FusedStage
@@ -119,7 +120,7 @@ def _process(cfg: Any, run_id: str, video_id: str, uri: str, quiet: bool = True)
     if _STAGE is None:
         with _native_stderr_held(quiet) as held:
             try:
-                _STAGE = FusedStage(*FusedStage.constructor_args(cfg, run_id))
+                _STAGE = FusedStage(*FusedStage.constructor_args(cfg, run_id, output_uri))
             except Exception as e:  # noqa: BLE001 - re-raised on the driver with its cause named
                 error = e
             else:

@@ -128,6 +128,11 @@ class OutputConfig:
     # off | strict: no face crop is written, whatever `crops` says (workflows/corpus/privacy.py;
     # docs/OUTPUT.md, "What is stored (and privacy mode)").
     privacy: str = "off"
+    # Who writes faces/ and tracks/: "driver" (every face row crosses to the driver, which writes
+    # chunks of flush_every_videos videos) or "workers" (the stage that finishes a batch of videos
+    # writes its chunk's parts itself and sends the driver a status row per video; the driver only
+    # commits). Same output contract and exactly-once rules; docs/SCALING.md compares them.
+    sink: str = "driver"
 
     def validate(self) -> list[str]:
         from workflows.corpus.privacy import PRIVACY_MODES
@@ -135,6 +140,8 @@ class OutputConfig:
         p = [] if 1 <= self.jpeg_quality <= 100 else ["jpeg_quality: must be in 1..100"]
         if self.privacy not in PRIVACY_MODES:
             p.append(f"privacy: must be one of {', '.join(PRIVACY_MODES)}, got {self.privacy!r}")
+        if self.sink not in ("driver", "workers"):
+            p.append(f"sink: must be driver or workers, got {self.sink!r}")
         return p + ([] if self.lease_ttl_s > 0 else [f"lease_ttl_s: must be > 0, got {self.lease_ttl_s}"])
 
 
@@ -589,7 +596,7 @@ def _run(work: Any, cfg: AnnotateConfig, run_id: str, sink: Any, lease: Any, sum
         plan = local.local_plan(cfg, total)
 
         def execute(rows: list[dict[str, str]], plan: dict[str, Any]) -> Iterable[dict[str, Any]]:
-            return local.run_local(rows, cfg, run_id, plan)
+            return local.run_local(rows, cfg, run_id, plan, sink.root)
     else:
         from workflows.core import cluster
 
@@ -598,7 +605,7 @@ def _run(work: Any, cfg: AnnotateConfig, run_id: str, sink: Any, lease: Any, sum
         plan = runner.stage_plan(cfg, resources, total, cluster.node_resources())
 
         def execute(rows: list[dict[str, str]], plan: dict[str, Any]) -> Iterable[dict[str, Any]]:
-            return runner.run_pipeline(rows, cfg, run_id, plan, progress)
+            return runner.run_pipeline(rows, cfg, run_id, plan, progress, sink.root)
     summary.plan = plan
     log.info("stage plan: %s", plan)
     # Each chunk is one pipeline run (its actors start anew): at least 16 videos per face actor.
@@ -629,19 +636,38 @@ def _run(work: Any, cfg: AnnotateConfig, run_id: str, sink: Any, lease: Any, sum
                             len(pending), attempt, cfg.ray.crash_passes)
                 passes = runner.isolated(passes)
             rows = [{"video_id": s.video_id, "uri": s.uri} for s in planning.largest_first(pending.values())]
+            written: dict[str, list[dict[str, Any]]] = {}  # chunks workers wrote, until all their rows are in
             for row in execute(rows, passes):
-                source = pending.pop(row["video_id"], None)
-                if source is None:
+                if row["video_id"] not in pending:
                     # A block re-executed after a node or object loss can deliver a video twice;
-                    # the first result is already in the sink.
+                    # the first result is already in the sink (a chunk written twice: the second is
+                    # never committed, and removed at the end).
                     log.warning("ignoring a second result for video %s", row["video_id"])
                     continue
-                row["meta"] = source.meta  # stays on the driver: the workers never see manifest columns
-                done += 1
+                if row.get("part"):
+                    chunk_rows = written.setdefault(row["part"], [])
+                    chunk_rows.append(row)
+                    if len(chunk_rows) < int(row["part_videos"]):
+                        continue
+                    del written[row["part"]]
+                    if any(r["video_id"] not in pending for r in chunk_rows):
+                        continue  # some of its videos were committed from another chunk meanwhile
+                else:
+                    chunk_rows = [row]
+                for r in chunk_rows:
+                    r["meta"] = pending.pop(r["video_id"]).meta  # stays on the driver, as do the manifest's columns
+                done += len(chunk_rows)
                 if summary.first_result_s is None:
                     summary.first_result_s = time.perf_counter() - t_start
                     clock.lap("first_result_s")
-                last_log = _consume(row, run_id, sink, summary, fe_counts, au_counts, done, total, last_log)
+                if row.get("part"):
+                    _commit_chunk(row["part"], chunk_rows, run_id, sink, summary, fe_counts, au_counts)
+                    last_log = _progress(summary, done, total, last_log)
+                else:
+                    last_log = _consume(row, run_id, sink, summary, fe_counts, au_counts, done, total, last_log)
+            if written:  # chunks some of whose rows never came (a block lost half-way): their videos go again
+                log.warning("%d chunk(s) written by workers came back incomplete; their videos are retried",
+                            len(written))
         for s in pending.values():  # still missing: every attempt crashed its worker
             row = {"video_id": s.video_id, "video_uri": s.uri, "status": "error", "error_kind": "worker_crash",
                    "error": f"the worker processing this video died on every try ({cfg.ray.crash_passes + 1} "
@@ -653,6 +679,8 @@ def _run(work: Any, cfg: AnnotateConfig, run_id: str, sink: Any, lease: Any, sum
             done += 1
             last_log = _consume(row, run_id, sink, summary, fe_counts, au_counts, done, total, last_log)
     summary.videos_elsewhere = dict(elsewhere)
+    if cfg.output.sink == "workers":
+        sink.remove_own_uncommitted()
     clock.lap("steady_state_s")
     summary.fe_counts = dict(fe_counts)
     summary.au_counts = dict(au_counts)
@@ -662,40 +690,70 @@ def _run(work: Any, cfg: AnnotateConfig, run_id: str, sink: Any, lease: Any, sum
 def _consume(row: dict[str, Any], run_id: str, sink: Any, summary: AnnotateSummary,
              fe_counts: collections.Counter, au_counts: collections.Counter, done: int, total: int,
              last_log: float) -> float:
-    """Fold one finished video into the sink and the summary; returns the last progress-log time."""
-    import pyarrow as pa
-
+    """Fold one finished video whose faces and tracks came to the driver (``output.sink=driver``, or a
+    video every worker died on) into the sink and the summary; returns the last progress-log time."""
     from workflows.annotate.stages import read_ipc
     from workflows.corpus import schema
 
-    faces_blob, tracks_blob = row.pop("faces_ipc"), row.pop("tracks_ipc")
-    faces = read_ipc(faces_blob) if faces_blob else schema.FACES.empty_table()
-    tracks = read_ipc(tracks_blob) if tracks_blob else schema.TRACKS.empty_table()
+    faces_blob, tracks_blob = row.pop("faces_ipc", None), row.pop("tracks_ipc", None)
+    faces = read_ipc(faces_blob) if faces_blob and row["status"] == "ok" else schema.FACES.empty_table()
+    tracks = read_ipc(tracks_blob) if tracks_blob and row["status"] == "ok" else schema.TRACKS.empty_table()
+    row.setdefault("fe_counts", None)
+    if not row["fe_counts"]:  # counted here when the worker did not (a row the driver made)
+        row["fe_counts"] = collections.Counter(faces.column("fe_label").to_pylist())
+        row["au_counts"] = collections.Counter(a for x in faces.column("au_active").to_pylist() for a in x or [])
+    row["faces_rows"], row["tracks_rows"] = len(faces), len(tracks)
+    sink.add(_fold(row, run_id, sink, summary, fe_counts, au_counts), faces, tracks, 1)
+    return _progress(summary, done, total, last_log)
+
+
+def _commit_chunk(part: str, rows: list[dict[str, Any]], run_id: str, sink: Any, summary: AnnotateSummary,
+                  fe_counts: collections.Counter, au_counts: collections.Counter) -> None:
+    """Commit a chunk a worker wrote (``output.sink=workers``): its videos rows, from the workers'
+    status rows, with the record of each video's faces and tracks rows (workflows/corpus/writer.py)."""
+    import pyarrow as pa
+
+    videos = pa.concat_tables([_fold(r, run_id, sink, summary, fe_counts, au_counts) for r in rows])
+    record = {name: {r["video_id"]: int(r[f"{name}_rows"]) for r in rows if r["status"] == "ok"
+                     and int(r[f"{name}_rows"] or 0)} for name in ("faces", "tracks")}
+    sink.commit(part, videos, record)
+    sink.bytes_written += sum(int(r.get("part_bytes") or 0) for r in rows)
+
+
+def _fold(row: dict[str, Any], run_id: str, sink: Any, summary: AnnotateSummary, fe_counts: collections.Counter,
+          au_counts: collections.Counter) -> Any:
+    """Count one finished video into the summary; returns its videos row (a one-row table)."""
+    import json
+
+    import pyarrow as pa
+
+    from workflows.corpus import schema
+
     row["run_id"] = run_id
     row["finished_at"] = sink.commit_time()
     if row["status"] != "ok":
-        faces, tracks = schema.FACES.empty_table(), schema.TRACKS.empty_table()
         row.update(n_faces=0, n_tracks=0)
         summary.videos_error += 1
         summary.errors.append({k: str(row.get(k)) for k in ("video_uri", "error_kind", "error")})
     else:
         summary.videos_ok += 1
+        summary.faces += int(row["faces_rows"] or 0)
+        summary.tracks += int(row["tracks_rows"] or 0)
+        for counts, key in ((fe_counts, "fe_counts"), (au_counts, "au_counts")):
+            value = row.get(key) or {}
+            counts.update(json.loads(value) if isinstance(value, str) else value)
     summary.model_id = row.get("model_id") or summary.model_id
     for key in ("decode_faces_s", "decode_faces_cpu_s", "mllm_s"):
         v = row.get(key)
         if isinstance(v, int | float) and v == v:
             setattr(summary, key, getattr(summary, key) + float(v))
-    summary.faces += len(faces)
-    summary.tracks += len(tracks)
-    fe_counts.update(faces.column("fe_label").to_pylist())
-    for active in faces.column("au_active").to_pylist():
-        au_counts.update(active or [])
-    videos = pa.Table.from_pylist([_video_record(row, schema.VIDEOS)], schema=schema.VIDEOS)
-    sink.add(videos, faces, tracks, 1)
+    return pa.Table.from_pylist([_video_record(row, schema.VIDEOS)], schema=schema.VIDEOS)
+
+
+def _progress(summary: AnnotateSummary, done: int, total: int, last_log: float) -> float:
     now = time.perf_counter()
     if now - last_log > 5 or done == total:
-        log.info("videos %d/%d done (%d error), faces %d", done, total, summary.videos_error,
-                 summary.faces)
+        log.info("videos %d/%d done (%d error), faces %d", done, total, summary.videos_error, summary.faces)
         last_log = now
     return last_log
 

@@ -84,8 +84,9 @@ def isolated(plan: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def run_pipeline(sources: list[dict[str, str]], cfg: Any, run_id: str, plan: dict[str, dict[str, Any]],
-                 progress: bool = True) -> Iterator[dict[str, Any]]:
-    """Stream per-video result rows of the annotate pipeline as they finish."""
+                 progress: bool = True, output_uri: str = "") -> Iterator[dict[str, Any]]:
+    """Stream per-video result rows of the annotate pipeline as they finish (``output_uri``: where the
+    workers write their chunks with ``output.sink=workers``)."""
     import ray.data
 
     from workflows.annotate.stages import pipeline_stages
@@ -112,6 +113,6 @@ def run_pipeline(sources: list[dict[str, str]], cfg: Any, run_id: str, plan: dic
                                   batch_format="default", **retries)
 
     for cls in pipeline_stages(bool(plan["mllm"].get("fused"))):
-        ds = stage(ds, cls, cls.constructor_args(cfg, run_id), plan[cls.pool])
+        ds = stage(ds, cls, cls.constructor_args(cfg, run_id, output_uri), plan[cls.pool])
     for batch in ds.iter_batches(batch_size=1, batch_format="pyarrow"):
         yield from batch.to_pylist()

@@ -31,8 +31,14 @@ log = logging.getLogger(__name__)
 VIDEO_FIELDS = ("video_id", "video_uri", "status", "error", "error_kind", "n_frames", "n_faces", "n_tracks",
                 "duration_s", "width", "height", "fps", "codec", "rotation", "sampling", "decode_faces_s",
                 "decode_faces_cpu_s")
-# Per-video columns the MLLM stage (or the fused stage) emits: the driver's input.
-RESULT_FIELDS = VIDEO_FIELDS + ("mllm_s", "model_id", "faces_ipc", "tracks_ipc")
+# Per-video columns the MLLM stage (or the fused stage) emits: the driver's input. With
+# ``output.sink=driver`` the faces and tracks travel as Arrow IPC (``faces_ipc``/``tracks_ipc``);
+# with ``output.sink=workers`` the stage has written them itself as the chunk ``part`` (file name
+# under faces/ and tracks/, ``part_videos`` videos, ``part_bytes`` written) and the row carries only
+# counts. Either way ``faces_rows``/``tracks_rows`` and the label counts (``fe_counts``/``au_counts``,
+# JSON) are the video's, for the commit record and the run summary.
+RESULT_FIELDS = VIDEO_FIELDS + ("mllm_s", "model_id", "faces_ipc", "tracks_ipc", "faces_rows", "tracks_rows",
+                                "fe_counts", "au_counts", "part", "part_videos", "part_bytes")
 
 
 def _encode_jpeg(crop: np.ndarray, quality: int) -> bytes:
@@ -118,7 +124,7 @@ class DecodeFacesStage:
     busy_fields: tuple[str, ...] = ("decode_faces_s",)
 
     @staticmethod
-    def constructor_args(cfg: Any, run_id: str) -> tuple:
+    def constructor_args(cfg: Any, run_id: str, output_uri: str = "") -> tuple:
         return (cfg,)
 
     def __init__(self, cfg: Any):
@@ -197,17 +203,20 @@ class MllmStage:
     busy_fields: tuple[str, ...] = ("mllm_s",)
 
     @staticmethod
-    def constructor_args(cfg: Any, run_id: str) -> tuple:
-        return (cfg, run_id)
+    def constructor_args(cfg: Any, run_id: str, output_uri: str = "") -> tuple:
+        return (cfg, run_id, output_uri)
 
-    def __init__(self, cfg: Any, run_id: str):
+    def __init__(self, cfg: Any, run_id: str, output_uri: str = ""):
         from model import load_model
 
         self.cfg = cfg
         self.run_id = run_id
+        self.output_uri = output_uri  # where output.sink=workers writes its chunks
         self.model = load_model(cfg.model.uri, device=cfg.model.device, overrides=cfg.model.load_overrides())
         self.model_id = self.model.model_id
         self._faults = faults.injected_faults("mllm")
+        # written_exit:<substring>: die after writing a chunk's parts, before the driver has its rows
+        self._written_faults = faults.injected_faults("written")
 
     def _score(self, faces: dict[str, Any], video_key: int) -> dict[str, Any]:
         n = len(faces["frame_index"])
@@ -243,9 +252,41 @@ class MllmStage:
                 faces_t, tracks_t = schema.FACES.empty_table(), schema.TRACKS.empty_table()
         out["mllm_s"] = time.perf_counter() - t0
         out["model_id"] = self.model_id
-        out["faces_ipc"] = _ipc(faces_t)
-        out["tracks_ipc"] = _ipc(tracks_t)
+        out["faces"], out["tracks"] = faces_t, tracks_t
         return out
+
+    def finish(self, outs: list[dict[str, Any]]) -> dict[str, list]:
+        """The result rows (:data:`RESULT_FIELDS`) of a batch of videos: their faces and tracks as IPC
+        for the driver to write, or (``output.sink=workers``) written here as one chunk's parts, the
+        rows then holding only counts (the driver commits the chunk: workflows/corpus/writer.py)."""
+        import collections
+        import json
+        import uuid
+
+        for out in outs:
+            faces_t = out["faces"]
+            out["faces_rows"], out["tracks_rows"] = len(faces_t), len(out["tracks"])
+            out["fe_counts"] = json.dumps(collections.Counter(faces_t.column("fe_label").to_pylist()))
+            out["au_counts"] = json.dumps(collections.Counter(
+                a for active in faces_t.column("au_active").to_pylist() for a in active or []))
+            out["part"], out["part_videos"], out["part_bytes"] = "", 0, 0
+        if self.cfg.output.sink == "workers":
+            from workflows.core import storage
+            from workflows.corpus.writer import write_part
+
+            part = f"{self.run_id}-w{uuid.uuid4().hex[:12]}.parquet"
+            written = 0
+            for name in ("faces", "tracks"):
+                table = pa.concat_tables([o[name] for o in outs]) if outs else schema.TABLES[name].empty_table()
+                written += write_part(storage.join(self.output_uri, name, part), table)
+            for out in outs:
+                faults.exit_if_injected(self._written_faults, str(out.get("video_uri")))
+                out["part"], out["part_videos"], out["part_bytes"] = part, len(outs), written
+                written = 0  # counted once, on the part's first row
+        else:
+            for out in outs:
+                out["faces_ipc"], out["tracks_ipc"] = _ipc(out["faces"]), _ipc(out["tracks"])
+        return _columns(outs, RESULT_FIELDS)
 
     def _tables(self, video_id: str, f: dict[str, Any], s: dict[str, Any]) -> tuple[pa.Table, pa.Table]:
         thr = self.cfg.model.au_threshold
@@ -298,8 +339,7 @@ class MllmStage:
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
         n = len(batch["video_id"])
         rows = [{k: _scalar(batch[k][i]) for k in batch} for i in range(n)]
-        outs = [self.process_video(r, i) for i, r in enumerate(rows)]
-        return _columns(outs, RESULT_FIELDS)
+        return self.finish([self.process_video(r, i) for i, r in enumerate(rows)])
 
 
 def _opt(v: Any) -> float | None:
@@ -327,14 +367,13 @@ class FusedStage:
     busy_fields: tuple[str, ...] = ("decode_faces_s", "mllm_s")
     constructor_args = MllmStage.constructor_args
 
-    def __init__(self, cfg: Any, run_id: str):
+    def __init__(self, cfg: Any, run_id: str, output_uri: str = ""):
         self.faces = DecodeFacesStage(cfg)
-        self.mllm = MllmStage(cfg, run_id)
+        self.mllm = MllmStage(cfg, run_id, output_uri)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
-        outs = [self.mllm.process_video(self.faces.process_video(str(v), str(u)), i)
-                for i, (v, u) in enumerate(zip(batch["video_id"], batch["uri"], strict=True))]
-        return _columns(outs, RESULT_FIELDS)
+        return self.mllm.finish([self.mllm.process_video(self.faces.process_video(str(v), str(u)), i)
+                                 for i, (v, u) in enumerate(zip(batch["video_id"], batch["uri"], strict=True))])
 
 
 # The annotate pipeline as lists of stages, in order: two actor pools, or one that runs both

@@ -4,7 +4,8 @@ Two kinds of fault, both named by the place they fire:
 
 * **process death** in a pipeline worker, from the environment (it must reach Ray actors on
   every node): ``MIEN_FAULT_INJECT="<stage>_exit:<substring>"`` makes the worker running
-  ``<stage>`` (``faces`` or ``mllm``) die with ``os._exit(77)`` — as a segfault or the OOM killer
+  ``<stage>`` (``faces`` or ``mllm``; ``written``: the MLLM worker right after it wrote a chunk's
+  parts itself, ``output.sink=workers``) die with ``os._exit(77)`` — as a segfault or the OOM killer
   would — on every video whose URI contains ``<substring>``; ``<stage>_exit_once:`` dies only on
   the first such video (a marker file in ``MIEN_FAULT_STATE_DIR``, default the temp dir,
   remembers it across restarts). Several specs are separated by commas. Unset, it costs one

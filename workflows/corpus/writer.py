@@ -4,6 +4,11 @@ interrupted at any moment.
 
 **Commit.** Each flush writes ``faces/<part>`` and ``tracks/<part>`` first and
 ``videos/<part>`` last (``<part>`` = ``<run_id>-<seq:05d>.parquet``): a videos part is the
+commit marker of its chunk. With ``output.sink=workers`` the worker that finishes a batch of
+videos writes ``faces/<part>`` and ``tracks/<part>`` itself (``<run_id>-w<random>.parquet``) and
+the driver, given only a status row per video, writes the videos part (:meth:`AnnotationSink.commit`);
+a chunk whose rows never reached the driver stays uncommitted and is removed at the run's end
+(:meth:`AnnotationSink.remove_own_uncommitted`) or, after a crash, by the next run. Either way a videos part is the
 commit marker of its chunk, and readers see only committed chunks
 (:class:`~workflows.corpus.reader.AnnotationOutput`). Every write replaces one whole object
 atomically (local: temporary file + rename; S3: one PUT).
@@ -229,37 +234,58 @@ class AnnotationSink:
                   for name in TABLE_DIRS}
         for name in ("faces", "tracks"):
             self._write_table(storage.join(self.root, name, part), tables[name])
-        # The commit record carries each video's faces and tracks rows: readers check the parts
-        # against it from their footers (workflows.corpus.reader).
-        record = {name: _rows_per_video(tables[name]) for name in ("faces", "tracks")}
-        videos = tables["videos"]
-        tables["videos"] = videos.replace_schema_metadata(
+        self.commit(part, tables["videos"], {name: _rows_per_video(tables[name]) for name in ("faces", "tracks")})
+        self._rows = {k: [] for k in TABLE_DIRS}
+        self._seq += 1
+        self._buffered_videos = 0
+        self._last_flush = time.monotonic()
+
+    def commit(self, part: str, videos: pa.Table, record: dict[str, dict[str, int]]) -> None:
+        """Commit the chunk ``part`` whose faces and tracks parts are written (by :meth:`flush`, or by
+        the workers themselves with ``output.sink=workers``): write its videos part, with ``record``
+        (each video's faces and tracks rows; readers check the parts against it from their footers,
+        workflows.corpus.reader) in its footer."""
+        videos = videos.replace_schema_metadata(
             {**(videos.schema.metadata or {}), PART_ROWS_KEY: json.dumps(record, sort_keys=True).encode()})
-        for uri in tables["videos"].column("video_uri").to_pylist():
+        for uri in videos.column("video_uri").to_pylist():
             faults.exit_if_injected(self._faults, str(uri))
             faults.pause_if_injected(self._faults, str(uri))
         commit = storage.join(self.root, "videos", part)
         if self.lease is not None:
             self.lease.check()
-        self._write_table(commit, tables["videos"])  # the commit
+        self._write_table(commit, videos)  # the commit
         if self.lease is not None:
             try:
                 self.lease.check()
             except LeaseLost:  # it may have been taken for dead while committing
                 storage.remove(commit)
                 raise
-        self._rows = {k: [] for k in TABLE_DIRS}
-        self._seq += 1
         self.parts_written += 1
-        self._buffered_videos = 0
-        self._last_flush = time.monotonic()
+
+    def remove_own_uncommitted(self) -> list[str]:
+        """Delete this run's faces/tracks parts that no videos part commits: chunks workers wrote for
+        videos whose rows never reached the driver (a worker killed after writing, a batch run twice
+        after a node loss), once this run has committed everything it will."""
+        output = AnnotationOutput(self.root, must_exist=False)
+        mine = [uri for name in ("faces", "tracks") for uri in output.uncommitted_parts(name)
+                if run_of_part(uri) == self.run_id]
+        for uri in mine:
+            storage.remove(uri)
+        if mine:
+            log.info("removed %d part(s) of this run that were written but never committed", len(mine))
+        return mine
 
     def _write_table(self, uri: str, t: pa.Table) -> None:
-        buf = io.BytesIO()
-        pq.write_table(t, buf, compression="zstd")
-        data = buf.getvalue()
-        storage.write_bytes(uri, data)
-        self.bytes_written += len(data)
+        self.bytes_written += write_part(uri, t)
+
+
+def write_part(uri: str, t: pa.Table) -> int:
+    """Write ``t`` as one Parquet part at ``uri`` (one whole-object write); returns its bytes."""
+    buf = io.BytesIO()
+    pq.write_table(t, buf, compression="zstd")
+    data = buf.getvalue()
+    storage.write_bytes(uri, data)
+    return len(data)
 
 
 def _rows_per_video(t: pa.Table) -> dict[str, int]:

@@ -106,8 +106,8 @@ def test_each_stage_declares_its_pool_and_the_summary_loops_over_them():
     from workflows.annotate.stages import FUSED_PIPELINE, PIPELINE, DecodeFacesStage, MllmStage
 
     assert [c.pool for c in PIPELINE] == ["faces", "mllm"] and [c.pool for c in FUSED_PIPELINE] == ["faces"]
-    assert DecodeFacesStage.constructor_args("cfg", "r") == ("cfg",)
-    assert MllmStage.constructor_args("cfg", "r") == ("cfg", "r")
+    assert DecodeFacesStage.constructor_args("cfg", "r", "out") == ("cfg",)
+    assert MllmStage.constructor_args("cfg", "r", "out") == ("cfg", "r", "out")
     two = AnnotateSummary("r", "out", wall_s=10.0, decode_faces_s=16.0, mllm_s=4.0,
                           plan={"faces": {"concurrency": 2}, "mllm": {"concurrency": 1, "fused": False}})
     assert two.utilisation() == {"faces": 0.8, "mllm": 0.4}

@@ -18,7 +18,7 @@ import pytest
 from model.face_batch import build_face_batch
 from model.taxonomy import AU_NAMES
 from workflows.annotate.pipeline import AnnotateConfig
-from workflows.annotate.stages import MllmStage, model_batch, pack_faces, read_ipc, unpack_faces
+from workflows.annotate.stages import MllmStage, model_batch, pack_faces, unpack_faces
 from workflows.core.config import load_config
 from workflows.corpus import schema
 from workflows.corpus.writer import AnnotationSink
@@ -72,7 +72,7 @@ def annotated(tmp_path_factory):
     fed = model_batch(unpack_faces(row["faces_npz"]), range(3), video_key=0)  # what _score annotates
     out = stage.process_video(row, video_key=0)
     assert out["status"] == "ok", out.get("error")
-    faces = read_ipc(out["faces_ipc"])
+    faces = out["faces"]
     return records, fed, faces, tmp_path_factory.mktemp("annotate")
 
 

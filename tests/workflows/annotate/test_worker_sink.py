@@ -1,0 +1,122 @@
+"""``output.sink=workers``: the stage that finishes a batch of videos writes its chunk's faces and
+tracks parts itself; the driver receives status rows and commits. Same output as the driver sink,
+and exactly once when the driver or a worker dies between the two."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from workflows.annotate.pipeline import AnnotateConfig, annotate
+from workflows.core.config import load_config
+from workflows.core.faults import FAULT_EXIT_CODE
+from workflows.corpus.contract import check_output
+from workflows.corpus.reader import AnnotationOutput
+
+pytestmark = pytest.mark.timeout(900)
+
+ROOT = Path(__file__).resolve().parents[3]
+COMPARED = ["video_id", "frame_index", "track_id", "segment_id", "bbox", "fe_label", "fe_confidence", "au_active",
+            "description", "model_id"]
+
+
+def _cfg(*extra: str) -> AnnotateConfig:
+    return load_config(AnnotateConfig, None, ["mlflow.enabled=false", "output.crops=false", *extra])
+
+
+def _faces(out: Path) -> pd.DataFrame:
+    faces = AnnotationOutput(str(out)).faces_of()[COMPARED]
+    return faces.sort_values(["video_id", "frame_index", "track_id"]).reset_index(drop=True)
+
+
+def _one_row_each(out: Path) -> dict[str, int]:
+    """video file -> faces, asserting one current ok row per video with exactly its faces, and that
+    no part is left uncommitted (readers ignore those, but nothing should stay behind)."""
+    reader = AnnotationOutput(str(out))
+    faces = reader.faces_of()
+    state = {}
+    for v in reader.current_videos():
+        assert v["status"] == "ok", v
+        mine = faces[faces["video_id"] == v["video_id"]]
+        assert len(mine) == v["n_faces"] and set(mine["run_id"]) <= {v["run_id"]}, v["video_uri"]
+        state[Path(v["video_uri"]).name] = int(v["n_faces"])
+    assert reader.uncommitted_parts("faces") == [] and reader.uncommitted_parts("tracks") == []
+    assert check_output(str(out)) == []
+    return state
+
+
+def test_the_workers_write_what_the_driver_would(three_clips, tmp_path):
+    driver = annotate(str(three_clips), str(tmp_path / "driver"), _cfg("executor.kind=local"), progress=False)
+    workers = annotate(str(three_clips), str(tmp_path / "workers"),
+                       _cfg("executor.kind=local", "output.sink=workers"), progress=False)
+    assert (workers.videos_ok, workers.faces, workers.tracks) == (driver.videos_ok, driver.faces, driver.tracks)
+    assert workers.fe_counts == driver.fe_counts and workers.au_counts == driver.au_counts
+    pd.testing.assert_frame_equal(_faces(tmp_path / "workers"), _faces(tmp_path / "driver"))
+    assert _one_row_each(tmp_path / "workers") == _one_row_each(tmp_path / "driver")
+    parts = sorted(p.name for p in (tmp_path / "workers" / "faces").glob("*.parquet"))
+    assert len(parts) == 3 and all(f"{workers.run_id}-w" in p for p in parts)  # one chunk per worker batch
+    doc = json.loads((tmp_path / "workers" / "runs" / f"{workers.run_id}.json").read_text())
+    assert doc["parts_written"] == 3 and doc["bytes_written"] > 0
+
+
+def test_mllm_batches_of_several_videos_commit_as_one_chunk_on_ray(three_clips, tmp_path):
+    corpus = tmp_path / "in"
+    shutil.copytree(three_clips, corpus)
+    (corpus / "d_broken.mp4").write_bytes(b"not a video" * 50)
+    out = tmp_path / "out"
+    import ray
+
+    try:
+        s = annotate(str(corpus), str(out), _cfg("executor.kind=ray", "ray.fuse_stages=never", "ray.mllm.batch_size=4",
+                                                 "ray.mllm.concurrency=1", "output.sink=workers"), progress=False)
+    finally:
+        ray.shutdown()
+    assert (s.videos_ok, s.videos_error) == (3, 1), s.render()
+    videos = AnnotationOutput(str(out)).current_videos()
+    assert {Path(v["video_uri"]).name: v["status"] for v in videos}["d_broken.mp4"] == "error"
+    chunks = list((out / "videos").glob(f"{s.run_id}-w*.parquet"))
+    assert 1 <= len(chunks) < 4 and not list((out / "videos").glob(f"{s.run_id}-0*.parquet"))  # several a chunk
+    faces = AnnotationOutput(str(out)).faces_of()
+    assert len(faces) == s.faces and faces.groupby("video_id").size().to_dict() == {
+        v["video_id"]: v["n_faces"] for v in videos if v["n_faces"]}
+
+
+def _cli(corpus: Path, out: Path, *extra: str, **env: str) -> subprocess.CompletedProcess:
+    sets = ["mlflow.enabled=false", "output.crops=false", "output.sink=workers", "executor.kind=local",
+            "executor.local_workers=1"]
+    return subprocess.run([sys.executable, "-m", "jobs.cli", "annotate", "--input", str(corpus), "--output", str(out),
+                           "--no-progress", *[x for s in sets for x in ("--set", s)], *extra], cwd=ROOT,
+                          env={**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, **env},
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_a_driver_killed_before_committing_a_written_chunk_loses_and_doubles_nothing(three_clips, tmp_path):
+    """The worker wrote b_single's faces and tracks; the driver dies before the videos part that commits
+    them. Readers never see those parts; the rerun annotates b_single again, commits it once, and
+    removes the parts the dead run left."""
+    out = tmp_path / "out"
+    killed = _cli(three_clips, out, MIEN_FAULT_INJECT="commit_exit:b_single.mp4")
+    assert killed.returncode == FAULT_EXIT_CODE, killed.stdout + killed.stderr
+    left = AnnotationOutput(str(out))
+    assert left.uncommitted_parts("faces")  # written by the worker, never committed
+    assert "b_single.mp4" not in {Path(v["video_uri"]).name for v in left.current_videos()}
+    rerun = _cli(three_clips, out)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    state = _one_row_each(out)
+    assert set(state) == {"a_smile.mp4", "b_single.mp4", "c_smile.mp4"} and all(state.values())
+
+
+def test_a_worker_killed_after_writing_its_chunk_is_retried_and_its_parts_removed(three_clips, tmp_path):
+    out = tmp_path / "out"
+    r = _cli(three_clips, out, MIEN_FAULT_INJECT="written_exit_once:c_smile.mp4", MIEN_FAULT_STATE_DIR=str(tmp_path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "retrying them one at a time" in r.stdout + r.stderr
+    state = _one_row_each(out)
+    assert set(state) == {"a_smile.mp4", "b_single.mp4", "c_smile.mp4"} and state["c_smile.mp4"] > 0
