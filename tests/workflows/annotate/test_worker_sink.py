@@ -120,3 +120,17 @@ def test_a_worker_killed_after_writing_its_chunk_is_retried_and_its_parts_remove
     assert "retrying them one at a time" in r.stdout + r.stderr
     state = _one_row_each(out)
     assert set(state) == {"a_smile.mp4", "b_single.mp4", "c_smile.mp4"} and state["c_smile.mp4"] > 0
+
+
+def test_workers_write_their_chunks_to_s3(three_clips, s3_bucket):
+    """The local worker processes write faces/tracks parts to the object store themselves (the same
+    credentials and endpoint as the driver), and the driver commits them there."""
+    from workflows.core import storage
+
+    out = f"{s3_bucket}/out"
+    s = annotate(str(three_clips), out, _cfg("executor.kind=local", "output.sink=workers"), progress=False)
+    assert s.videos_ok == 3 and s.faces > 0
+    reader = AnnotationOutput(out)
+    assert len(reader.faces_of()) == s.faces and reader.uncommitted_parts("faces") == []
+    assert all(f"{s.run_id}-w" in u for u in storage.list_files(f"{out}/faces"))
+    assert check_output(out) == []
