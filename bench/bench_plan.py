@@ -8,8 +8,9 @@ process's peak RSS (``ru_maxrss``):
 - ``dry_run``: ``mien annotate --dry-run`` (discovery, resume check, deny-list, plan, every chunk
   read back; nothing runs or is written): what a run holds before its first video starts;
 - ``resume``: the same, on an output where every entry already has a committed ``ok`` row;
-- ``listed``: the old way, for comparison: ``ingest.discover`` (every source an object) plus
-  the to-do list and one dict per video for the executor.
+- ``listed``: for comparison, what annotate held before its plan streamed: every source as an
+  object (``ingest.discover``), the to-do list and one dict per video for the executor (this
+  process imports less than annotate does, so compare its growth, not its level).
 The ratio 100k / 10k is the figure to read (goal: within 1.10 for the streamed plan).
 """
 
