@@ -608,6 +608,7 @@ def _run(work: Any, cfg: AnnotateConfig, run_id: str, sink: Any, lease: Any, sum
             return runner.run_pipeline(rows, cfg, run_id, plan, progress, sink.root)
     summary.plan = plan
     log.info("stage plan: %s", plan)
+    compactor = _Compactor(sink, run_id, cfg.output.flush_every_videos, executor)
     # Each chunk is one pipeline run (its actors start anew): at least 16 videos per face actor.
     chunk_videos = max(cfg.ingest.chunk_videos, 16 * sum(int(p.get("concurrency") or 0) for p in plan.values()))
     t_start = time.perf_counter()
@@ -662,6 +663,7 @@ def _run(work: Any, cfg: AnnotateConfig, run_id: str, sink: Any, lease: Any, sum
                     clock.lap("first_result_s")
                 if row.get("part"):
                     _commit_chunk(row["part"], chunk_rows, run_id, sink, summary, fe_counts, au_counts)
+                    compactor.add(row["part"], len(chunk_rows))
                     last_log = _progress(summary, done, total, last_log)
                 else:
                     last_log = _consume(row, run_id, sink, summary, fe_counts, au_counts, done, total, last_log)
@@ -680,6 +682,7 @@ def _run(work: Any, cfg: AnnotateConfig, run_id: str, sink: Any, lease: Any, sum
             last_log = _consume(row, run_id, sink, summary, fe_counts, au_counts, done, total, last_log)
     summary.videos_elsewhere = dict(elsewhere)
     if cfg.output.sink == "workers":
+        compactor.flush()
         sink.remove_own_uncommitted()
     clock.lap("steady_state_s")
     summary.fe_counts = dict(fe_counts)
@@ -705,6 +708,44 @@ def _consume(row: dict[str, Any], run_id: str, sink: Any, summary: AnnotateSumma
     row["faces_rows"], row["tracks_rows"] = len(faces), len(tracks)
     sink.add(_fold(row, run_id, sink, summary, fe_counts, au_counts), faces, tracks, 1)
     return _progress(summary, done, total, last_log)
+
+
+class _Compactor:
+    """Merges the chunks the workers committed (one per worker batch) into chunks of about
+    ``every`` videos (``output.flush_every_videos``, the driver sink's chunk size), so an output of
+    short clips does not end as thousands of small parts (:meth:`AnnotationSink.compact`). On Ray
+    the faces and tracks are merged in a task, next to the data, not in the driver."""
+
+    def __init__(self, sink: Any, run_id: str, every: int, executor: str):
+        self.sink, self.run_id, self.every, self.executor = sink, run_id, max(1, every), executor
+        self.parts: list[str] = []
+        self.videos = 0
+        self.seq = 0
+        self.merged = 0
+
+    def add(self, part: str, videos: int) -> None:
+        self.parts.append(part)
+        self.videos += videos
+        if self.videos >= self.every:
+            self.flush()
+
+    def flush(self) -> None:
+        if len(self.parts) > 1:
+            merged = f"{self.run_id}-c{self.seq:05d}.parquet"
+            self.sink.compact(self.parts, merged, self._merge())
+            self.seq += 1
+            self.merged += len(self.parts)
+        self.parts, self.videos = [], 0
+
+    def _merge(self) -> Any:
+        from workflows.corpus.writer import merge_chunks
+
+        if self.executor != "ray":
+            return merge_chunks
+        import ray
+
+        remote = ray.remote(num_cpus=0, max_retries=3)(merge_chunks)
+        return lambda root, parts, merged: ray.get(remote.remote(root, parts, merged))
 
 
 def _commit_chunk(part: str, rows: list[dict[str, Any]], run_id: str, sink: Any, summary: AnnotateSummary,

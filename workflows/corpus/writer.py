@@ -8,7 +8,8 @@ commit marker of its chunk. With ``output.sink=workers`` the worker that finishe
 videos writes ``faces/<part>`` and ``tracks/<part>`` itself (``<run_id>-w<random>.parquet``) and
 the driver, given only a status row per video, writes the videos part (:meth:`AnnotationSink.commit`);
 a chunk whose rows never reached the driver stays uncommitted and is removed at the run's end
-(:meth:`AnnotationSink.remove_own_uncommitted`) or, after a crash, by the next run. Either way a videos part is the
+(:meth:`AnnotationSink.remove_own_uncommitted`) or, after a crash, by the next run; committed worker
+chunks are merged into large ones (:meth:`AnnotationSink.compact`). Either way a videos part is the
 commit marker of its chunk, and readers see only committed chunks
 (:class:`~workflows.corpus.reader.AnnotationOutput`). Every write replaces one whole object
 atomically (local: temporary file + rename; S3: one PUT).
@@ -66,6 +67,7 @@ import io
 import json
 import logging
 import time
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -172,7 +174,11 @@ class AnnotationSink:
                 keep = [p not in rows for p in pairs]
                 if all(keep):
                     continue
-                self._write_table(uri, t.filter(pa.array(keep, pa.bool_())))
+                if name == "videos" and not any(keep):  # nothing current left: the chunk goes, commit marker first
+                    for gone in ("videos", "faces", "tracks"):
+                        storage.remove(storage.join(self.root, gone, part))
+                else:
+                    self._write_table(uri, t.filter(pa.array(keep, pa.bool_())))
                 dropped += keep.count(False) if name == "videos" else 0
         if dropped:
             log.info("dropped %d replaced videos row(s) with their faces and tracks", dropped)
@@ -262,6 +268,22 @@ class AnnotationSink:
                 raise
         self.parts_written += 1
 
+    def compact(self, parts: list[str], merged: str, merge: Any = None) -> None:
+        """Replace this run's committed chunks ``parts`` (one per worker batch with
+        ``output.sink=workers``) by one chunk ``merged``, so the output keeps few large parts.
+
+        ``merge`` (:func:`merge_chunks`, or the same run where the data is, e.g. a Ray task) writes the
+        merged faces and tracks parts and returns the merged videos rows, each 1 ms newer than the row
+        it copies; they are committed here (lease checked), which makes the originals replaced rows,
+        invisible to every reader. Then each original's videos part is deleted (its commit marker:
+        nothing current is in it any more) and its faces and tracks parts, now uncommitted parts of
+        this run. Stopped anywhere, every video has exactly one current row with its faces."""
+        videos, record = (merge or merge_chunks)(self.root, parts, merged)
+        self.commit(merged, videos, record)
+        for part in parts:
+            for name in ("videos", "faces", "tracks"):
+                storage.remove(storage.join(self.root, name, part))
+
     def remove_own_uncommitted(self) -> list[str]:
         """Delete this run's faces/tracks parts that no videos part commits: chunks workers wrote for
         videos whose rows never reached the driver (a worker killed after writing, a batch run twice
@@ -277,6 +299,26 @@ class AnnotationSink:
 
     def _write_table(self, uri: str, t: pa.Table) -> None:
         self.bytes_written += write_part(uri, t)
+
+
+def merge_chunks(root: str, parts: list[str], merged: str) -> tuple[pa.Table, dict[str, dict[str, int]]]:
+    """Write the faces and tracks of the chunks ``parts`` of ``root`` as the parts ``merged``; return
+    their videos rows (``finished_at`` 1 ms later: they replace the originals) and the commit record.
+    Faces and tracks are read and written as whole Parquet tables, never row by row."""
+    tables: dict[str, list[pa.Table]] = {name: [] for name in TABLE_DIRS}
+    for part in parts:
+        for name in TABLE_DIRS:
+            fs, path = storage.filesystem(storage.join(root, name, part))
+            t = storage.with_retries(pq.read_table)(path, filesystem=fs).replace_schema_metadata(None)
+            tables[name].append(t.cast(schema.TABLES[name]) if t.schema != schema.TABLES[name] else t)
+    merged_tables = {name: pa.concat_tables(ts) for name, ts in tables.items()}
+    for name in ("faces", "tracks"):
+        write_part(storage.join(root, name, merged), merged_tables[name])
+    videos = merged_tables["videos"]
+    later = pa.array([None if t is None else t + dt.timedelta(milliseconds=1)
+                      for t in videos.column("finished_at").to_pylist()], videos.schema.field("finished_at").type)
+    videos = videos.set_column(videos.schema.get_field_index("finished_at"), "finished_at", later)
+    return videos, {name: _rows_per_video(merged_tables[name]) for name in ("faces", "tracks")}
 
 
 def write_part(uri: str, t: pa.Table) -> int:

@@ -60,10 +60,12 @@ def test_the_workers_write_what_the_driver_would(three_clips, tmp_path):
     assert workers.fe_counts == driver.fe_counts and workers.au_counts == driver.au_counts
     pd.testing.assert_frame_equal(_faces(tmp_path / "workers"), _faces(tmp_path / "driver"))
     assert _one_row_each(tmp_path / "workers") == _one_row_each(tmp_path / "driver")
-    parts = sorted(p.name for p in (tmp_path / "workers" / "faces").glob("*.parquet"))
-    assert len(parts) == 3 and all(f"{workers.run_id}-w" in p for p in parts)  # one chunk per worker batch
+    # one chunk per worker batch (a video each), merged into one chunk at the end
+    for name in ("videos", "faces", "tracks"):
+        assert sorted(p.name for p in (tmp_path / "workers" / name).glob("*.parquet")) == [
+            f"{workers.run_id}-c00000.parquet"], name
     doc = json.loads((tmp_path / "workers" / "runs" / f"{workers.run_id}.json").read_text())
-    assert doc["parts_written"] == 3 and doc["bytes_written"] > 0
+    assert doc["parts_written"] == 4 and doc["bytes_written"] > 0
 
 
 def test_mllm_batches_of_several_videos_commit_as_one_chunk_on_ray(three_clips, tmp_path):
@@ -81,8 +83,8 @@ def test_mllm_batches_of_several_videos_commit_as_one_chunk_on_ray(three_clips, 
     assert (s.videos_ok, s.videos_error) == (3, 1), s.render()
     videos = AnnotationOutput(str(out)).current_videos()
     assert {Path(v["video_uri"]).name: v["status"] for v in videos}["d_broken.mp4"] == "error"
-    chunks = list((out / "videos").glob(f"{s.run_id}-w*.parquet"))
-    assert 1 <= len(chunks) < 4 and not list((out / "videos").glob(f"{s.run_id}-0*.parquet"))  # several a chunk
+    [chunk] = (out / "videos").glob(f"{s.run_id}-*.parquet")  # the workers' chunks (merged if several)
+    assert "-w" in chunk.name or "-c" in chunk.name
     faces = AnnotationOutput(str(out)).faces_of()
     assert len(faces) == s.faces and faces.groupby("video_id").size().to_dict() == {
         v["video_id"]: v["n_faces"] for v in videos if v["n_faces"]}
@@ -132,5 +134,32 @@ def test_workers_write_their_chunks_to_s3(three_clips, s3_bucket):
     assert s.videos_ok == 3 and s.faces > 0
     reader = AnnotationOutput(out)
     assert len(reader.faces_of()) == s.faces and reader.uncommitted_parts("faces") == []
-    assert all(f"{s.run_id}-w" in u for u in storage.list_files(f"{out}/faces"))
+    assert [u.rsplit("/", 1)[-1] for u in storage.list_files(f"{out}/faces")] == [f"{s.run_id}-c00000.parquet"]
     assert check_output(out) == []
+
+
+def test_a_compaction_stopped_after_its_commit_leaves_readers_exact(three_clips, tmp_path, monkeypatch):
+    """The merged chunk is committed, then the run dies deleting the chunks it replaces: every video
+    still reads once with its faces (the originals are older rows), and the next run removes them."""
+    from workflows.core import storage
+
+    out = tmp_path / "out"
+    real_remove = storage.remove
+
+    def failing_remove(uri: str) -> None:
+        if "/videos/" in uri and "-w" in uri:
+            raise OSError(5, "Input/output error")
+        real_remove(uri)
+
+    monkeypatch.setattr(storage, "remove", failing_remove)
+    with pytest.raises(OSError, match="Input/output"):
+        annotate(str(three_clips), str(out), _cfg("executor.kind=local", "output.sink=workers"), progress=False)
+    monkeypatch.setattr(storage, "remove", real_remove)
+    assert len(list((out / "videos").glob("*-w*.parquet"))) == 3 and list((out / "videos").glob("*-c*.parquet"))
+    state = {Path(v["video_uri"]).name: v["n_faces"] for v in AnnotationOutput(str(out)).current_videos()}
+    faces = AnnotationOutput(str(out)).faces_of()
+    assert sorted(state) == ["a_smile.mp4", "b_single.mp4", "c_smile.mp4"] and len(faces) == sum(state.values())
+    rerun = annotate(str(three_clips), str(out), _cfg("executor.kind=local", "output.sink=workers"), progress=False)
+    assert rerun.videos_skipped == 3 and rerun.videos_ok == 0
+    assert [p.name for p in (out / "videos").glob("*.parquet")] == [p.name for p in (out / "videos").glob("*-c*")]
+    assert _one_row_each(out) == state

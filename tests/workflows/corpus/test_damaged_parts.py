@@ -157,21 +157,26 @@ def test_a_part_whose_row_count_disagrees_with_its_commit_record_is_damaged(outp
 
 
 def test_rows_dropped_by_an_interrupted_force_rerun_are_no_damage(output, monkeypatch):
-    """A --force rerun of d4 drops its old faces and tracks before its old videos row: stopped in
-    between, the old chunk holds fewer rows than its commit record, and that is sound."""
+    """A --force rerun of d4 drops its old faces and tracks before its old videos row (here the whole
+    old chunk, d4 being its only video, which goes once emptied): stopped in between, the old chunk
+    holds fewer rows than its commit record, and that is sound; the next run finishes the job."""
     fx, (d4_part, _) = output
     write_chunks(fx.root, str(fx.root), RUN4, RUN2_FINISHED + dt.timedelta(days=2), {"d4": 1})
     writes = []
-    real_write = storage.write_bytes
+    real_write, real_remove = storage.write_bytes, storage.remove
 
-    def full_disk_at_the_videos_part(uri, data):
-        if "/videos/" in uri:
-            raise OSError(28, "No space left on device")
+    def recorded(uri, data):
         writes.append(uri)
         real_write(uri, data)
 
-    monkeypatch.setattr(storage, "write_bytes", full_disk_at_the_videos_part)
-    with pytest.raises(OSError, match="No space"):
+    def failing_at_the_videos_part(uri):
+        if "/videos/" in uri:
+            raise OSError(5, "Input/output error")
+        real_remove(uri)
+
+    monkeypatch.setattr(storage, "write_bytes", recorded)
+    monkeypatch.setattr(storage, "remove", failing_at_the_videos_part)
+    with pytest.raises(OSError, match="Input/output"):
         AnnotationSink(str(fx.root), "20260105T000000Z-eeee5555").drop_replaced()
     monkeypatch.undo()
     assert sorted(Path(w).parent.name for w in writes) == ["faces", "tracks"]
@@ -180,6 +185,8 @@ def test_rows_dropped_by_an_interrupted_force_rerun_are_no_damage(output, monkey
     out = AnnotationOutput(str(fx.root))
     assert out.damaged == []
     assert current_state(fx.root)["d4"] == ("ok", RUN4, 1)
+    AnnotationSink(str(fx.root), "20260105T000000Z-eeee5555").drop_replaced()
+    assert not any((fx.root / name / d4_part).exists() for name in ("videos", "faces", "tracks"))
 
 
 def test_a_rerun_repairs_and_then_moves_the_damaged_chunk_aside(output, capsys):
