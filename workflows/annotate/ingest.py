@@ -281,14 +281,14 @@ def _parquet_lines(uri: str) -> Iterator[_Line]:
 
     stream = storage.open_input(uri)
     try:
-        manifest = pq.ParquetFile(stream)
+        try:
+            manifest = pq.ParquetFile(stream)
+        except pa.ArrowInvalid as e:
+            raise InputError(f"manifest {printable(uri)} is not a readable Parquet file ({e})") from e
         names = manifest.schema_arrow.names
         _check_uri_columns(uri, names)
-    except pa.ArrowInvalid as e:
-        stream.close()
-        raise InputError(f"manifest {printable(uri)} is not a readable Parquet file ({e})") from e
-    except InputError:
-        stream.close()
+    except BaseException:
+        stream.close()  # the rows' generator owns it only once the header is good
         raise
     return _parquet_rows(stream, manifest, names)
 
@@ -320,17 +320,13 @@ def _csv_lines(uri: str, text: Any) -> Iterator[_Line]:
 
     reader = csv.reader(text)
     try:
-        header = next(reader, [])
-    except csv.Error as e:
-        text.close()
-        raise InputError(f"manifest {printable(uri)}: its header line is not CSV ({e})") from e
-    except BaseException:
-        text.close()
-        raise
-    try:
+        try:
+            header = next(reader, [])
+        except csv.Error as e:
+            raise InputError(f"manifest {printable(uri)}: its header line is not CSV ({e})") from e
         _check_uri_columns(uri, header)
-    except InputError:
-        text.close()
+    except BaseException:
+        text.close()  # the rows' generator owns it only once the header is good
         raise
     return _csv_rows(text, reader, header)
 

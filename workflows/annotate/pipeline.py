@@ -721,7 +721,7 @@ class _Compactor:
         self.parts: list[str] = []
         self.videos = 0
         self.seq = 0
-        self.merged = 0
+        self._remote: Any = None  # the Ray task, made once
 
     def add(self, part: str, videos: int) -> None:
         self.parts.append(part)
@@ -734,7 +734,6 @@ class _Compactor:
             merged = f"{self.run_id}-c{self.seq:05d}.parquet"
             self.sink.compact(self.parts, merged, self._merge())
             self.seq += 1
-            self.merged += len(self.parts)
         self.parts, self.videos = [], 0
 
     def _merge(self) -> Any:
@@ -744,8 +743,9 @@ class _Compactor:
             return merge_chunks
         import ray
 
-        remote = ray.remote(num_cpus=0, max_retries=3)(merge_chunks)
-        return lambda root, parts, merged: ray.get(remote.remote(root, parts, merged))
+        if self._remote is None:
+            self._remote = ray.remote(num_cpus=0, max_retries=3)(merge_chunks)
+        return lambda root, parts, merged: ray.get(self._remote.remote(root, parts, merged))
 
 
 def _commit_chunk(part: str, rows: list[dict[str, Any]], run_id: str, sink: Any, summary: AnnotateSummary,
