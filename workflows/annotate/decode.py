@@ -12,6 +12,12 @@ Sparse policies seek to the key frame before the next target instead of decoding
 and fall back to sequential decoding for the rest of a video when seeking does not move
 forward (long GOPs). Frames that are not sampled are never converted to RGB.
 
+A reader may be given a time window ``(start_s, end_s)``: it then yields exactly the sampled
+frames of the whole read whose timestamp lies in ``[start_s, end_s)`` (the first window, from 0,
+also owns any frame before 0), so that the windows of a video, read by different workers and
+concatenated, give the frames, indices and timestamps of the unsplit read. A window seeks to the
+key frame before its start, and its frame indices come from the timestamps.
+
 Every problem with an input becomes a :class:`DecodeError` with a ``kind`` and a readable
 message; the annotate pipeline records it as an error row. A video that runs past its deadline
 (``DecodeLimits.max_wall_s``, checked at every decoded frame, so the time its consumer spends
@@ -25,6 +31,7 @@ bytes percent-encoded (:func:`workflows.core.storage.local_uri`), which ``storag
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import os
 import re
@@ -45,7 +52,7 @@ MAX_SAMPLING_FPS = 1000.0
 class Frame:
     """One sampled frame. ``image`` is HxWx3 uint8 RGB, already rotated upright."""
 
-    index: int  # index of the frame in the stream (0-based; from timestamp x fps after a seek)
+    index: int  # index of the frame in the stream (0-based; from timestamp x fps after a seek or in a window)
     timestamp_s: float  # presentation time in seconds from the stream start
     image: np.ndarray
 
@@ -194,6 +201,17 @@ def _rotate(image: np.ndarray, rotation_ccw: float) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(image, k=r)) if r else image
 
 
+def _check_window(uri: str, window: tuple[float, float | None]) -> None:
+    """A window the reader cannot honour is the caller's mistake: refuse it before opening anything."""
+    start, end = window
+    if is_image_uri(uri):
+        raise ValueError(f"window {window}: {uri} is a still image, which has no time to split; read it without a window")
+    if not (math.isfinite(start) and start >= 0):
+        raise ValueError(f"window {window}: the start must be a number of seconds >= 0")
+    if end is not None and not end > start:
+        raise ValueError(f"window {window}: the end must be after the start (or None: to the end of the video)")
+
+
 class VideoReader:
     """Streams sampled frames of one video or still image. Use as a context manager.
 
@@ -203,7 +221,9 @@ class VideoReader:
     """
 
     def __init__(self, uri: str, policy: SamplingPolicy, limits: DecodeLimits | None = None,
-                 seek_min_gap_s: float = 1.0, threads: int = 0):
+                 seek_min_gap_s: float = 1.0, threads: int = 0, window: tuple[float, float | None] | None = None):
+        if window is not None:
+            _check_window(uri, window)
         self.uri = uri
         self.policy = policy
         self.limits = limits or DecodeLimits()
@@ -212,9 +232,15 @@ class VideoReader:
         self._container: Any = None
         self._source: Any = None
         self._image: np.ndarray | None = None
+        # The window: the frames owned by this reader have lo <= t < hi (the first window owns t < 0 too).
+        self.window = window
+        self._lo = window[0] if window is not None and window[0] > 0 else -math.inf
+        self._hi = window[1] if window is not None and window[1] is not None else math.inf
         started = time.monotonic()
         self.probe: VideoProbe = self._open()
         duration = self.probe.duration_s or ((self.probe.n_frames or 0) / (self.probe.fps or 1.0))
+        if window is not None:  # a window's deadline is that of a video as long as the window
+            duration = max((duration if window[1] is None else window[1]) - window[0], 0.0)
         self.budget_s = self.limits.wall_budget_s(duration)
         self._deadline = started + self.budget_s if self.budget_s is not None else math.inf
         self.decoded_frames = 0  # frames the decoder produced (sampled or not)
@@ -331,9 +357,10 @@ class VideoReader:
             raise DecodeError("decode_error", f"decoding failed after {n} sampled frames ({e})") from e
         except MemoryError as e:
             raise DecodeError("out_of_memory", "ran out of memory while decoding") from e
-        if n == 0:
+        if self.window is None and n == 0:  # a window may hold no sampled frame: the whole video decides
             raise DecodeError("no_frames", "no decodable video frames")
-        self._check_complete()
+        if self._hi == math.inf:  # the stream's end is the last window's to check
+            self._check_complete()
 
     def _check_complete(self) -> None:
         """A stream that ends well before the duration its header declares was cut short."""
@@ -368,20 +395,55 @@ class VideoReader:
         kind = self.policy.kind
         if kind == "keyframes":
             stream.codec_context.skip_frame = "NONKEY"
-            for i, frame in enumerate(self._decoded(stream)):
+        prev, decoder = None, self._decoded(stream)
+        if self._lo > -math.inf:
+            prev, decoder = self._enter_window(stream, start)
+        if kind in ("keyframes", "all"):
+            count = self._index_from_time(prev, -1) + 1 if prev is not None else 0  # the index without timestamps
+            for i, frame in enumerate(decoder, start=count):
                 t = self._time(frame, stream, start)
-                idx = self._index_from_time(t, i)
+                if kind == "all":
+                    self.last_decoded_s = max(self.last_decoded_s, t)
+                if t >= self._hi:
+                    return
+                idx = i if kind == "all" and self.window is None else self._index_from_time(t, i)
                 yield self._to_frame(frame, idx, t)
             self.reached_eof = True
             return
-        if kind == "all":
-            for i, frame in enumerate(self._decoded(stream)):
-                t = self._time(frame, stream, start)
+        yield from self._sampled_targets(stream, start, prev, decoder)
+
+    def _enter_window(self, stream: Any, start: float) -> tuple[float | None, Iterator[Any]]:
+        """Seek to the key frame before the window and decode up to its start. Returns the time of
+        the last frame before the window (None: none) and the decoder at the window's first frame.
+
+        The seek aims just before the start, so that the frame before the window is decoded even
+        when a key frame lies on the start: whether the window's first frame is sampled depends on
+        it. When no frame before the start comes out (a container that seeks past its aim, as
+        MPEG-TS does by up to a GOP), it aims further back, and at last reads from the beginning,
+        so that no frame of the window is missed."""
+        back = 0.0
+        while True:
+            aim = self._lo - back
+            pts = (math.floor((aim + start) / stream.time_base) - 1) if aim > 0 else (stream.start_time or 0)
+            prev, decoder = self._decode_to_window(stream, start, pts)
+            if prev is not None or aim <= 0:
+                return prev, decoder
+            back = max(4 * back, 2.0)
+
+    def _decode_to_window(self, stream: Any, start: float, pts: int) -> tuple[float | None, Iterator[Any]]:
+        self._container.seek(pts, stream=stream, backward=True, any_frame=False)
+        self.seeks += 1
+        decoder = self._decoded(stream)
+        prev = None
+        for frame in decoder:
+            t = self._time(frame, stream, start)
+            if math.isfinite(t):
                 self.last_decoded_s = max(self.last_decoded_s, t)
-                yield self._to_frame(frame, i, t)
-            self.reached_eof = True
-            return
-        yield from self._sampled_targets(stream, start)
+            if t >= self._lo:
+                return prev, itertools.chain([frame], decoder)
+            if math.isfinite(t):
+                prev = t
+        return prev, iter(())
 
     def _decoded(self, stream: Any) -> Iterator[Any]:
         """The decoder's frames from where it stands, counted and held to the video's deadline
@@ -418,13 +480,36 @@ class VideoReader:
         k = math.floor(t * k_total / dur) + 1
         return k * dur / k_total if k < k_total else None
 
-    def _sampled_targets(self, stream: Any, start: float) -> Iterator[Frame]:
-        """First frame at/after each target time; seek across gaps wider than seek_min_gap_s."""
-        target: float | None = 0.0
+    def _sampled_targets(self, stream: Any, start: float, prev: float | None,
+                         decoder: Iterator[Any]) -> Iterator[Frame]:
+        """First frame at/after each target time; seek across gaps wider than seek_min_gap_s.
+        ``decoder`` stands at the window's first frame, ``prev`` is the time of the frame before it."""
+        # The frame before the window satisfied every target up to it: the first target of the
+        # window is the first one after it, exactly as in a read from the start.
+        target: float | None = self._target_after(prev) if prev is not None else 0.0
         seeking = self.policy.kind == "uniform" or (1.0 / self.policy.value) >= self.seek_min_gap_s
-        index = -1
-        decoder = self._decoded(stream)
+        index = self._index_from_time(prev, -1) if prev is not None else -1
+        since = prev  # where the decoder stands after the last sampled frame: a seek may start from there
+        first = None  # the first frame after the last seek
         while target is not None:
+            if seeking and since is not None and target - since >= self.seek_min_gap_s:
+                self._container.seek(int((target + start) / stream.time_base), stream=stream,
+                                     backward=True, any_frame=False)
+                self.seeks += 1
+                decoder = self._decoded(stream)
+                first = next(decoder, None)
+                if first is None:
+                    self.reached_eof = True
+                    return
+                t_first = self._time(first, stream, start)
+                if not math.isfinite(t_first) or t_first <= since:
+                    # The key frame before the target is at/behind where we were: seeking gains
+                    # nothing on this video (long GOP). Decode forward from here without seeking.
+                    # (Frames up to `since` do not satisfy the target: none is sampled twice.)
+                    seeking = False
+                index = self._index_from_time(t_first, index + 1) - 1
+                decoder = itertools.chain([first], decoder)
+            since = None
             try:
                 frame = next(decoder)
             except StopIteration:
@@ -436,36 +521,13 @@ class VideoReader:
             index += 1
             if not math.isfinite(t):
                 t = index / (self.probe.fps or 1.0)
+            if t >= self._hi:
+                return
             if t + 1e-6 < target:
                 continue
-            yield self._to_frame(frame, index, t)
+            yield self._to_frame(frame, index if self.window is None else self._index_from_time(t, index), t)
             target = self._target_after(t)  # one frame satisfies every target up to it
-            if target is None:
-                return
-            if seeking and target - t >= self.seek_min_gap_s:
-                before = t
-                self._container.seek(int((target + start) / stream.time_base), stream=stream,
-                                     backward=True, any_frame=False)
-                self.seeks += 1
-                decoder = self._decoded(stream)
-                first = next(decoder, None)
-                if first is None:
-                    self.reached_eof = True
-                    return
-                t_first = self._time(first, stream, start)
-                if math.isfinite(t_first):
-                    self.last_decoded_s = max(self.last_decoded_s, t_first)
-                if not math.isfinite(t_first) or t_first <= before:
-                    # The key frame before the target is at/behind where we were: seeking gains
-                    # nothing on this video (long GOP). Decode forward from here without seeking.
-                    seeking = False
-                index = self._index_from_time(t_first, index)
-                if t_first + 1e-6 >= target:
-                    yield self._to_frame(first, index, t_first)
-                    target = self._target_after(t_first)
-                # Frames between the key frame and `before` would be re-yielded; skip them.
-                if target is not None and target <= before:
-                    target = self._target_after(before)
+            since = None if frame is first else t  # after a seek's frame, the next target is decoded to
 
     def close(self) -> None:
         if self._container is not None:

@@ -112,10 +112,10 @@ def _exit_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="mien-parent-watch", daemon=True).start()
 
 
-def _process(cfg: Any, run_id: str, output_uri: str, video_id: str, uri: str, quiet: bool = True) -> dict[str, Any]:
-    """One video, in a worker process: decode + faces + MLLM, the fused stage's result row."""
+def _stage(cfg: Any, run_id: str, output_uri: str, quiet: bool) -> Any:
+    """This worker process's fused stage, built on its first call (its models load once per process)."""
     global _STAGE
-    from workflows.annotate.stages import RESULT_FIELDS, FusedStage
+    from workflows.annotate.stages import FusedStage
 
     if _STAGE is None:
         with _native_stderr_held(quiet) as held:
@@ -128,8 +128,77 @@ def _process(cfg: Any, run_id: str, output_uri: str, video_id: str, uri: str, qu
         if error is not None:
             raise LocalStartError(f"the annotate stages failed to start in a local worker: "
                                   f"{type(error).__name__}: {error}" + (f"\n{held.text}" if held.text else "")) from None
-    out = _STAGE({"video_id": [video_id], "uri": [uri]})
+    return _STAGE
+
+
+def _process(cfg: Any, run_id: str, output_uri: str, video_id: str, uri: str, quiet: bool = True) -> dict[str, Any]:
+    """One video, in a worker process: decode + faces + MLLM, the fused stage's result row."""
+    from workflows.annotate.stages import RESULT_FIELDS
+
+    out = _stage(cfg, run_id, output_uri, quiet)({"video_id": [video_id], "uri": [uri]})
     return {k: out[k][0] for k in RESULT_FIELDS}
+
+
+def _window(cfg: Any, run_id: str, output_uri: str, video_id: str, uri: str, start_s: float, end_s: float | None,
+            quiet: bool) -> dict[str, Any]:
+    return _stage(cfg, run_id, output_uri, quiet).process_window(video_id, uri, start_s, end_s)
+
+
+def _windows(cfg: Any, run_id: str, output_uri: str, row: dict[str, Any], windows: list[dict[str, Any]],
+             quiet: bool) -> dict[str, Any]:
+    return _stage(cfg, run_id, output_uri, quiet).process_windows(row, *windows)
+
+
+class LocalWindows:
+    """The time windows of long videos (:mod:`workflows.annotate.windows`) in a pool of worker
+    processes: each reads windows and merges videos. A worker that dies breaks the pool: the windows
+    it had in flight are reported lost (the scheduler retries them) and a fresh pool takes over."""
+
+    def __init__(self, cfg: Any, run_id: str, plan: dict[str, dict[str, Any]], output_uri: str):
+        self._args = (cfg, run_id, output_uri)
+        self._workers = max(1, int(plan["faces"]["concurrency"]))
+        self._quiet = not logging.getLogger("workflows").isEnabledFor(logging.DEBUG)
+        self._pool = self._new_pool()
+        self._pool_of: dict[cf.Future, cf.ProcessPoolExecutor] = {}
+        self.capacity = 2 * self._workers
+
+    def _new_pool(self) -> cf.ProcessPoolExecutor:
+        return cf.ProcessPoolExecutor(max_workers=self._workers, mp_context=multiprocessing.get_context("spawn"),
+                                      initializer=_exit_with_parent, initargs=(os.getpid(),))
+
+    def _submit(self, fn: Any, *args: Any) -> cf.Future:
+        future = self._pool.submit(fn, *self._args, *args, self._quiet)
+        self._pool_of[future] = self._pool
+        return future
+
+    def window(self, video_id: str, uri: str, start_s: float, end_s: float | None) -> cf.Future:
+        return self._submit(_window, video_id, uri, start_s, end_s)
+
+    def finish(self, row: dict[str, Any], windows: list[cf.Future]) -> cf.Future:
+        return self._submit(_windows, row, [w.result() for w in windows])
+
+    def wait(self, handles: list[cf.Future]) -> list[cf.Future]:
+        done, _ = cf.wait(handles, return_when=cf.FIRST_COMPLETED)
+        return list(done)
+
+    def result(self, handle: cf.Future) -> dict[str, Any]:
+        from workflows.annotate.windows import WorkerLost
+
+        pool = self._pool_of.pop(handle, None)
+        try:
+            return handle.result()
+        except cf.process.BrokenProcessPool as e:
+            if pool is self._pool:  # the first loss seen from this pool replaces it
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = self._new_pool()
+            raise WorkerLost(f"a local worker process died ({e})") from None
+
+    def check(self, handle: cf.Future) -> None:
+        self.result(handle)
+
+    def close(self) -> None:
+        # Nothing is in flight after the last video; when stopped early, nobody waits for the rest.
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 class _Held:

@@ -37,6 +37,10 @@ class DecodeConfig:
     # Decoder threads per video. A face actor owns one CPU; FFmpeg's default (0) starts one
     # thread per core of the node in every actor, N actors x N threads on N cores.
     threads: int = 1
+    # Long videos in time windows decoded by different face workers at once (workflows/annotate/
+    # windows.py): a video of at least 2 x window_s runs as floor(duration / window_s) windows;
+    # 0 = off. The result equals a whole read's. Chosen by measurement (docs/PERFORMANCE.md, "Long videos").
+    window_s: float = 60.0
     limits: DecodeLimits = dataclasses.field(default_factory=DecodeLimits)
 
     def policy(self) -> SamplingPolicy:
@@ -47,6 +51,8 @@ class DecodeConfig:
             self.policy()
         except ValueError as e:
             return [f"sampling: {e}"]
+        if self.window_s < 0 or self.window_s != self.window_s:
+            return [f"window_s: must be >= 0 seconds (0 = no time windows), got {self.window_s}"]
         return []
 
 
@@ -128,10 +134,11 @@ class OutputConfig:
     # off | strict: no face crop is written, whatever `crops` says (workflows/corpus/privacy.py;
     # docs/OUTPUT.md, "What is stored (and privacy mode)").
     privacy: str = "off"
-    # Who writes faces/ and tracks/: "driver" (every face row crosses to the driver, which writes
-    # chunks of flush_every_videos videos) or "workers" (the stage that finishes a batch of videos
-    # writes its chunk's parts itself and sends the driver a status row per video; the driver only
-    # commits). Same output contract and exactly-once rules; docs/SCALING.md compares them.
+    # Who writes faces/ and tracks/: "workers" (the stage that finishes a batch of videos writes its
+    # chunk's parts itself and sends the driver a status row per video; the driver only commits, and
+    # merges the chunks every flush_every_videos videos) or "driver" (every face row crosses to the
+    # driver, which writes chunks of flush_every_videos videos). Same output contract and exactly-once
+    # rules, both tested under concurrent runs and node loss (tests/reliability); docs/SCALING.md.
     sink: str = "driver"
 
     def validate(self) -> list[str]:
@@ -232,6 +239,9 @@ class AnnotateSummary:
     first_result_s: float | None = None
     plan: dict[str, Any] = dataclasses.field(default_factory=dict)
     executor: str | None = None  # local | ray (None: nothing to do)
+    # Long videos read in time windows by several face workers at once (decode.window_s).
+    windowed_videos: int = 0
+    windows: int = 0
     # Where the wall time went, phase by phase (Stopwatch): start-up, discovery, model check,
     # resume check, cluster start, first result, steady state, sink, run JSON, MLflow.
     breakdown: dict[str, float] = dataclasses.field(default_factory=dict)
@@ -306,6 +316,9 @@ class AnnotateSummary:
                          ", ".join(f"{k} {v / self.faces:.0%}" for k, v in top))
         if self.plan:
             lines.append(f"pools: {self.pools_line()}")
+        if self.windowed_videos:
+            lines.append(f"long videos: {self.windowed_videos} read in {self.windows} time windows "
+                         f"(decode.window_s) by several face workers at once")
         if verbose and self.breakdown:
             lines.append(f"time ({self.executor or 'nothing to run'}): {self.breakdown_line()}")
         for e in self.errors[:20]:  # file names and messages are user data: no control characters
@@ -584,12 +597,13 @@ def _run(work: Any, cfg: AnnotateConfig, run_id: str, sink: Any, lease: Any, sum
     """Annotate the planned videos (``work``: a :class:`~workflows.annotate.plan.Plan`) a chunk at a
     time; returns the stage plan."""
     from workflows.annotate import plan as planning
-    from workflows.annotate import runner
+    from workflows.annotate import runner, windows
 
     total = work.counts.todo
     executor, why = choose_executor(cfg, total)
     summary.executor = executor
     log.info("executor: %s (%s)", executor, why)
+    tries = cfg.ray.crash_passes + 1  # a window or a merge of a long video is tried this often
     if executor == "local":
         from workflows.annotate import local
 
@@ -597,6 +611,10 @@ def _run(work: Any, cfg: AnnotateConfig, run_id: str, sink: Any, lease: Any, sum
 
         def execute(rows: list[dict[str, str]], plan: dict[str, Any]) -> Iterable[dict[str, Any]]:
             return local.run_local(rows, cfg, run_id, plan, sink.root)
+
+        def execute_windows(rows: list[dict[str, Any]], n_windows: int) -> Iterable[dict[str, Any]]:
+            backend = local.LocalWindows(cfg, run_id, local.local_plan(cfg, n_windows), sink.root)
+            return windows.run_windows(rows, cfg.decode.window_s, backend, tries)
     else:
         from workflows.core import cluster
 
@@ -606,6 +624,11 @@ def _run(work: Any, cfg: AnnotateConfig, run_id: str, sink: Any, lease: Any, sum
 
         def execute(rows: list[dict[str, str]], plan: dict[str, Any]) -> Iterable[dict[str, Any]]:
             return runner.run_pipeline(rows, cfg, run_id, plan, progress, sink.root)
+
+        def execute_windows(rows: list[dict[str, Any]], n_windows: int) -> Iterable[dict[str, Any]]:
+            backend = runner.RayWindows(cfg, run_id, runner.stage_plan(cfg, resources, n_windows,
+                                                                       cluster.node_resources()), sink.root)
+            return windows.run_windows(rows, cfg.decode.window_s, backend, tries)
     summary.plan = plan
     log.info("stage plan: %s", plan)
     compactor = _Compactor(sink, run_id, cfg.output.flush_every_videos, executor)
@@ -617,6 +640,30 @@ def _run(work: Any, cfg: AnnotateConfig, run_id: str, sink: Any, lease: Any, sum
     elsewhere: collections.Counter[str] = collections.Counter()
     done = 0
     last_log = 0.0
+    pending: dict[str, Any] = {}  # the chunk's videos not yet committed
+    windowed: dict[str, dict[str, Any]] = {}  # long videos the face stage only probed: read in windows
+
+    def take(rows: list[dict[str, Any]]) -> None:
+        """Commit finished videos (a chunk a worker wrote, or one video's row); a long video's
+        ``windowed`` row waits for its windows instead."""
+        nonlocal done, last_log
+        windowed.update((r["video_id"], r) for r in rows if r["status"] == "windowed")
+        rows = [r for r in rows if r["status"] != "windowed"]
+        if not rows:
+            return  # a chunk part holding only probed videos has no row: removed at the end, uncommitted
+        for r in rows:
+            r["meta"] = pending.pop(r["video_id"]).meta  # stays on the driver, as do the manifest's columns
+        done += len(rows)
+        if summary.first_result_s is None:
+            summary.first_result_s = time.perf_counter() - t_start
+            clock.lap("first_result_s")
+        if rows[0].get("part"):
+            _commit_chunk(rows[0]["part"], rows, run_id, sink, summary, fe_counts, au_counts)
+            compactor.add(rows[0]["part"], len(rows))
+            last_log = _progress(summary, done, total, last_log)
+        else:
+            last_log = _consume(rows[0], run_id, sink, summary, fe_counts, au_counts, done, total, last_log)
+
     for chunk in work.chunks(chunk_videos):
         held = lease.claim([s.video_id for s in chunk])
         if held:
@@ -628,48 +675,46 @@ def _run(work: Any, cfg: AnnotateConfig, run_id: str, sink: Any, lease: Any, sum
             log.warning("%d video(s) are claimed by other live run(s) on this output and left to them: %s",
                         len(held), "; ".join(mine))
         pending = {s.video_id: s for s in chunk}
+        windowed = {}
         passes = plan
         for attempt in range(cfg.ray.crash_passes + 1):
-            if not pending:
+            todo = [s for s in pending.values() if s.video_id not in windowed]
+            if not todo:
                 break
             if attempt:
                 log.warning("%d video(s) lost to crashed workers; retrying them one at a time (pass %d/%d)",
-                            len(pending), attempt, cfg.ray.crash_passes)
+                            len(todo), attempt, cfg.ray.crash_passes)
                 passes = runner.isolated(passes)
-            rows = [{"video_id": s.video_id, "uri": s.uri} for s in planning.largest_first(pending.values())]
+            rows = [{"video_id": s.video_id, "uri": s.uri} for s in planning.largest_first(todo)]
             written: dict[str, list[dict[str, Any]]] = {}  # chunks workers wrote, until all their rows are in
             for row in execute(rows, passes):
-                if row["video_id"] not in pending:
+                if row["video_id"] not in pending or row["video_id"] in windowed:
                     # A block re-executed after a node or object loss can deliver a video twice;
                     # the first result is already in the sink (a chunk written twice: the second is
                     # never committed, and removed at the end).
                     log.warning("ignoring a second result for video %s", row["video_id"])
                     continue
-                if row.get("part"):
-                    chunk_rows = written.setdefault(row["part"], [])
-                    chunk_rows.append(row)
-                    if len(chunk_rows) < int(row["part_videos"]):
-                        continue
-                    del written[row["part"]]
-                    if any(r["video_id"] not in pending for r in chunk_rows):
-                        continue  # some of its videos were committed from another chunk meanwhile
-                else:
-                    chunk_rows = [row]
-                for r in chunk_rows:
-                    r["meta"] = pending.pop(r["video_id"]).meta  # stays on the driver, as do the manifest's columns
-                done += len(chunk_rows)
-                if summary.first_result_s is None:
-                    summary.first_result_s = time.perf_counter() - t_start
-                    clock.lap("first_result_s")
-                if row.get("part"):
-                    _commit_chunk(row["part"], chunk_rows, run_id, sink, summary, fe_counts, au_counts)
-                    compactor.add(row["part"], len(chunk_rows))
-                    last_log = _progress(summary, done, total, last_log)
-                else:
-                    last_log = _consume(row, run_id, sink, summary, fe_counts, au_counts, done, total, last_log)
+                if not row.get("part"):
+                    take([row])
+                    continue
+                chunk_rows = written.setdefault(row["part"], [])
+                chunk_rows.append(row)
+                if len(chunk_rows) < int(row["part_videos"]):
+                    continue
+                del written[row["part"]]
+                if all(r["video_id"] in pending and r["video_id"] not in windowed for r in chunk_rows):
+                    take(chunk_rows)  # else some of its videos were committed from another chunk meanwhile
             if written:  # chunks some of whose rows never came (a block lost half-way): their videos go again
                 log.warning("%d chunk(s) written by workers came back incomplete; their videos are retried",
                             len(written))
+        if windowed:
+            spans = sum(len(windows.windows_of(r["duration_s"], cfg.decode.window_s)) for r in windowed.values())
+            summary.windowed_videos += len(windowed)
+            summary.windows += spans
+            for row in execute_windows(list(windowed.values()), spans):
+                if row.get("lost") or row["video_id"] not in pending:
+                    continue  # a lost video stays pending: recorded below like any its workers died on
+                take([row])
         for s in pending.values():  # still missing: every attempt crashed its worker
             row = {"video_id": s.video_id, "video_uri": s.uri, "status": "error", "error_kind": "worker_crash",
                    "error": f"the worker processing this video died on every try ({cfg.ray.crash_passes + 1} "

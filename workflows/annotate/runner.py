@@ -116,3 +116,102 @@ def run_pipeline(sources: list[dict[str, str]], cfg: Any, run_id: str, plan: dic
         ds = stage(ds, cls, cls.constructor_args(cfg, run_id, output_uri), plan[cls.pool])
     for batch in ds.iter_batches(batch_size=1, batch_format="pyarrow"):
         yield from batch.to_pylist()
+
+
+class RayWindows:
+    """The time windows of long videos (:mod:`workflows.annotate.windows`) on Ray actors of the
+    stage classes, sized like the pipeline's pools: the face actors read windows, the MLLM actors
+    (the same actors when the stages are fused) merge and score each video. A window's faces stay in
+    the object store until its video's merge takes them; the driver only sees each window's status."""
+
+    def __init__(self, cfg: Any, run_id: str, plan: dict[str, dict[str, Any]], output_uri: str):
+        import ray
+
+        from workflows.annotate.stages import DecodeFacesStage, FusedStage, MllmStage
+
+        fused = bool(plan["mllm"].get("fused"))
+
+        def actors(cls: type, p: dict[str, Any]) -> list[Any]:
+            # Restarted after a crash; the call it was running is retried on it (max_task_retries),
+            # then reported lost, and the scheduler tries that window alone again. (Without Ray's
+            # retries, a call sent to an actor still restarting fails at once.)
+            remote = ray.remote(_windowed(cls)).options(num_cpus=p["num_cpus"], num_gpus=p["num_gpus"] or None,
+                                                        max_restarts=-1, max_task_retries=cfg.ray.max_task_retries)
+            return [remote.remote(*cls.constructor_args(cfg, run_id, output_uri))
+                    for _ in range(max(1, int(p["concurrency"] or 1)))]
+
+        self._faces = actors(FusedStage if fused else DecodeFacesStage, plan["faces"])
+        self._mllm = self._faces if fused else actors(MllmStage, plan["mllm"])
+        self._load = [0] * len(self._faces), [0] * len(self._mllm)
+        self._where: dict[Any, tuple[int, int]] = {}  # handle -> (pool 0 faces / 1 mllm, actor)
+        self._rows: dict[Any, Any] = {}  # a window's status ref -> the ref of its row (faces included)
+        self.capacity = 2 * len(self._faces)
+
+    def _pick(self, pool: int) -> int:
+        load = self._load[pool]
+        i = min(range(len(load)), key=load.__getitem__)
+        load[i] += 1
+        return i
+
+    def window(self, video_id: str, uri: str, start_s: float, end_s: float | None) -> Any:
+        i = self._pick(0)
+        status, row = self._faces[i].window.options(num_returns=2).remote(video_id, uri, start_s, end_s)
+        self._where[status], self._rows[status] = (0, i), row
+        return status
+
+    def finish(self, row: dict[str, Any], windows: list[Any]) -> Any:
+        i = self._pick(1)
+        ref = self._mllm[i].process_windows.remote(row, *[self._rows[h] for h in windows])
+        for h in windows:
+            del self._rows[h]
+        self._where[ref] = (1, i)
+        return ref
+
+    def wait(self, handles: list[Any]) -> list[Any]:
+        import ray
+
+        ready, _ = ray.wait(handles, num_returns=1)
+        for h in ready:
+            pool, i = self._where.pop(h)
+            self._load[pool][i] -= 1
+        return ready
+
+    def _get(self, handle: Any) -> Any:
+        import ray
+        from ray.exceptions import RayError
+
+        from workflows.annotate.windows import WorkerLost
+
+        try:
+            return ray.get(handle)
+        except RayError as e:
+            self._rows.pop(handle, None)
+            raise WorkerLost(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+
+    def check(self, handle: Any) -> None:
+        self._get(handle)
+
+    def result(self, handle: Any) -> dict[str, Any]:
+        return self._get(handle)
+
+    def close(self) -> None:
+        import ray
+
+        for actor in {id(a): a for a in self._faces + self._mllm}.values():
+            ray.kill(actor)
+        self._rows.clear()
+
+
+def _windowed(cls: type) -> type:
+    """``cls`` with a ``window`` method that returns a window's status apart from its row, so the
+    driver can learn that a window is done (or its worker died) without fetching its faces."""
+    if not hasattr(cls, "process_window"):
+        return cls
+
+    class Windowed(cls):  # type: ignore[misc, valid-type]
+        def window(self, video_id: str, uri: str, start_s: float, end_s: float | None) -> tuple[str, dict]:
+            row = self.process_window(video_id, uri, start_s, end_s)
+            return row["status"], row
+
+    Windowed.__name__ = Windowed.__qualname__ = f"Windowed{cls.__name__}"
+    return Windowed

@@ -57,8 +57,14 @@ def _decode_jpeg(data: bytes) -> np.ndarray:
     return img[:, :, ::-1]
 
 
-def pack_faces(records: list[Any], jpeg_quality: int) -> bytes:
-    """Face records of one video → one compact npz blob (no pickles)."""
+def pack_faces(records: list[Any], jpeg_quality: int, extra: dict[str, np.ndarray] | None = None) -> bytes:
+    """Face records of one video (or one window of it, with ``extra`` arrays) → one compact npz
+    blob (no pickles)."""
+    return pack_arrays({**_face_arrays(records), **(extra or {})},
+                       [_encode_jpeg(r.crop, jpeg_quality) for r in records])
+
+
+def _face_arrays(records: list[Any]) -> dict[str, np.ndarray]:
     n = len(records)
     n_au, n_fe = len(AU_NAMES), len(FE_BASIC)
 
@@ -70,9 +76,7 @@ def pack_faces(records: list[Any], jpeg_quality: int) -> bytes:
                 out[i] = v
         return out
 
-    crops = [_encode_jpeg(r.crop, jpeg_quality) for r in records]
-    lengths = np.array([len(c) for c in crops], np.int64)
-    payload = {
+    return {
         "frame_index": arr(lambda r: r.frame_index, (), np.int32, -1),
         "timestamp_s": arr(lambda r: r.timestamp_s, (), np.float64),
         "bbox": arr(lambda r: r.bbox, (4,)),
@@ -88,12 +92,65 @@ def pack_faces(records: list[Any], jpeg_quality: int) -> bytes:
         "segment_id": arr(lambda r: r.segment_id, (), np.int32, 0),
         "gender": np.array([r.gender or "" for r in records], dtype="U8"),
         "flags": np.array([",".join(r.flags or []) for r in records], dtype="U512"),
-        "crop_lengths": lengths,
-        "crops": np.frombuffer(b"".join(crops), np.uint8) if crops else np.zeros(0, np.uint8),
     }
+
+
+def pack_arrays(arrays: dict[str, np.ndarray], crops_jpeg: list[bytes]) -> bytes:
+    """Per-face arrays and their JPEG crops → the npz blob :func:`unpack_faces` reads."""
+    payload = {**arrays, "crop_lengths": np.array([len(c) for c in crops_jpeg], np.int64),
+               "crops": np.frombuffer(b"".join(crops_jpeg), np.uint8) if crops_jpeg else np.zeros(0, np.uint8)}
     buf = io.BytesIO()
     np.savez(buf, **payload)
     return buf.getvalue()
+
+
+def window_extras(records: list[Any], step_times: list[float], face_steps: list[int]) -> dict[str, np.ndarray]:
+    """What the merge of a video's windows needs besides the faces to link them as one video
+    (``FaceExtractor.extract``): every sampled frame's time, each face's frame, identity embeddings."""
+    extra = {"step_times": np.asarray(step_times, np.float64), "face_step": np.asarray(face_steps, np.int32)}
+    dims = {len(np.ravel(r.embedding)) for r in records if r.embedding is not None}
+    if dims:
+        emb = np.full((len(records), max(dims)), np.nan, np.float32)
+        for i, r in enumerate(records):
+            if r.embedding is not None:
+                emb[i] = np.ravel(r.embedding)
+        extra["embedding"] = emb
+    return extra
+
+
+def merge_windows(packs: list[bytes], faces_cfg: Any) -> tuple[bytes, int, int]:
+    """The window packs of one video, in time order → the video's faces blob, as if it had been
+    read whole: faces concatenated, then tracks, segments and AU normalisation computed over the
+    whole video by the same function (``workflows.faces.stage.link_faces``). Returns the blob, the
+    faces and the (track, segment) clips."""
+    from workflows.faces.stage import FLAG_NO_BASELINE, link_faces
+
+    parts = [unpack_faces(b) for b in packs]
+    offset = 0
+    for part in parts:
+        part["face_step"] = part["face_step"] + offset
+        offset += len(part["step_times"])
+    dim = max((p["embedding"].shape[1] for p in parts if "embedding" in p), default=0)
+    embeddings = None
+    if dim:
+        rows = np.concatenate([p.get("embedding", np.full((len(p["frame_index"]), dim), np.nan, np.float32))
+                               for p in parts])
+        embeddings = [None if np.isnan(e).all() else e for e in rows]
+    keys = [k for k in parts[0] if k not in ("step_times", "embedding", "crop_jpeg")]
+    merged = {k: np.concatenate([p[k] for p in parts]) for k in keys}
+    crops = [c for p in parts for c in p["crop_jpeg"]]
+    step_times = np.concatenate([p["step_times"] for p in parts])
+    linked = link_faces(faces_cfg, step_times.tolist(), merged.pop("face_step").tolist(), merged["frame_index"],
+                        merged["bbox"], merged["kps"], embeddings, merged["au_evidence"])
+    merged["track_id"], merged["segment_id"], merged["au_evidence"] = (
+        linked.track_id, linked.segment_id, linked.au_evidence)
+    flags = merged["flags"].astype(object)
+    for i in np.nonzero(linked.no_baseline)[0]:
+        if FLAG_NO_BASELINE not in flags[i].split(","):
+            flags[i] = f"{flags[i]},{FLAG_NO_BASELINE}" if flags[i] else FLAG_NO_BASELINE
+    merged["flags"] = flags.astype("U512")
+    n_tracks = len({(int(t), int(g)) for t, g in zip(linked.track_id, linked.segment_id, strict=True)})
+    return pack_arrays(merged, crops), len(crops), n_tracks
 
 
 def unpack_faces(blob: bytes) -> dict[str, Any]:
@@ -113,6 +170,32 @@ def model_batch(faces: dict[str, Any], rows: range, video_key: int) -> dict[str,
         {**{k: faces[k][i] for k in fields}, "crop": _decode_jpeg(faces["crop_jpeg"][i]),
          "track_key": (video_key << 40) + (int(faces["track_id"][i]) << 20) + int(faces["segment_id"][i])}
         for i in rows])
+
+
+def merge_window_rows(row: dict[str, Any], windows: list[dict[str, Any]], cfg: Any) -> dict[str, Any]:
+    """The face stage's row of a whole video from the rows of its windows: the first window that
+    failed fails the video (as the first failure ends a video read whole), counts and timings add up,
+    and the faces are linked across windows (:func:`merge_windows`)."""
+    out = {**row, "status": "ok", "error": None, "error_kind": None, "faces_npz": b""}
+    for key in ("n_frames", "decode_faces_s", "decode_faces_cpu_s"):
+        out[key] = sum(w.get(key) or 0 for w in windows)
+    for key in ("width", "height", "rotation"):  # the display matrix a decoder saw beats the header
+        out[key] = windows[0].get(key, row.get(key))
+    failed = next((w for w in windows if w["status"] != "ok"), None)
+    limit = cfg.decode.limits.max_sampled_frames
+    if failed is not None:
+        out.update({k: failed.get(k) for k in ("status", "error", "error_kind")})
+        if failed.get("traceback"):
+            out["traceback"] = failed["traceback"]
+    elif out["n_frames"] == 0:
+        out.update(status="error", error="no decodable video frames", error_kind="no_frames")
+    elif out["n_frames"] > limit:
+        out.update(status="error", error_kind="too_many_frames",
+                   error=f"more than decode.limits.max_sampled_frames={limit} sampled frames")
+    else:
+        out["faces_npz"], out["n_faces"], out["n_tracks"] = merge_windows([w["faces_npz"] for w in windows],
+                                                                          cfg.faces)
+    return out
 
 
 class DecodeFacesStage:
@@ -136,11 +219,23 @@ class DecodeFacesStage:
         self._faults = faults.injected_faults("faces")
 
     def process_video(self, video_id: str, uri: str) -> dict[str, Any]:
+        """One video's row; a video long enough for time windows (``decode.window_s``) is only probed:
+        its row has status ``windowed``, and :meth:`process_window` then reads each window."""
+        return self._process(video_id, uri, None)
+
+    def process_window(self, video_id: str, uri: str, start_s: float, end_s: float | None) -> dict[str, Any]:
+        """The faces of one time window of a video, not yet linked into tracks (``faces_npz`` holds
+        what :func:`merge_windows` needs); the row's counts and timings are the window's."""
+        return self._process(video_id, uri, (start_s, end_s))
+
+    def _process(self, video_id: str, uri: str, window: tuple[float, float | None] | None) -> dict[str, Any]:
         from workflows.annotate.decode import DecodeError, VideoReader
         from workflows.annotate.ingest import printable
+        from workflows.annotate.windows import windows_of
+        from workflows.faces.stage import link_records
 
         if self._faults:
-            faults.exit_if_injected(self._faults, uri)
+            faults.exit_if_injected(self._faults, uri if window is None else f"{uri}#t={window[0]:g}")
         row: dict[str, Any] = {"video_id": video_id, "video_uri": uri, "status": "ok", "error": None,
                                "error_kind": None, "n_frames": 0, "n_faces": 0, "n_tracks": 0,
                                "sampling": str(self.policy), "faces_npz": b""}
@@ -153,17 +248,27 @@ class DecodeFacesStage:
                 yield f
 
         try:
-            with VideoReader(uri, self.policy, self.cfg.decode.limits,
-                             seek_min_gap_s=self.cfg.decode.seek_min_gap_s, threads=self.cfg.decode.threads) as reader:
+            with VideoReader(uri, self.policy, self.cfg.decode.limits, seek_min_gap_s=self.cfg.decode.seek_min_gap_s,
+                             threads=self.cfg.decode.threads, window=window) as reader:
                 p = reader.probe
                 row.update(duration_s=p.duration_s, fps=p.fps, codec=p.codec)
-                records = self.extractor.process_video(counted(reader.frames()))
+                split = window is None and not p.is_image and len(windows_of(p.duration_s, self.cfg.decode.window_s)) > 1
+                if not split:
+                    records, step_times, face_steps = self.extractor.extract(counted(reader.frames()))
                 w, h = p.display_size
                 row.update(width=w, height=h, rotation=p.rotation)
             row["n_frames"] = counter["n"]
-            row["n_faces"] = len(records)
-            row["n_tracks"] = len({(r.track_id, r.segment_id) for r in records})
-            row["faces_npz"] = pack_faces(records, self.cfg.output.jpeg_quality)
+            if split:
+                row["status"] = "windowed"
+            elif window is None:
+                link_records(records, step_times, face_steps, self.cfg.faces)
+                row["n_faces"] = len(records)
+                row["n_tracks"] = len({(r.track_id, r.segment_id) for r in records})
+                row["faces_npz"] = pack_faces(records, self.cfg.output.jpeg_quality)
+            else:
+                row["n_faces"] = len(records)
+                row["faces_npz"] = pack_faces(records, self.cfg.output.jpeg_quality,
+                                              window_extras(records, step_times, face_steps))
         except DecodeError as e:
             row.update(status="error", error=e.message, error_kind=e.kind, n_frames=counter["n"])
         except Exception as e:  # noqa: BLE001 - one video's failure is data, not a crashed job
@@ -216,6 +321,7 @@ class MllmStage:
         self.model_id = self.model.model_id
         self._faults = faults.injected_faults("mllm")
         # written_exit:<substring>: die after writing a chunk's parts, before the driver has its rows
+        # (written_pause: stop there until the marker file is deleted, e.g. while a test kills the node)
         self._written_faults = faults.injected_faults("written")
 
     def _score(self, faces: dict[str, Any], video_key: int) -> dict[str, Any]:
@@ -255,6 +361,15 @@ class MllmStage:
         out["faces"], out["tracks"] = faces_t, tracks_t
         return out
 
+    def process_windows(self, row: dict[str, Any], *windows: dict[str, Any]) -> dict[str, Any]:
+        """A video read as time windows (``row``: its probe, status ``windowed``; ``windows``: the
+        face stage's window rows in time order, passed one per argument so that Ray hands over their
+        values): merged into the video's row, then scored and finished like any video. Returns its
+        result row (:data:`RESULT_FIELDS`)."""
+        merged = merge_window_rows(row, list(windows), self.cfg)
+        cols = self.finish([self.process_video(merged, 0)])
+        return {k: cols[k][0] for k in RESULT_FIELDS}
+
     def finish(self, outs: list[dict[str, Any]]) -> dict[str, list]:
         """The result rows (:data:`RESULT_FIELDS`) of a batch of videos: their faces and tracks as IPC
         for the driver to write, or (``output.sink=workers``) written here as one chunk's parts, the
@@ -281,6 +396,7 @@ class MllmStage:
                 written += write_part(storage.join(self.output_uri, name, part), table)
             for out in outs:
                 faults.exit_if_injected(self._written_faults, str(out.get("video_uri")))
+                faults.pause_if_injected(self._written_faults, str(out.get("video_uri")))
                 out["part"], out["part_videos"], out["part_bytes"] = part, len(outs), written
                 written = 0  # counted once, on the part's first row
         else:
@@ -374,6 +490,12 @@ class FusedStage:
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
         return self.mllm.finish([self.mllm.process_video(self.faces.process_video(str(v), str(u)), i)
                                  for i, (v, u) in enumerate(zip(batch["video_id"], batch["uri"], strict=True))])
+
+    def process_window(self, video_id: str, uri: str, start_s: float, end_s: float | None) -> dict[str, Any]:
+        return self.faces.process_window(video_id, uri, start_s, end_s)
+
+    def process_windows(self, row: dict[str, Any], *windows: dict[str, Any]) -> dict[str, Any]:
+        return self.mllm.process_windows(row, *windows)
 
 
 # The annotate pipeline as lists of stages, in order: two actor pools, or one that runs both

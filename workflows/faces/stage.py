@@ -18,7 +18,7 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -154,44 +154,25 @@ class FaceExtractor:
         """All faces of one video's sampled frames (``Frame``-like: ``index``, ``timestamp_s``,
         ``image`` HxWx3 uint8 RGB), with ``track_id``/``segment_id`` assigned and AU evidence
         normalised per track. Frames are consumed one at a time and not kept."""
-        from workflows.faces.tracking import FaceTracker, assign_segments
-
-        tracker = FaceTracker(self.cfg.track)
-        self.video_stats = Counter()
-        records: list[FaceRecord] = []
-        for frame in frames:
-            recs = self.process_frame(frame)
-            embs = [r.embedding for r in recs]
-            ids = tracker.update(float(frame.timestamp_s), [r.bbox for r in recs], [r.kps for r in recs],
-                                 embs if any(e is not None for e in embs) else None)
-            for r, tid in zip(recs, ids, strict=True):
-                r.track_id = tid
-            records.extend(recs)
-        segs = assign_segments([r.track_id for r in records], [r.frame_index for r in records],
-                               self.cfg.track.segment_max_frames)
-        for r, s in zip(records, segs, strict=True):
-            r.segment_id = s
-        self._normalise_tracks(records)
+        records, step_times, face_steps = self.extract(frames)
+        link_records(records, step_times, face_steps, self.cfg)
         return records
 
-    def _normalise_tracks(self, records: list[FaceRecord]) -> None:
-        from workflows.faces.au import normalise_track
-
-        au = self.cfg.au
-        by_track: dict[int, list[FaceRecord]] = {}
-        for r in records:
-            by_track.setdefault(r.track_id, []).append(r)
-        for recs in by_track.values():
-            raw = np.stack([r.au_evidence_raw for r in recs])
-            if not au.normalise:
-                norm = raw.copy()
-            else:
-                norm = normalise_track(raw, au.baseline_percentile, au.prior_frames, au.baseline_cap)
-            measured = int(np.isfinite(raw).any(axis=1).sum())
-            for r, v in zip(recs, norm, strict=True):
-                r.au_evidence = v.astype(np.float32)
-                if au.normalise and 0 < measured < au.prior_frames and FLAG_NO_BASELINE not in r.flags:
-                    r.flags.append(FLAG_NO_BASELINE)
+    def extract(self, frames: Iterable[Any]) -> tuple[list[FaceRecord], list[float], list[int]]:
+        """The faces of some sampled frames (a video, or a time window of one), not yet linked:
+        the records, the timestamp of every sampled frame (frames without faces too: the tracker
+        counts gaps in frames) and each record's position in that list. :func:`link_records`
+        (or :func:`link_faces` on arrays, for the windows of a video) finishes them."""
+        self.video_stats = Counter()
+        records: list[FaceRecord] = []
+        step_times: list[float] = []
+        face_steps: list[int] = []
+        for frame in frames:
+            recs = self.process_frame(frame)
+            face_steps.extend([len(step_times)] * len(recs))
+            step_times.append(float(frame.timestamp_s))
+            records.extend(recs)
+        return records, step_times, face_steps
 
     # -- per frame -------------------------------------------------------------------------
     def process_frame(self, frame: Any) -> list[FaceRecord]:
@@ -305,3 +286,67 @@ def _is_profile(pose: np.ndarray, kps: np.ndarray, max_yaw: float) -> bool:
         return True
     return abs(float(kps[2, 0] - eye_mid[0])) / eye_dist > 0.5
 
+
+@dataclasses.dataclass
+class Linked:
+    """What linking adds to a video's faces: ``track_id`` and ``segment_id`` (int32), AU evidence
+    normalised against each track's baseline (float32, faces x AUs) and which faces lack a
+    baseline of their own (:data:`FLAG_NO_BASELINE`)."""
+
+    track_id: np.ndarray
+    segment_id: np.ndarray
+    au_evidence: np.ndarray
+    no_baseline: np.ndarray
+
+
+def link_faces(cfg: FaceConfig, step_times: Sequence[float], face_steps: Sequence[int], frame_index: Sequence[int],
+               bbox: Sequence[np.ndarray], kps: Sequence[np.ndarray], embeddings: Sequence[np.ndarray | None] | None,
+               au_raw: np.ndarray) -> Linked:
+    """Tracks, segments and per-track AU normalisation of one video's faces, given in frame order
+    (``face_steps[i]``: the index in ``step_times`` of face i's sampled frame). One function for a
+    video read whole and for the concatenated windows of one, so both link identically."""
+    from workflows.faces.au import normalise_track
+    from workflows.faces.tracking import FaceTracker, assign_segments
+
+    n = len(face_steps)
+    track = np.full(n, -1, np.int32)
+    tracker = FaceTracker(cfg.track)
+    i = 0
+    for step, t in enumerate(step_times):
+        j = i
+        while j < n and face_steps[j] == step:
+            j += 1
+        embs = list(embeddings[i:j]) if embeddings is not None else []
+        track[i:j] = tracker.update(float(t), list(bbox[i:j]), list(kps[i:j]),
+                                    embs if any(e is not None for e in embs) else None)
+        i = j
+    if i != n:
+        raise ValueError(f"face_steps must be sorted and within the {len(step_times)} sampled frames")
+    segment = np.asarray(assign_segments(track.tolist(), [int(f) for f in frame_index],
+                                         cfg.track.segment_max_frames), np.int32).reshape(n)
+    au = cfg.au
+    norm = np.array(au_raw, np.float32, copy=True).reshape(n, -1)
+    no_baseline = np.zeros(n, bool)
+    for tid in np.unique(track):
+        idx = np.nonzero(track == tid)[0]
+        raw = np.asarray(au_raw, np.float32)[idx]
+        if au.normalise:
+            norm[idx] = normalise_track(raw, au.baseline_percentile, au.prior_frames, au.baseline_cap)
+            measured = int(np.isfinite(raw).any(axis=1).sum())
+            no_baseline[idx] = 0 < measured < au.prior_frames
+    return Linked(track, segment, norm, no_baseline)
+
+
+def link_records(records: list[FaceRecord], step_times: Sequence[float], face_steps: Sequence[int],
+                 cfg: FaceConfig) -> None:
+    """:func:`link_faces` on records, in place (``track_id``, ``segment_id``, ``au_evidence``, flags)."""
+    if not records:
+        return
+    linked = link_faces(cfg, step_times, face_steps, [r.frame_index for r in records], [r.bbox for r in records],
+                        [r.kps for r in records], [r.embedding for r in records],
+                        np.stack([r.au_evidence_raw for r in records]))
+    for k, r in enumerate(records):
+        r.track_id, r.segment_id = int(linked.track_id[k]), int(linked.segment_id[k])
+        r.au_evidence = linked.au_evidence[k].astype(np.float32)
+        if linked.no_baseline[k] and FLAG_NO_BASELINE not in r.flags:
+            r.flags.append(FLAG_NO_BASELINE)

@@ -180,8 +180,8 @@ def test_truncated_mp4(tmp_path, clip):
     assert ei.value.kind in ("invalid_data", "decode_error", "no_frames", "truncated")
 
 
-@pytest.mark.parametrize("policy", ["all", "fps:2", "fps:0.5"])
-def test_truncated_with_header_up_front_is_detected(tmp_path, policy):
+def _cut_faststart(tmp_path) -> Path:
+    """The first half of a 10 s clip whose header (declaring 10 s) comes first: frames up to ~4 s."""
     src = render_video(tmp_path / "fast.mp4", n_frames=100, fps=10, gop=10)
     import av
 
@@ -195,6 +195,12 @@ def test_truncated_with_header_up_front_is_detected(tmp_path, policy):
     data = fast.read_bytes()
     cut = tmp_path / "cut.mp4"
     cut.write_bytes(data[: len(data) // 2])
+    return cut
+
+
+@pytest.mark.parametrize("policy", ["all", "fps:2", "fps:0.5"])
+def test_truncated_with_header_up_front_is_detected(tmp_path, policy):
+    cut = _cut_faststart(tmp_path)
     with pytest.raises(DecodeError) as ei:
         _read(str(cut), policy)
     assert ei.value.kind == "truncated" and "header declares 10.00 s" in ei.value.message
@@ -236,3 +242,83 @@ def test_header_claiming_100000_squared_is_an_error(tmp_path):
     with pytest.raises(DecodeError) as ei:
         _read(str(p), "fps:2")
     assert ei.value.kind in ("too_large", "open_failed")  # FFmpeg itself refuses dimensions this large
+
+
+# -- time windows --------------------------------------------------------------------------
+
+def _windows(bounds):
+    return list(zip(bounds, [*bounds[1:], None], strict=True))
+
+
+@pytest.mark.parametrize("bounds", [
+    [0.0, 3.33, 6.1],  # boundaries on neither key frames nor targets
+    [0.0, 2.0, 5.0],  # boundaries on key frames and on targets
+    [0.0, 1.45, 5.75],  # uniform:7 targets 1.43 and 5.71 just before a boundary, their frames (1.5, 5.8) after it
+], ids=["between", "on", "target-before-frame-after"])
+@pytest.mark.parametrize("policy", ["all", "fps:5", "fps:0.5", "uniform:7", "keyframes"])
+def test_windows_concatenated_are_the_whole_read(clip, policy, bounds):
+    """Workers decoding the windows of a video get together exactly the frames of one reader."""
+    _, whole = _read(clip, policy)
+    parts = [f for w in _windows(bounds) for f in _read(clip, policy, window=w)[1]]
+    assert [(f.index, f.timestamp_s) for f in parts] == [(f.index, f.timestamp_s) for f in whole]
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(parts, whole, strict=True))
+
+
+def test_windows_of_a_container_that_seeks_past_its_aim(tmp_path):
+    """MPEG-TS seeks land up to a GOP after the aim: a window still starts at its first frame."""
+    p = str(render_video(tmp_path / "clip.ts", n_frames=100, fps=10, gop=10))
+    _, whole = _read(p, "all")
+    parts = [f for w in _windows([0.0, 1.45, 5.75]) for f in _read(p, "all", window=w)[1]]
+    assert [f.index for f in parts] == [f.index for f in whole] == list(range(100))
+
+
+def test_sparse_window_seeks_to_its_first_target(clip):
+    r, frames = _read(clip, "uniform:4", window=(5.05, None))  # first target 7.5 s
+    assert [f.index for f in frames] == [75]
+    assert r.decoded_frames < 15  # not every frame from 5 s to 7.5 s
+
+
+@pytest.mark.parametrize("policy,window", [
+    ("fps:0.5", (2.5, 3.5)),  # between the targets 2 s and 4 s
+    ("keyframes", (2.05, 2.95)),
+    ("all", (10.5, None)),  # a last window after the last frame
+])
+def test_window_without_sampled_frames_yields_nothing(clip, policy, window):
+    _, frames = _read(clip, policy, window=window)
+    assert frames == []
+
+
+def test_truncated_file_raises_in_the_last_window_only(tmp_path):
+    cut = str(_cut_faststart(tmp_path))
+    _, first = _read(cut, "all", window=(0.0, 2.0))
+    _, middle = _read(cut, "all", window=(2.0, 6.0))  # the data ends inside it: the last window tells
+    assert [f.index for f in first] == list(range(20)) and middle and middle[0].index == 20
+    with pytest.raises(DecodeError) as ei:
+        _read(cut, "all", window=(2.5, None))
+    assert ei.value.kind == "truncated" and "header declares 10.00 s" in ei.value.message
+
+
+def test_window_deadline_is_that_of_its_length(clip):
+    limits = DecodeLimits()
+    for window in [(2.0, 5.0), (7.0, None)]:
+        with VideoReader(clip, SamplingPolicy.parse("all"), limits, window=window) as r:
+            assert r.budget_s == limits.wall_budget_s(3.0)
+
+
+@pytest.mark.parametrize("window,problem", [
+    ((-1.0, 2.0), "the start must be"),
+    ((float("nan"), None), "the start must be"),
+    ((3.0, 2.0), "the end must be after the start"),
+    ((3.0, 3.0), "the end must be after the start"),
+])
+def test_invalid_window_is_refused(clip, window, problem):
+    with pytest.raises(ValueError, match=problem):
+        VideoReader(clip, SamplingPolicy.parse("all"), window=window)
+
+
+def test_window_on_a_still_image_is_refused(tmp_path):
+    from PIL import Image
+
+    Image.fromarray(np.zeros((50, 80, 3), np.uint8)).save(tmp_path / "s.png")
+    with pytest.raises(ValueError, match="still image"):
+        VideoReader(str(tmp_path / "s.png"), SamplingPolicy.parse("all"), window=(0.0, None))

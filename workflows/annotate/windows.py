@@ -1,0 +1,129 @@
+"""Long videos in time windows: one video's windows run on different face workers at once, and
+its result is the one a single worker reading it whole would give.
+
+A video of at least twice ``decode.window_s`` is split into ``floor(duration / window_s)``
+windows of equal length. The face stage first only probes it (status ``windowed``); then each
+window is decoded and its faces extracted on whichever worker is free
+(``DecodeFacesStage.process_window``: the reader yields exactly the sampled frames whose time falls
+in the window), and once all of a video's windows are in, one MLLM worker merges them
+(``MllmStage.process_windows``): faces concatenated in time order, tracks, segments and per-track
+AU normalisation computed over the whole video by the same function as for a video read whole, then
+scored and written like any video. A window whose worker dies is retried alone; a video commits
+only when all its windows have.
+
+:func:`run_windows` is the scheduler, the same for every executor; an executor supplies a
+:class:`WindowBackend` (Ray actors in ``runner.py``, worker processes in ``local.py``).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import math
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
+
+
+def windows_of(duration_s: float | None, window_s: float) -> list[tuple[float, float | None]]:
+    """The windows ``[start, end)`` of a video (the last one open-ended, so nothing past a header's
+    duration is lost); one window (the whole video) when windows are off or it is shorter than two."""
+    if not window_s or not duration_s or not math.isfinite(duration_s) or duration_s < 2 * window_s:
+        return [(0.0, None)]
+    k = int(duration_s // window_s)
+    step = duration_s / k
+    return [(i * step, (i + 1) * step if i < k - 1 else None) for i in range(k)]
+
+
+class WorkerLost(Exception):
+    """The worker running a window or a merge died (a native crash, the OOM killer, a lost node)."""
+
+
+class WindowBackend(Protocol):
+    """What :func:`run_windows` needs from an executor. Handles are opaque and hashable."""
+
+    capacity: int  # windows in flight at once (about two per face worker)
+
+    def window(self, video_id: str, uri: str, start_s: float, end_s: float | None) -> Any: ...
+
+    def finish(self, row: dict[str, Any], windows: list[Any]) -> Any: ...
+
+    def wait(self, handles: list[Any]) -> list[Any]:
+        """Some of ``handles`` that are done (at least one; blocks until then)."""
+
+    def check(self, handle: Any) -> None:
+        """Raises :class:`WorkerLost` when a window's worker died; a window's value stays put."""
+
+    def result(self, handle: Any) -> dict[str, Any]:
+        """A finished video's result row; raises :class:`WorkerLost`."""
+
+    def close(self) -> None: ...
+
+
+@dataclasses.dataclass
+class _Video:
+    row: dict[str, Any]
+    windows: list[tuple[float, float | None]]
+    done: list[Any]
+    tries: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+
+
+def run_windows(rows: list[dict[str, Any]], window_s: float, backend: WindowBackend,
+                tries: int) -> Iterator[dict[str, Any]]:
+    """The result rows of the videos the face stage found long enough for windows (``rows``: their
+    ``windowed`` rows), as they finish. A window or merge is tried up to ``tries`` times; a video
+    one of whose parts fails every try yields ``{"video_id": ..., "lost": True}`` for the caller to
+    record like any video its workers died on."""
+    videos: dict[str, _Video] = {}
+    queue: collections.deque[tuple[str, int]] = collections.deque()
+    for row in rows:
+        spans = windows_of(row.get("duration_s"), window_s)
+        videos[row["video_id"]] = _Video(row, spans, [None] * len(spans))
+        queue.extend((row["video_id"], k) for k in range(len(spans)))
+    log.info("%d long video(s) in %d time windows of about %g s", len(rows), len(queue), window_s)
+    in_flight: dict[Any, tuple[str, int]] = {}  # handle -> (video, window index; -1: the merge)
+    lost: set[str] = set()
+    try:
+        while queue or in_flight:
+            while queue and sum(k >= 0 for _, k in in_flight.values()) < max(1, backend.capacity):
+                vid, k = queue.popleft()
+                if vid not in lost:
+                    v = videos[vid]
+                    start, end = v.windows[k]
+                    in_flight[backend.window(vid, v.row["video_uri"], start, end)] = (vid, k)
+            for handle in backend.wait(list(in_flight)):
+                vid, k = in_flight.pop(handle)
+                v = videos[vid]
+                if vid in lost:
+                    continue
+                try:
+                    if k >= 0:
+                        backend.check(handle)
+                    else:
+                        result = backend.result(handle)
+                except WorkerLost as e:
+                    v.tries[k] += 1
+                    what = f"window {k + 1}/{len(v.windows)}" if k >= 0 else "merge"
+                    if v.tries[k] >= tries:
+                        log.warning("the %s of %s lost its worker %d time(s); giving up on the video: %s",
+                                    what, v.row["video_uri"], v.tries[k], e)
+                        lost.add(vid)
+                        v.done = []
+                        yield {"video_id": vid, "lost": True}
+                    elif k >= 0:
+                        log.warning("the %s of %s lost its worker (%s); retrying it alone", what, v.row["video_uri"], e)
+                        queue.appendleft((vid, k))
+                    else:
+                        in_flight[backend.finish(v.row, v.done)] = (vid, -1)
+                    continue
+                if k < 0:
+                    del videos[vid]
+                    yield result
+                    continue
+                v.done[k] = handle
+                if all(d is not None for d in v.done):
+                    in_flight[backend.finish(v.row, v.done)] = (vid, -1)
+    finally:
+        backend.close()
