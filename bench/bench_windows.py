@@ -1,6 +1,6 @@
 """One long video on two face workers: wall time with time windows (``decode.window_s``) vs without.
 
-    .venv/bin/python -m bench.bench_windows [--copies 9] [--window-s 0,30,60] [--executors ray,local] [--repeats 1]
+    .venv/bin/python -m bench.bench_windows [--copies 9] [--window-s 0,30,60] [--executors ray,local] [--repeats 1] [--json out.json]
 
 The long video is the smiling sample (19.7 s, real faces) remuxed end to end ``--copies`` times
 (no re-encoding: the same frames, timestamps shifted), about 3 minutes for 9 copies. Each
@@ -12,6 +12,7 @@ over ``window_s=0`` (the whole video on one worker). On 2 cores the goal is >= 1
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
 import time
@@ -66,6 +67,7 @@ def main() -> None:
     ap.add_argument("--window-s", default="0,60")
     ap.add_argument("--executors", default="ray,local")
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--json")
     args = ap.parse_args()
     from workflows.core.assets import resolve
 
@@ -86,11 +88,17 @@ def main() -> None:
                     walls.setdefault((executor, w), []).append(r["wall_s"])
                     print(f"  {executor:5s} window_s={w:g}: {r['wall_s']:.1f} s wall, {r['windows'] or 1} window(s), "
                           f"{r['faces']} faces, {r['ok']} ok", flush=True)
+        speedup: dict[str, dict[str, float]] = {}
         for executor in executors:
             base = statistics.median(walls[(executor, sizes[0])])
             for w in sizes[1:]:
                 m = statistics.median(walls[(executor, w)])
+                speedup.setdefault(executor, {})[f"{w:g}"] = base / m
                 print(f"{executor}: window_s={w:g} {m:.1f} s vs window_s={sizes[0]:g} {base:.1f} s = {base / m:.2f}x")
+        if args.json:
+            Path(args.json).write_text(json.dumps({
+                "duration_s": duration, "wall_s": {f"{e} {w:g}": v for (e, w), v in walls.items()},
+                "speedup": speedup}, indent=2))
 
 
 if __name__ == "__main__":

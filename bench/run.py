@@ -8,8 +8,8 @@ generation mode (``bench_model``), pretrained VLMs with and without prefix reuse
 (``bench_vlm``), the end-to-end pipeline against a sequential loop and
 a no-seek pipeline (``bench_pipeline``), detection cost vs small-face recall (``bench_detect``), the driver's ceiling (``bench_sink``) and what
 per-segment LLM calls change on real video (``bench_segments``) and what dispatching the
-largest files first does to a job's tail (``bench_order``), and the driver's memory planning 10k vs 100k
-inputs (``bench_plan``). ``bench_cluster`` (a multi-node
+largest files first does to a job's tail (``bench_order``), the driver's memory planning 10k vs 100k
+inputs (``bench_plan``), and one long video on two workers with and without time windows (``bench_windows``). ``bench_cluster`` (a multi-node
 ``Cluster``) and the GPU runs of ``bench_model``/``bench_train`` are run alone. Each script's
 own output is printed as it runs; the table at the end collects the headline figures and
 ratios. The machine is noisy: compare the ratios printed within one run, not absolutes across
@@ -142,6 +142,11 @@ def summary_rows(r: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
         rows.append((f"driver peak RSS, {sizes[0]} -> {sizes[-1]} entries", ", ".join(
             f"{mode} {plan['peak_rss_kb'][sizes[-1]][mode] / 1024:.0f} MiB ({ratio:.2f}x)"
             for mode, ratio in plan["ratio"].items())))
+    win = r.get("windows", {})
+    if win:
+        rows.append((f"one {win['duration_s']:.0f}-s video on 2 workers, time windows vs none", ", ".join(
+            f"{executor} {ratio:.2f}x (window_s={w})" for executor, by in win["speedup"].items()
+            for w, ratio in by.items())))
     seg = r.get("segments", {}).get("sample_smiling_video", {})
     if seg:
         rows.append(("LLM on 2 faces per 16-frame segment", f"{seg['k2_llm_calls_saved']:.0%} calls saved, "
@@ -186,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
         "order": ("bench_order", ["--short", "2" if q else "4", "--loops", "2" if q else "6", "--repeat", "1" if q else "2"]),
         "small": ("bench_small", ["--pairs", "1" if q else "3", "--clips", "4" if q else "16"]),
         "plan": ("bench_plan", ["--sizes", *(["2000", "20000"] if q else ["10000", "100000"])]),
+        "windows": ("bench_windows", ["--copies", "3" if q else "9", "--window-s", "0,20" if q else "0,60",
+                                      "--executors", "local" if q else "ray,local"]),
     }
     results: dict[str, dict[str, Any]] = {}
     env_note = f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start"

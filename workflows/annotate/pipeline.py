@@ -676,6 +676,10 @@ def _run(work: Any, cfg: AnnotateConfig, run_id: str, sink: Any, lease: Any, sum
                         len(held), "; ".join(mine))
         pending = {s.video_id: s for s in chunk}
         windowed = {}
+        if cfg.decode.window_s and len(pending) <= 4 * int(plan["faces"]["concurrency"] or 1):
+            # A few videos: those long enough for windows are probed here and go straight to them (many
+            # videos keep the face workers busy anyway: there the face stage probes them).
+            windowed = windows.probe_long(list(pending.values()), cfg)
         passes = plan
         for attempt in range(cfg.ray.crash_passes + 1):
             todo = [s for s in pending.values() if s.video_id not in windowed]

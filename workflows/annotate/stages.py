@@ -231,7 +231,7 @@ class DecodeFacesStage:
     def _process(self, video_id: str, uri: str, window: tuple[float, float | None] | None) -> dict[str, Any]:
         from workflows.annotate.decode import DecodeError, VideoReader
         from workflows.annotate.ingest import printable
-        from workflows.annotate.windows import windows_of
+        from workflows.annotate.windows import windowed_row, windows_of
         from workflows.faces.stage import link_records
 
         if self._faults:
@@ -252,15 +252,13 @@ class DecodeFacesStage:
                              threads=self.cfg.decode.threads, window=window) as reader:
                 p = reader.probe
                 row.update(duration_s=p.duration_s, fps=p.fps, codec=p.codec)
-                split = window is None and not p.is_image and len(windows_of(p.duration_s, self.cfg.decode.window_s)) > 1
-                if not split:
-                    records, step_times, face_steps = self.extractor.extract(counted(reader.frames()))
+                if window is None and not p.is_image and len(windows_of(p.duration_s, self.cfg.decode.window_s)) > 1:
+                    return windowed_row(video_id, uri, p, row["sampling"])
+                records, step_times, face_steps = self.extractor.extract(counted(reader.frames()))
                 w, h = p.display_size
                 row.update(width=w, height=h, rotation=p.rotation)
             row["n_frames"] = counter["n"]
-            if split:
-                row["status"] = "windowed"
-            elif window is None:
+            if window is None:
                 link_records(records, step_times, face_steps, self.cfg.faces)
                 row["n_faces"] = len(records)
                 row["n_tracks"] = len({(r.track_id, r.segment_id) for r in records})

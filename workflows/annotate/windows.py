@@ -37,6 +37,43 @@ def windows_of(duration_s: float | None, window_s: float) -> list[tuple[float, f
     return [(i * step, (i + 1) * step if i < k - 1 else None) for i in range(k)]
 
 
+def windowed_row(video_id: str, uri: str, probe: Any, sampling: str) -> dict[str, Any]:
+    """The face stage's row of a video it only probed: long enough for windows."""
+    w, h = probe.display_size
+    return {"video_id": video_id, "video_uri": uri, "status": "windowed", "error": None, "error_kind": None,
+            "n_frames": 0, "n_faces": 0, "n_tracks": 0, "duration_s": probe.duration_s, "fps": probe.fps,
+            "codec": probe.codec, "width": w, "height": h, "rotation": probe.rotation, "sampling": sampling,
+            "faces_npz": b"", "decode_faces_s": 0.0, "decode_faces_cpu_s": 0.0}
+
+
+def probe_long(sources: list[Any], cfg: Any, threads: int = 8) -> dict[str, dict[str, Any]]:
+    """The ``windowed`` rows of those of ``sources`` (``VideoSource``) long enough for windows,
+    probed here (container headers only: milliseconds a file, a ranged read or two on S3), so that
+    a job of a few long videos starts on its windows at once instead of first starting face workers
+    to probe them. A source that cannot be probed is left to the face stage, which reports it."""
+    import concurrent.futures as cf
+
+    from workflows.annotate.decode import DecodeError, VideoReader, is_image_uri
+
+    policy = cfg.decode.policy()
+
+    def probe(s: Any) -> dict[str, Any] | None:
+        if is_image_uri(s.uri):
+            return None
+        try:
+            with VideoReader(s.uri, policy, cfg.decode.limits) as reader:
+                p = reader.probe
+        except (DecodeError, OSError, ValueError):
+            return None
+        if len(windows_of(p.duration_s, cfg.decode.window_s)) < 2:
+            return None
+        return windowed_row(s.video_id, s.uri, p, str(policy))
+
+    with cf.ThreadPoolExecutor(max_workers=max(1, min(threads, len(sources)))) as pool:
+        rows = [r for r in pool.map(probe, sources) if r is not None]
+    return {r["video_id"]: r for r in rows}
+
+
 class WorkerLost(Exception):
     """The worker running a window or a merge died (a native crash, the OOM killer, a lost node)."""
 

@@ -78,7 +78,7 @@ def test_merged_windows_equal_the_whole_read_face_for_face(asset):
 
 def _faces(out: Path):
     t = pads.dataset(out / "faces", format="parquet").to_table().to_pandas()
-    return t.drop(columns=["run_id"]).sort_values(["frame_index", "track_id"]).reset_index(drop=True)
+    return t.drop(columns=["run_id"]).sort_values(["video_id", "frame_index", "track_id"]).reset_index(drop=True)
 
 
 @pytest.fixture(scope="module")
@@ -88,24 +88,40 @@ def long_clip(tmp_path_factory, asset) -> Path:
     return d
 
 
-@pytest.mark.parametrize(("executor", "sink"), [("local", "driver"), ("ray", "workers")])
-def test_a_long_video_in_windows_annotates_like_a_whole_read(long_clip, tmp_path, executor, sink):
+@pytest.fixture(scope="module")
+def long_and_short(tmp_path_factory, asset) -> Path:
+    """The long clip among more short ones than the driver probes itself for one worker (4 per worker)."""
+    d = tmp_path_factory.mktemp("mixed")
+    shutil.copyfile(asset("sample_smiling_video"), d / "smile.mp4")
+    for k in range(4):
+        shutil.copyfile(asset("sample_single_face_video"), d / f"short{k}.mp4")
+    return d
+
+
+@pytest.mark.parametrize(("executor", "sink", "corpus"), [
+    ("ray", "workers", "long_clip"),  # one video: the driver probes it and starts on its windows at once
+    ("local", "driver", "long_and_short"),  # five videos on one worker: the face stage probes them
+])
+def test_a_long_video_in_windows_annotates_like_a_whole_read(tmp_path, executor, sink, corpus, request):
     import ray
 
-    run = [f"executor.kind={executor}", f"output.sink={sink}"]
+    corpus = request.getfixturevalue(corpus)
+    n = len(list(corpus.iterdir()))
+    run = [f"executor.kind={executor}", f"output.sink={sink}", "executor.local_workers=1"]
     try:
-        whole = annotate(str(long_clip), str(tmp_path / "whole"), _cfg(*WHOLE, *run), progress=False)
-        split = annotate(str(long_clip), str(tmp_path / "split"), _cfg(*WINDOWED, *run), progress=False)
+        whole = annotate(str(corpus), str(tmp_path / "whole"), _cfg(*WHOLE, *run), progress=False)
+        split = annotate(str(corpus), str(tmp_path / "split"), _cfg(*WINDOWED, *run), progress=False)
     finally:
         ray.shutdown()
     assert whole.windowed_videos == 0 and (split.windowed_videos, split.windows) == (1, 3)
     assert "1 read in 3 time windows" in split.render()
-    assert split.videos_ok == 1 and split.faces == whole.faces > 0 and split.tracks == whole.tracks
+    assert split.videos_ok == n and split.faces == whole.faces > 0 and split.tracks == whole.tracks
     assert check_output(str(tmp_path / "split")) == []
     a, b = _faces(tmp_path / "split"), _faces(tmp_path / "whole")
     assert a.equals(b)
     videos = pads.dataset(tmp_path / "split" / "videos", format="parquet").to_table().to_pylist()
-    assert len(videos) == 1 and videos[0]["status"] == "ok" and videos[0]["n_frames"] == 40
+    assert sorted(v["status"] for v in videos) == ["ok"] * n
+    assert [v["n_frames"] for v in videos if v["video_uri"].endswith("smile.mp4")] == [40]
 
 
 @pytest.mark.parametrize("executor", ["local", "ray"])
