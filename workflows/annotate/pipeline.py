@@ -139,7 +139,7 @@ class OutputConfig:
     # merges the chunks every flush_every_videos videos) or "driver" (every face row crosses to the
     # driver, which writes chunks of flush_every_videos videos). Same output contract and exactly-once
     # rules, both tested under concurrent runs and node loss (tests/reliability); docs/SCALING.md.
-    sink: str = "driver"
+    sink: str = "workers"
 
     def validate(self) -> list[str]:
         from workflows.corpus.privacy import PRIVACY_MODES

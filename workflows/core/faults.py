@@ -8,8 +8,9 @@ Two kinds of fault, both named by the place they fire:
   parts itself, ``output.sink=workers``) die with ``os._exit(77)`` — as a segfault or the OOM killer
   would — on every video whose URI contains ``<substring>``; ``<stage>_exit_once:`` dies only on
   the first such video (a marker file in ``MIEN_FAULT_STATE_DIR``, default the temp dir,
-  remembers it across restarts). Several specs are separated by commas. Unset, it costs one
-  environment lookup per worker.
+  remembers it across restarts); ``written_pause:`` holds that worker there instead, as
+  ``commit_pause`` holds the driver (below). Several specs are separated by commas. Unset, it costs
+  one environment lookup per worker.
 * **a driver stopped between two writes** of the annotate sink: ``commit_exit:<substring>``
   kills the driver after a chunk's faces/tracks parts are written and before the videos part
   that commits them, on the chunk holding a video whose URI contains ``<substring>``;
