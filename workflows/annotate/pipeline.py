@@ -612,9 +612,12 @@ def _run(work: Any, cfg: AnnotateConfig, run_id: str, sink: Any, lease: Any, sum
         def execute(rows: list[dict[str, str]], plan: dict[str, Any]) -> Iterable[dict[str, Any]]:
             return local.run_local(rows, cfg, run_id, plan, sink.root)
 
-        def execute_windows(rows: list[dict[str, Any]], n_windows: int) -> Iterable[dict[str, Any]]:
-            backend = local.LocalWindows(cfg, run_id, local.local_plan(cfg, n_windows), sink.root)
-            return windows.run_windows(rows, cfg.decode.window_s, backend, tries)
+        def execute_windows(rows: list[dict[str, Any]]) -> Iterable[dict[str, Any]]:
+            workers = local.local_plan(cfg, 1 << 30)["faces"]["concurrency"]
+            n = _count_windows(rows, cfg, workers)
+            summary.windows += n
+            backend = local.LocalWindows(cfg, run_id, local.local_plan(cfg, n), sink.root)
+            return windows.run_windows(rows, cfg.decode.window_s, workers, backend, tries)
     else:
         from workflows.core import cluster
 
@@ -625,10 +628,13 @@ def _run(work: Any, cfg: AnnotateConfig, run_id: str, sink: Any, lease: Any, sum
         def execute(rows: list[dict[str, str]], plan: dict[str, Any]) -> Iterable[dict[str, Any]]:
             return runner.run_pipeline(rows, cfg, run_id, plan, progress, sink.root)
 
-        def execute_windows(rows: list[dict[str, Any]], n_windows: int) -> Iterable[dict[str, Any]]:
-            backend = runner.RayWindows(cfg, run_id, runner.stage_plan(cfg, resources, n_windows,
-                                                                       cluster.node_resources()), sink.root)
-            return windows.run_windows(rows, cfg.decode.window_s, backend, tries)
+        def execute_windows(rows: list[dict[str, Any]]) -> Iterable[dict[str, Any]]:
+            nodes = cluster.node_resources()
+            workers = runner.stage_plan(cfg, resources, None, nodes)["faces"]["concurrency"]
+            n = _count_windows(rows, cfg, workers)
+            summary.windows += n
+            backend = runner.RayWindows(cfg, run_id, runner.stage_plan(cfg, resources, n, nodes), sink.root)
+            return windows.run_windows(rows, cfg.decode.window_s, workers, backend, tries)
     summary.plan = plan
     log.info("stage plan: %s", plan)
     compactor = _Compactor(sink, run_id, cfg.output.flush_every_videos, executor)
@@ -712,10 +718,8 @@ def _run(work: Any, cfg: AnnotateConfig, run_id: str, sink: Any, lease: Any, sum
                 log.warning("%d chunk(s) written by workers came back incomplete; their videos are retried",
                             len(written))
         if windowed:
-            spans = sum(len(windows.windows_of(r["duration_s"], cfg.decode.window_s)) for r in windowed.values())
             summary.windowed_videos += len(windowed)
-            summary.windows += spans
-            for row in execute_windows(list(windowed.values()), spans):
+            for row in execute_windows(list(windowed.values())):
                 if row.get("lost") or row["video_id"] not in pending:
                     continue  # a lost video stays pending: recorded below like any its workers died on
                 take([row])
@@ -737,6 +741,12 @@ def _run(work: Any, cfg: AnnotateConfig, run_id: str, sink: Any, lease: Any, sum
     summary.fe_counts = dict(fe_counts)
     summary.au_counts = dict(au_counts)
     return plan
+
+
+def _count_windows(rows: list[dict[str, Any]], cfg: AnnotateConfig, workers: int) -> int:
+    from workflows.annotate.windows import windows_of
+
+    return sum(len(windows_of(r["duration_s"], cfg.decode.window_s, workers)) for r in rows)
 
 
 def _consume(row: dict[str, Any], run_id: str, sink: Any, summary: AnnotateSummary,

@@ -35,6 +35,8 @@ def test_windows_cover_the_video_in_equal_spans_the_last_open_ended():
     assert all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))
     assert windows_of(9.9, 5) == [(0.0, None)]  # shorter than two windows: read whole
     assert windows_of(600, 0) == [(0.0, None)]  # off
+    # a lone long video keeps every worker busy: the count rounds up to a multiple of the workers
+    assert len(windows_of(354, 60, 2)) == 6 and len(windows_of(354, 60, 16)) == 5 and len(windows_of(354, 60)) == 5
     assert windows_of(None, 5) == [(0.0, None)]  # unknown duration: read whole
 
 
@@ -98,23 +100,27 @@ def long_and_short(tmp_path_factory, asset) -> Path:
     return d
 
 
-@pytest.mark.parametrize(("executor", "sink", "corpus"), [
-    ("ray", "workers", "long_clip"),  # one video: the driver probes it and starts on its windows at once
-    ("local", "driver", "long_and_short"),  # five videos on one worker: the face stage probes them
+@pytest.mark.parametrize(("executor", "sink", "corpus", "workers"), [
+    # one video: the driver probes it and starts on its windows at once, 4 (3 rounded up to a
+    # multiple of the 2 face actors)
+    ("ray", "workers", "long_clip", 2),
+    ("local", "driver", "long_and_short", 1),  # five videos on one worker: the face stage probes them
 ])
-def test_a_long_video_in_windows_annotates_like_a_whole_read(tmp_path, executor, sink, corpus, request):
+def test_a_long_video_in_windows_annotates_like_a_whole_read(tmp_path, executor, sink, corpus, workers, request):
     import ray
 
     corpus = request.getfixturevalue(corpus)
     n = len(list(corpus.iterdir()))
-    run = [f"executor.kind={executor}", f"output.sink={sink}", "executor.local_workers=1"]
+    run = [f"executor.kind={executor}", f"output.sink={sink}", f"executor.local_workers={workers}",
+           f"ray.num_cpus={workers}"]
+    spans = len(windows_of(19.685, 5, workers))
     try:
         whole = annotate(str(corpus), str(tmp_path / "whole"), _cfg(*WHOLE, *run), progress=False)
         split = annotate(str(corpus), str(tmp_path / "split"), _cfg(*WINDOWED, *run), progress=False)
     finally:
         ray.shutdown()
-    assert whole.windowed_videos == 0 and (split.windowed_videos, split.windows) == (1, 3)
-    assert "1 read in 3 time windows" in split.render()
+    assert whole.windowed_videos == 0 and (split.windowed_videos, split.windows) == (1, spans)
+    assert f"1 read in {spans} time windows" in split.render()
     assert split.videos_ok == n and split.faces == whole.faces > 0 and split.tracks == whole.tracks
     assert check_output(str(tmp_path / "split")) == []
     a, b = _faces(tmp_path / "split"), _faces(tmp_path / "whole")
@@ -131,11 +137,12 @@ def test_a_window_whose_worker_dies_is_retried_alone(long_clip, tmp_path, monkey
     import ray
 
     (tmp_path / "faults").mkdir()
-    spans = windows_of(19.685, 5)
+    spans = windows_of(19.685, 5, 2)
     monkeypatch.setenv("MIEN_FAULT_INJECT", f"faces_exit_once:smile.mp4#t={spans[1][0]:g}")
     monkeypatch.setenv("MIEN_FAULT_STATE_DIR", str(tmp_path / "faults"))
     try:
-        split = annotate(str(long_clip), str(tmp_path / "split"), _cfg(*WINDOWED, f"executor.kind={executor}"),
+        split = annotate(str(long_clip), str(tmp_path / "split"),
+                         _cfg(*WINDOWED, f"executor.kind={executor}", "executor.local_workers=2", "ray.num_cpus=2"),
                          progress=False)
     finally:
         ray.shutdown()
