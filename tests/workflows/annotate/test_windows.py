@@ -25,8 +25,12 @@ WINDOWED = ["decode.window_s=5", "decode.sampling=fps:2"]
 WHOLE = ["decode.window_s=0", "decode.sampling=fps:2"]
 
 
+def _cfg_args(*extra: str) -> list[str]:
+    return ["mlflow.enabled=false", "output.flush_every_videos=1", *extra]
+
+
 def _cfg(*extra: str) -> AnnotateConfig:
-    return load_config(AnnotateConfig, None, ["mlflow.enabled=false", "output.flush_every_videos=1", *extra])
+    return load_config(AnnotateConfig, None, _cfg_args(*extra))
 
 
 def test_windows_cover_the_video_in_equal_spans_the_last_open_ended():
@@ -151,3 +155,31 @@ def test_a_window_whose_worker_dies_is_retried_alone(long_clip, tmp_path, monkey
     whole = annotate(str(long_clip), str(tmp_path / "whole"), _cfg(*WHOLE, "executor.kind=local"), progress=False)
     assert split.videos_ok == 1 and split.videos_error == 0, split.errors
     assert _faces(tmp_path / "split").equals(_faces(tmp_path / "whole")) and whole.faces > 0
+
+
+def test_a_driver_killed_at_a_windowed_videos_commit_leaves_nothing_then_a_rerun_finishes_it(long_clip, tmp_path):
+    """kill -9 semantics (os._exit) of the driver between the writing of a windowed video's parts
+    and its commit: readers see no row of it, and the rerun commits it once, equal to a whole read."""
+    import os
+    import subprocess
+    import sys
+
+    from workflows.core.faults import FAULT_EXIT_CODE
+    from workflows.corpus.reader import AnnotationOutput
+
+    root = Path(__file__).resolve().parents[3]
+    cmd = [sys.executable, "-m", "jobs.cli", "annotate", "--input", str(long_clip), "--output", str(tmp_path / "split"),
+           "--no-progress", *[x for kv in _cfg_args(*WINDOWED) for x in ("--set", kv)]]
+    env = {**os.environ, "MIEN_FAULT_INJECT": "commit_exit:smile", "MIEN_FAULT_STATE_DIR": str(tmp_path)}
+    killed = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert killed.returncode == FAULT_EXIT_CODE, killed.stderr[-2000:]
+    stopped = AnnotationOutput(str(tmp_path / "split"), must_exist=False)
+    assert stopped.uncommitted_parts("faces") and stopped.current_videos() == []  # written, never committed
+    env.pop("MIEN_FAULT_INJECT")
+    rerun = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    annotate(str(long_clip), str(tmp_path / "whole"), _cfg(*WHOLE), progress=False)
+    current = AnnotationOutput(str(tmp_path / "split")).current_videos()
+    assert [v["status"] for v in current] == ["ok"]
+    assert _faces(tmp_path / "split").equals(_faces(tmp_path / "whole"))
+    assert check_output(str(tmp_path / "split")) == []
