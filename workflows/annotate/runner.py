@@ -145,6 +145,7 @@ class RayWindows:
         self._load = [0] * len(self._faces), [0] * len(self._mllm)
         self._where: dict[Any, tuple[int, int]] = {}  # handle -> (pool 0 faces / 1 mllm, actor)
         self._rows: dict[Any, Any] = {}  # a window's status ref -> the ref of its row (faces included)
+        self._merging: dict[Any, list[Any]] = {}  # a merge's ref -> its windows' status refs
         self.capacity = 2 * len(self._faces)
 
     def _pick(self, pool: int) -> int:
@@ -162,9 +163,8 @@ class RayWindows:
     def finish(self, row: dict[str, Any], windows: list[Any]) -> Any:
         i = self._pick(1)
         ref = self._mllm[i].process_windows.remote(row, *[self._rows[h] for h in windows])
-        for h in windows:
-            del self._rows[h]
         self._where[ref] = (1, i)
+        self._merging[ref] = windows  # their rows are released once the merge succeeds (a failed one is retried)
         return ref
 
     def wait(self, handles: list[Any]) -> list[Any]:
@@ -182,11 +182,15 @@ class RayWindows:
 
         from workflows.annotate.windows import WorkerLost
 
+        windows = self._merging.pop(handle, [])
         try:
-            return ray.get(handle)
+            value = ray.get(handle)
         except RayError as e:
             self._rows.pop(handle, None)
             raise WorkerLost(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+        for h in windows:
+            self._rows.pop(h, None)
+        return value
 
     def check(self, handle: Any) -> None:
         self._get(handle)
@@ -200,6 +204,7 @@ class RayWindows:
         for actor in {id(a): a for a in self._faces + self._mllm}.values():
             ray.kill(actor)
         self._rows.clear()
+        self._merging.clear()
 
 
 def _windowed(cls: type) -> type:

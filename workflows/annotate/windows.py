@@ -21,6 +21,7 @@ import collections
 import dataclasses
 import logging
 import math
+import time
 from collections.abc import Iterator
 from typing import Any, Protocol
 
@@ -127,6 +128,7 @@ def run_windows(rows: list[dict[str, Any]], window_s: float, workers: int, backe
     log.info("%d long video(s) in %d time windows of about %g s", len(rows), len(queue), window_s)
     in_flight: dict[Any, tuple[str, int]] = {}  # handle -> (video, window index; -1: the merge)
     lost: set[str] = set()
+    total, read, last_log = len(queue), 0, time.monotonic()
     try:
         while queue or in_flight:
             while queue and sum(k >= 0 for _, k in in_flight.values()) < max(1, backend.capacity):
@@ -165,6 +167,10 @@ def run_windows(rows: list[dict[str, Any]], window_s: float, workers: int, backe
                     yield result
                     continue
                 v.done[k] = handle
+                read += 1
+                if time.monotonic() - last_log > 5 or read == total:
+                    log.info("time windows %d/%d read", read, total)
+                    last_log = time.monotonic()
                 if all(d is not None for d in v.done):
                     in_flight[backend.finish(v.row, v.done)] = (vid, -1)
     finally:

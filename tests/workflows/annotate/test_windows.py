@@ -134,15 +134,16 @@ def test_a_long_video_in_windows_annotates_like_a_whole_read(tmp_path, executor,
     assert [v["n_frames"] for v in videos if v["video_uri"].endswith("smile.mp4")] == [40]
 
 
-@pytest.mark.parametrize("executor", ["local", "ray"])
-def test_a_window_whose_worker_dies_is_retried_alone(long_clip, tmp_path, monkeypatch, executor):
-    """kill -9 of the face worker reading the middle window: that window runs again, the video
-    commits once, equal to a whole read."""
+@pytest.mark.parametrize(("executor", "dies"), [("local", "window"), ("ray", "window"), ("ray", "merge")])
+def test_a_window_whose_worker_dies_is_retried_alone(long_clip, tmp_path, monkeypatch, executor, dies):
+    """kill -9 of the face worker reading the middle window (or of the worker merging the video):
+    that window (the merge) runs again, the video commits once, equal to a whole read."""
     import ray
 
     (tmp_path / "faults").mkdir()
     spans = windows_of(19.685, 5, 2)
-    monkeypatch.setenv("MIEN_FAULT_INJECT", f"faces_exit_once:smile.mp4#t={spans[1][0]:g}")
+    monkeypatch.setenv("MIEN_FAULT_INJECT", f"faces_exit_once:smile.mp4#t={spans[1][0]:g}" if dies == "window"
+                       else "mllm_exit_once:smile.mp4")
     monkeypatch.setenv("MIEN_FAULT_STATE_DIR", str(tmp_path / "faults"))
     try:
         split = annotate(str(long_clip), str(tmp_path / "split"),
