@@ -7,10 +7,13 @@ image, then mien's system text, the EMO-LLaMA attribute sentence and the face pr
 (``model.prompts.face_context``), then a question; the assistant's answer is scored.
 
 Scoring (``scoring.reuse_prefix``, default on): the B faces' prefixes (image + context, everything
-before the question) are encoded once in one batched prefill; every question of every face then
-runs against those cached keys/values in one batched forward (the cache repeated per question).
-Without reuse, every (face, question) pair is a full forward pass over image + context + question;
-both give the same numbers up to float rounding (tests hold them within 1e-4 for every family).
+before the question) are encoded once in one batched prefill; the FE question of every face, then the
+AU questions, run against those cached keys/values in one batched forward each (the cache repeated
+per question; two passes so that the short AU questions are not padded to the long FE question).
+Without reuse, every (face, question) pair is a full forward pass over image + context + question
+(the same two passes); both give the same numbers up to float rounding (tests hold them within 1e-4
+for every family). Logits are computed only at the positions an answer is read (``logits_to_keep``):
+none in the prefill.
 FE probabilities come from the likelihood of each class answer, AU probabilities from the yes/no
 likelihood of one question per AU. When every answer of a question is a single token with a
 distinct id, the question needs one sequence (the answers are read off its last position);
@@ -36,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import inspect
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -365,15 +369,44 @@ class VLMFacialModel(nn.Module):
         return seqs, layout
 
     # ------------------------------------------------------------------ scoring
+    @functools.cached_property
+    def _passes(self) -> list[range]:
+        """The continuation passes of a scoring call, as ranges of :attr:`_sequences`: the FE question's
+        sequences, then the AU questions'. Each pass is padded to its own longest sequence only: the FE
+        question (every class named) is far longer than an AU question, and one pass over all would pad
+        every AU row to it (measurements in docs/PERFORMANCE.md)."""
+        _, layout = self._sequences
+        kinds: dict[str, list[int]] = {}
+        for kind, start, n in layout:
+            kinds.setdefault(kind, []).extend(range(start, start + n))
+        return [range(idx[0], idx[-1] + 1) for idx in kinds.values()]
+
+    @functools.cached_property
+    def _takes_logits_to_keep(self) -> bool:
+        """Whether the VLM's forward computes logits only at the positions it is given (``logits_to_keep``:
+        transformers' image-text-to-text models do); without it :meth:`_forward_at` slices full logits."""
+        return "logits_to_keep" in inspect.signature(self.vlm.forward).parameters
+
+    def _forward_at(self, keep: Sequence[int], **kwargs: Any) -> Any:
+        """The VLM's forward with logits (R, len(keep), V) only at the positions ``keep`` (the same for
+        every row; none for a prefill that only fills the cache): the LM head over a 152k vocabulary
+        costs as much per position as ~8% of a 7B layer stack."""
+        at = torch.tensor(list(keep), dtype=torch.long, device=self.device)
+        if self._takes_logits_to_keep:
+            return self.vlm(**kwargs, logits_to_keep=at)
+        out = self.vlm(**kwargs)
+        out.logits = out.logits[:, at]
+        return out
+
     @torch.no_grad()
     def score(self, faces: VLMFaces, reuse_prefix: bool | None = None) -> Any:
         """FE class log-likelihoods (B, C) and AU yes-probabilities (B, 23) for B faces."""
         from model.mllm import LLMScores
 
         reuse = self.cfg.scoring.reuse_prefix if reuse_prefix is None else reuse_prefix
-        seqs, layout = self._sequences
+        _, layout = self._sequences
         inputs, prior = self._prefill_inputs(faces)
-        logp = self._score_cached(inputs, seqs, prior) if reuse else self._score_full(inputs, seqs, prior)
+        logp = self._score_cached(inputs, prior) if reuse else self._score_full(inputs, prior)
         # logp: per sequence, (B, n_reads_tokens) log-probabilities
         fe = au = None
         au_cols = []
@@ -401,42 +434,66 @@ class VLMFacialModel(nn.Module):
             mask[j, :len(s.ids)] = 1
         return ids.repeat(b, 1).to(self.device), mask.repeat(b, 1).to(self.device)
 
-    def _gather(self, logits: torch.Tensor, seqs: list[_Sequence], b: int, offset: int) -> list[torch.Tensor]:
-        """Per sequence: (B, k) log-probs of its read tokens; ``logits`` (B*S, L, V), face-major."""
+    @staticmethod
+    def _read_positions(seqs: list[_Sequence], offset: int) -> list[int]:
+        """Every position (``offset`` + its place in the continuation) at which some sequence of a pass is
+        read: one 1-D ``logits_to_keep`` for all rows, which every family takes (a row's extra positions
+        are one or two of an AU pass's question lengths)."""
+        return sorted({offset + pos for s in seqs for pos, _ in s.reads})
+
+    @staticmethod
+    def _gather(logits: torch.Tensor, seqs: list[_Sequence], b: int, keep: list[int],
+                offset: int) -> list[torch.Tensor]:
+        """Per sequence: (B, k) log-probs of its read tokens; ``logits`` (B*S, len(keep), V) at the
+        positions ``keep``, face-major."""
         logp = torch.log_softmax(logits.float(), dim=-1)
+        column = {p: i for i, p in enumerate(keep)}
         s_n = len(seqs)
         out = []
         for j, s in enumerate(seqs):
             rows = torch.arange(b, device=logp.device) * s_n + j
-            cols = []
-            for pos, tokens in s.reads:
-                cols.append(logp[rows, offset + pos][:, tokens])
-            out.append(torch.cat(cols, dim=1))
+            out.append(torch.cat([logp[rows, column[offset + pos]][:, tokens] for pos, tokens in s.reads], dim=1))
         return out
 
-    def _score_cached(self, inputs: dict[str, Any], seqs: list[_Sequence],
-                      prior: PriorSlots | None) -> list[torch.Tensor]:
+    def _score_cached(self, inputs: dict[str, Any], prior: PriorSlots | None) -> list[torch.Tensor]:
+        """One prefill (no logits: only its cache), then each of :attr:`_passes` against the cache,
+        repeated per sequence of the pass; a pass's own tokens are cropped off the cache after it."""
+        seqs, _ = self._sequences
         b = inputs["input_ids"].shape[0]
         pos, next_pos = self.adapter.prefill_positions(self.vlm, inputs)
         with self._prior_written(prior):
-            out = self.vlm(**inputs, position_ids=pos, use_cache=True)
-        s_n = len(seqs)
-        cache = out.cache  # used once: repeated in place for the questions
-        cache.batch_repeat_interleave(s_n)
-        ids, mask = self._suffix_batch(seqs, b)
-        prefill_mask = inputs["attention_mask"].repeat_interleave(s_n, dim=0)
-        cont = self.adapter.continuation_positions(next_pos.repeat_interleave(s_n, dim=0), ids.shape[1])
-        res = self.vlm(input_ids=ids, attention_mask=torch.cat([prefill_mask, mask], dim=1), position_ids=cont,
-                       cache=cache, use_cache=True)
-        return self._gather(res.logits, seqs, b, 0)
+            cache = self._forward_at([], **inputs, position_ids=pos, use_cache=True).cache
+        logp: list[torch.Tensor] = []
+        repeats = 1  # the cache's rows per face
+        for group in self._passes:
+            sub = [seqs[j] for j in group]
+            s_n = len(sub)
+            if (repeats, s_n) != (1, 1):
+                cache.batch_select_indices((torch.arange(b, device=self.device) * repeats).repeat_interleave(s_n))
+            repeats = s_n
+            ids, mask = self._suffix_batch(sub, b)
+            prefill_mask = inputs["attention_mask"].repeat_interleave(s_n, dim=0)
+            cont = self.adapter.continuation_positions(next_pos.repeat_interleave(s_n, dim=0), ids.shape[1])
+            keep = self._read_positions(sub, 0)
+            res = self._forward_at(keep, input_ids=ids, attention_mask=torch.cat([prefill_mask, mask], dim=1),
+                                   position_ids=cont, cache=cache, use_cache=True)
+            cache.crop(-ids.shape[1])
+            logp += self._gather(res.logits, sub, b, keep, 0)
+        return logp
 
-    def _score_full(self, inputs: dict[str, Any], seqs: list[_Sequence],
-                    prior: PriorSlots | None) -> list[torch.Tensor]:
+    def _score_full(self, inputs: dict[str, Any], prior: PriorSlots | None) -> list[torch.Tensor]:
+        """Each of :attr:`_passes` as one uncached forward over every (face, sequence) pair, image included."""
+        seqs, _ = self._sequences
         b, lp = inputs["input_ids"].shape
-        ids, mask = self._suffix_batch(seqs, b)
-        with self._prior_written(prior, repeats=len(seqs), extra=ids.shape[1]):
-            res = self.vlm(**self._continued(inputs, ids, mask, len(seqs)), use_cache=False)
-        return self._gather(res.logits, seqs, b, lp)
+        logp: list[torch.Tensor] = []
+        for group in self._passes:
+            sub = [seqs[j] for j in group]
+            ids, mask = self._suffix_batch(sub, b)
+            keep = self._read_positions(sub, lp)
+            with self._prior_written(prior, repeats=len(sub), extra=ids.shape[1]):
+                res = self._forward_at(keep, **self._continued(inputs, ids, mask, len(sub)), use_cache=False)
+            logp += self._gather(res.logits, sub, b, keep, lp)
+        return logp
 
     def _continued(self, inputs: dict[str, Any], ids: torch.Tensor, mask: torch.Tensor,
                    repeats: int = 1) -> dict[str, Any]:

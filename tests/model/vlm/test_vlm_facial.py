@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
 from model import load_model, open_model
 from model.prompts import contradicts, parse_description
@@ -47,6 +48,72 @@ def test_scores_agree_cached_and_uncached(tiny_vlms, family, prior_tokens):
     # one face alone scores as it does inside the padded batch
     alone = mllm.score(mllm.face_inputs({k: v[2:] for k, v in face_batch().items()}))
     assert float((alone.fe_logprobs[0] - cached.fe_logprobs[2]).abs().max()) < 1e-4
+
+
+def reference_scores(mllm, faces) -> tuple[torch.Tensor, torch.Tensor]:
+    """FE log-likelihoods and AU yes-probabilities computed the straightforward way: one forward per
+    (face, question) with the prompt unpadded and uncached, the model's own positions, full logits."""
+    seqs, layout = mllm._sequences
+    fe, au = [], []
+    for i in range(faces.rows):
+        inputs, _ = mllm._prefill_inputs(faces, rows=[i])
+        lp = inputs["input_ids"].shape[1]
+        logp = []
+        for s in seqs:
+            ids = torch.tensor([s.ids], device=mllm.device)
+            full = {**inputs, "input_ids": torch.cat([inputs["input_ids"], ids], dim=1)}
+            full["attention_mask"] = torch.ones_like(full["input_ids"])
+            if "mm_token_type_ids" in inputs:
+                full["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], torch.zeros_like(ids)], dim=1)
+            with torch.no_grad():
+                out = torch.log_softmax(mllm.vlm(**full).logits[0].float(), dim=-1)
+            logp.append(torch.cat([out[lp + pos, tokens] for pos, tokens in s.reads]))
+        yes = []
+        for kind, start, n in layout:
+            scores = logp[start] if n == 1 else torch.stack([logp[start + j].sum() for j in range(n)])
+            if kind == "fe":
+                fe.append(scores)
+            else:
+                yes.append(torch.softmax(scores, dim=0)[0])
+        au.append(torch.stack(yes))
+    return torch.stack(fe), torch.stack(au)
+
+
+@pytest.mark.parametrize("shortcut", [True, False], ids=["one_row_per_question", "one_row_per_answer"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_scores_equal_a_straightforward_reference(tiny_vlms, family, shortcut):
+    """Trimmed logits, per-pass padding and the cache change no score: cached and uncached, and with
+    the logits sliced after a full forward (the path of a VLM whose forward lacks ``logits_to_keep``);
+    also with every answer its own continuation (``scoring.first_token_shortcut: false``)."""
+    mllm = load_model(str(tiny_vlms[family]), overrides=[f"scoring.first_token_shortcut={str(shortcut).lower()}"]).mllm
+    faces = mllm.face_inputs(face_batch())
+    fe, au = reference_scores(mllm, faces)
+    runs = [mllm.score(faces, reuse_prefix=True), mllm.score(faces, reuse_prefix=False)]
+    mllm._takes_logits_to_keep = False
+    runs += [mllm.score(faces, reuse_prefix=True), mllm.score(faces, reuse_prefix=False)]
+    for got in runs:
+        assert float((got.fe_logprobs - fe).abs().max()) < 1e-5
+        assert float((got.au_yes - au).abs().max()) < 1e-5
+
+
+@pytest.mark.parametrize("reuse", [True, False], ids=["reuse", "no_reuse"])
+@pytest.mark.parametrize("family", ["llava", "qwen2_5_vl"])
+def test_logits_only_where_answers_are_read(tiny_vlms, family, reuse):
+    """The LM head (a 152k vocabulary for Qwen) runs on no prefill position and, per face, on one
+    position of the FE question and one per distinct AU question length: not on every padded token."""
+    mllm = load_model(str(tiny_vlms[family])).mllm
+    seqs, layout = mllm._sequences
+    assert [kind for kind, _, n in layout if n == 1] == ["fe"] + ["au"] * 23  # single-token answers
+    faces = mllm.face_inputs(face_batch())
+    projected: list[int] = []
+    hook = mllm.vlm.get_output_embeddings().register_forward_hook(
+        lambda module, args, out: projected.append(args[0].shape[:-1].numel()))
+    try:
+        mllm.score(faces, reuse_prefix=reuse)
+    finally:
+        hook.remove()
+    au_lengths = {len(s.ids) for s in seqs[1:]}
+    assert projected == [0] * reuse + [3, 3 * 23 * len(au_lengths)]
 
 
 @pytest.mark.parametrize("family", ["llava", "qwen2_vl", "idefics3"])
