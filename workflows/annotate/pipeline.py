@@ -367,13 +367,6 @@ SETTLED_ERROR_KINDS = frozenset({
     "decode_error", "not_a_file", "too_small", "too_large", "too_long", "too_many_frames", "timeout"})
 
 
-def settled_errors(output: Any) -> dict[str, str]:
-    """``video_id -> error_kind`` of the videos whose current row in ``output`` (an
-    :class:`~workflows.corpus.reader.AnnotationOutput`) is an error of the file itself
-    (:data:`SETTLED_ERROR_KINDS`)."""
-    return {vid: kind for vid, kind in output.current_error_kinds().items() if kind in SETTLED_ERROR_KINDS}
-
-
 def annotate(input_uri: str, output_uri: str, cfg: AnnotateConfig, force: bool = False,
              limit: int | None = None, progress: bool = True, startup_s: float | None = None,
              retry_errors: bool = False, dry_run: bool = False) -> AnnotateSummary:
@@ -389,10 +382,9 @@ def annotate(input_uri: str, output_uri: str, cfg: AnnotateConfig, force: bool =
     import tempfile
 
     from workflows.annotate.ingest import iter_discover
-    from workflows.annotate.plan import Plan
+    from workflows.annotate.plan import Plan, Resume
     from workflows.corpus.lease import RunLease
     from workflows.corpus.privacy import read_deny_list
-    from workflows.corpus.reader import AnnotationOutput
     from workflows.corpus.writer import AnnotationSink
 
     t0 = time.perf_counter()
@@ -427,11 +419,11 @@ def annotate(input_uri: str, output_uri: str, cfg: AnnotateConfig, force: bool =
             sink.prepare(temporaries_older_than_s=cfg.output.lease_ttl_s)
         # The deny-list is read after the lease is taken: a `mien forget` either sees this run or is seen.
         deny = read_deny_list(output_uri, cfg.ingest.deny_list, cfg.ingest.deny_list_file)
-        output = AnnotationOutput(output_uri, must_exist=False)  # read once, after prepare's rewrites
-        work = Plan.build(found, spill, done=set() if force else set(output.committed_videos()["video_id"]),
-                          settled={} if force or retry_errors else settled_errors(output),
+        # The output is read once, after prepare's rewrites; only the keys of the videos it settles
+        # (16 bytes each) stay for the pass, not its row index.
+        resume = None if force else Resume.read(output_uri, () if retry_errors else SETTLED_ERROR_KINDS)
+        work = Plan.build(found, spill, resume=resume,
                           denied=(lambda s: deny.denies(s.video_id, s.uri)) if deny else None, limit=limit)
-        del output
         summary.videos_total, summary.videos_skipped = work.counts.total, work.counts.skipped
         summary.errors_not_retried = dict(work.counts.settled.most_common())
         summary.denied = work.counts.denied

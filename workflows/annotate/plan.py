@@ -7,8 +7,9 @@ the deny-list and ``--limit``, and the ones to do are appended to a local Arrow 
 hundred bytes a video on disk). The run then reads them back :meth:`Plan.chunks` at a time, each
 chunk dispatched largest file first (:func:`largest_first`), so the driver holds one chunk of
 sources, never the corpus. What stays in memory grows only slowly with the corpus: a hash per
-manifest entry (duplicates) and the output's done ``video_id`` set (resume), tens of bytes a
-video (measured in ``bench/bench_plan.py``, docs/SCALING.md).
+manifest entry (duplicates) and, for resume, a 16-byte key per video the output already settles
+(:class:`Resume`; the output's row index it comes from is released before the pass). Measured in
+``bench/bench_plan.py``, docs/SCALING.md.
 
 The counts a run reports (found, already done, not retried, denied) are complete when the pass
 ends, before anything runs, so progress shows ``done / total`` and the executor is chosen on the
@@ -19,16 +20,22 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from workflows.annotate.ingest import VideoSource
+from workflows.corpus.reader import AnnotationOutput
 
-# Sources written to the plan file per record batch.
+# Sources checked against the output and written to the plan file per record batch.
 SPILL_BATCH = 4096
+# Ids hashed at a time building a Resume.
+KEY_BATCH = 4096
 SPILL_SCHEMA = pa.schema([
     ("video_id", pa.string()), ("uri", pa.string()), ("size", pa.int64()), ("fingerprint", pa.string()),
     ("meta", pa.map_(pa.string(), pa.string())),
@@ -57,6 +64,66 @@ class PlanCounts:
     todo: int = 0
 
 
+@dataclasses.dataclass
+class Resume:
+    """The videos a rerun leaves out, as the sorted 128-bit BLAKE2b keys of their ids (16 bytes a
+    video, where a Python set of ``str`` took ~110): ``codes[i]`` is ``DONE`` for a committed
+    ``ok`` video, else ``kinds[codes[i] - 1]``, the error kind of a settled error. Each batch of
+    sources is looked up at once (:meth:`lookup`, a binary search).
+
+    Two distinct ids share a key with probability 2^-128: over 10^7 committed videos and 10^7
+    sources, the chance that any source is taken for a done video is ~10^14 / 2^128 ~ 3e-25 (a
+    skipped video would never be annotated, so a 64-bit key, ~5e-6, would not do)."""
+
+    DONE = 0
+
+    keys: np.ndarray  # dtype S16, sorted
+    codes: np.ndarray  # int16, in the order of keys
+    kinds: tuple[str, ...]
+
+    @classmethod
+    def read(cls, output_uri: str, settled_kinds: Collection[str]) -> Resume:
+        """What a rerun on ``output_uri`` leaves out: its committed videos, and those whose current
+        row is an error of a kind in ``settled_kinds`` ("" when none was recorded).
+
+        The output's row index (:class:`~workflows.corpus.reader.AnnotationOutput`) is gone when this
+        returns, and the pages Arrow's pool kept from its thousands of small reads go back to the OS:
+        the pass that follows holds the keys alone."""
+        resume = cls._of(AnnotationOutput(output_uri, must_exist=False).current_states(), settled_kinds)
+        pa.default_memory_pool().release_unused()
+        return resume
+
+    @classmethod
+    def _of(cls, states: pa.Table, settled_kinds: Collection[str]) -> Resume:
+        ok = pc.equal(states.column("status"), "ok")
+        kinds = pc.fill_null(states.column("error_kind"), "")
+        keep = pc.or_(ok, pc.is_in(kinds, value_set=pa.array(sorted(settled_kinds), pa.string())))
+        names = tuple(sorted(pc.unique(kinds.filter(pc.and_not(keep, ok))).to_pylist()))
+        codes = pc.if_else(ok, cls.DONE, pc.add(pc.index_in(kinds, value_set=pa.array(names, pa.string())), 1))
+        ids = states.column("video_id").filter(keep)
+        keys = np.empty(len(ids), "S16")
+        for i in range(0, len(ids), KEY_BATCH):  # Python strings of a slice at a time, never of the whole output
+            keys[i:i + KEY_BATCH] = _keys(ids.slice(i, KEY_BATCH).to_pylist())
+        order = np.argsort(keys, kind="stable")
+        return cls(keys[order], codes.filter(keep).to_numpy().astype(np.int16)[order], names)
+
+    def lookup(self, video_ids: list[str]) -> np.ndarray:
+        """Per id: -1 when the output does not settle it, else its code (:attr:`codes`)."""
+        found = np.full(len(video_ids), -1, np.int16)
+        if not len(self.keys) or not video_ids:
+            return found
+        keys = _keys(video_ids)
+        at = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
+        hit = self.keys[at] == keys
+        found[hit] = self.codes[at[hit]]
+        return found
+
+
+def _keys(video_ids: list[str]) -> np.ndarray:
+    """The 128-bit keys of ``video_ids`` (:class:`Resume`)."""
+    return np.frombuffer(b"".join(hashlib.blake2b(v.encode(), digest_size=16).digest() for v in video_ids), "S16")
+
+
 class Plan:
     """The sources a run annotates, spilled to ``path`` (build with :meth:`build`)."""
 
@@ -65,34 +132,40 @@ class Plan:
         self.counts = counts
 
     @classmethod
-    def build(cls, sources: Iterable[VideoSource], directory: str, *, done: set[str] | frozenset[str] = frozenset(),
-              settled: dict[str, str] | None = None, denied: Callable[[VideoSource], bool] | None = None,
-              limit: int | None = None) -> Plan:
+    def build(cls, sources: Iterable[VideoSource], directory: str, *, resume: Resume | None = None,
+              denied: Callable[[VideoSource], bool] | None = None, limit: int | None = None) -> Plan:
         """Stream ``sources`` once into ``directory``/plan.arrow: the first ``limit`` are counted,
-        and those neither ``done``, ``settled`` (video_id -> error kind) nor ``denied`` are kept."""
-        settled = settled or {}
+        and those neither left out by ``resume`` (done, or a settled error) nor ``denied`` are kept."""
         counts = PlanCounts()
+        kinds = resume.kinds if resume is not None else ()
         path = os.path.join(directory, "plan.arrow")
         batch: list[VideoSource] = []
         with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, SPILL_SCHEMA) as writer:
+            def check() -> None:
+                codes = resume.lookup([s.video_id for s in batch]) if resume is not None else [-1] * len(batch)
+                todo = []
+                for s, code in zip(batch, codes, strict=True):
+                    if code == Resume.DONE:
+                        counts.skipped += 1
+                    elif code > 0:
+                        counts.settled[kinds[code - 1]] += 1
+                    elif denied is not None and denied(s):
+                        counts.denied += 1
+                    else:
+                        todo.append(s)
+                counts.todo += len(todo)
+                if todo:
+                    writer.write_batch(_to_batch(todo))
+                batch.clear()
+
             for s in sources:
                 if limit is not None and counts.total >= limit:
                     break
                 counts.total += 1
-                if s.video_id in done:
-                    counts.skipped += 1
-                elif s.video_id in settled:
-                    counts.settled[settled[s.video_id]] += 1
-                elif denied is not None and denied(s):
-                    counts.denied += 1
-                else:
-                    counts.todo += 1
-                    batch.append(s)
-                    if len(batch) >= SPILL_BATCH:
-                        writer.write_batch(_to_batch(batch))
-                        batch = []
-            if batch:
-                writer.write_batch(_to_batch(batch))
+                batch.append(s)
+                if len(batch) >= SPILL_BATCH:
+                    check()
+            check()
         return cls(path, counts)
 
     def chunks(self, size: int) -> Iterator[list[VideoSource]]:

@@ -57,6 +57,9 @@ log = logging.getLogger(__name__)
 PART_ROWS_KEY = b"mien.part_rows"  # videos part footer: {"faces"|"tracks": {video_id: rows}} of its chunk
 DAMAGED_DIR = "_damaged"  # where the writer moves a damaged chunk's files once no video needs them
 FOOTER_THREADS = 16  # footer reads in flight on object storage (one round trip each)
+# Videos parts whose key columns are copied into one table as the row index is read: thousands of
+# tables of a chunk each (64 rows) left the allocator's pages a third full (bench/bench_plan.py).
+COMPACT_PARTS = 16
 _ROW_KEYS = ["video_id", "video_uri", "status", "error_kind", "run_id", "finished_at"]
 _warned: set[str] = set()  # damaged parts this process has warned about: an output is opened many times
 
@@ -174,7 +177,8 @@ class AnnotationOutput:
                               f"give the --output directory of `mien annotate`")
         self._parts: dict[str, list[str]] = {}
         self._videos: pa.Table | None = None
-        self._row_index: pd.DataFrame | None = None
+        self._index: pa.Table | None = None  # the row index (:meth:`_index_table`)
+        self._row_index: pd.DataFrame | None = None  # the same as a DataFrame, made on first use (:meth:`_rows`)
         self._readable_videos: list[str] = []  # videos parts, in listing order, that read
         self._video_names: set[str] = set()  # file names of every videos part: committed chunks
         self._damaged: list[DamagedPart] = []
@@ -278,16 +282,23 @@ class AnnotationOutput:
         """Key columns of every videos row, in :meth:`videos` order, with ``part`` (its file name),
         ``finished_ms`` (None when unknown), ``current`` (it is its video's newest row: latest
         ``finished_at``, then greatest ``run_id``; rows without ``finished_at`` rank oldest) and
-        ``damaged`` (its chunk is damaged)."""
-        self._verify()
-        assert self._row_index is not None
+        ``damaged`` (its chunk is damaged). Made from :meth:`_index_table` on first use."""
+        if self._row_index is None:
+            self._row_index = _index_frame(_part_names(self._index_table()))
         return self._row_index
+
+    def _index_table(self) -> pa.Table:
+        """The columns of :meth:`_rows` as Arrow, ``part`` dictionary-encoded (4 bytes a row): what
+        the resume check of a large output reads, without a DataFrame or a Python object per row."""
+        self._verify()
+        assert self._index is not None
+        return self._index
 
     def _verify(self) -> None:
         """Read the videos rows and check every committed part from its footer, once (module
         docstring): fills the row index, :attr:`damaged` and the damaged chunks' waiting videos."""
 
-        if self._row_index is not None:
+        if self._index is not None:
             return
         # Faces and tracks footers are read before the videos rows they are checked against: a
         # --force run drops replaced rows from faces/tracks parts before the videos part, so an
@@ -297,49 +308,63 @@ class AnnotationOutput:
         names = {u.rsplit("/", 1)[-1] for u in video_uris}
         footers |= self._sibling_footers(sorted(names - {part for _, part in footers}))
         bad: dict[str, list[tuple[str, str, str]]] = {}  # part -> (table, uri, reason)
-        # Per part: its key columns (Arrow, concatenated once) and its commit record, kept as the JSON
-        # bytes until its check (an output of 100k videos has thousands of parts and 200k entries).
-        tables: list[pa.Table] = []
-        counts: dict[str, bytes | None] = {}
+        # Per part: its key columns (Arrow, concatenated once), each row's faces and tracks rows as its
+        # commit record counts them (null: an older writer's part recorded none) and the record's totals.
+        part_names = [u.rsplit("/", 1)[-1] for u in video_uris]
+        tables: list[pa.Table] = []  # compacted COMPACT_PARTS parts at a time
+        small: list[pa.Table] = []
+        totals: dict[int, dict[str, int] | None] = {}  # readable part's number -> faces/tracks rows of its chunk
+        sizes: list[int] = []  # rows of each readable part
         readable = []
-        for uri in video_uris:
-            part = uri.rsplit("/", 1)[-1]
+        for no, uri in enumerate(video_uris):
             try:
                 t = self.read_part(uri, _ROW_KEYS)
             except DamagedPartError as e:
-                bad.setdefault(part, []).append(("videos", uri, f"unreadable: {e.reason}"))
+                bad.setdefault(part_names[no], []).append(("videos", uri, f"unreadable: {e.reason}"))
                 continue
             readable.append(uri)
-            counts[part] = (t.schema.metadata or {}).get(PART_ROWS_KEY)  # None: an older writer's part
+            raw = (t.schema.metadata or {}).get(PART_ROWS_KEY)
+            record = json.loads(raw) if raw else None
+            totals[no] = None if record is None else {name: sum(record.get(name, {}).values())
+                                                      for name in ("faces", "tracks")}
+            ids = t.column("video_id").to_pylist()
             finished = pc.cast(t.column("finished_at").cast(pa.timestamp("ms", tz="UTC")), "int64")
-            tables.append(t.drop_columns(["finished_at"]).replace_schema_metadata(None).append_column(
-                "finished_ms", finished).append_column("part", pa.array([part] * len(t), pa.string())))
+            t = t.drop_columns(["finished_at"]).replace_schema_metadata(None).append_column("finished_ms", finished)
+            for name in ("faces", "tracks"):
+                t = t.append_column(f"{name}_rows", pa.nulls(len(t), pa.int64()) if record is None else pa.array(
+                    [record.get(name, {}).get(v, 0) for v in ids], pa.int64()))
+            small.append(t)
+            sizes.append(len(t))
+            if len(small) == COMPACT_PARTS:
+                tables.append(pa.concat_tables(small).combine_chunks())
+                small = []
+        tables += small
         index = pa.concat_tables(tables) if tables else pa.table(
             {**{k: pa.array([], pa.string()) for k in _ROW_KEYS if k != "finished_at"},
-             "finished_ms": pa.array([], pa.int64()), "part": pa.array([], pa.string())})
-        del tables
-        rows = _index_frame(index)
-        rows["current"] = _newest_per_video(index)
-        del index
-
-        current: dict[str, list[str]] = {}  # part -> its videos whose current row it holds
-        for vid, part in zip(rows["video_id"][rows["current"]], rows["part"][rows["current"]], strict=True):
-            current.setdefault(part, []).append(vid)
-        for part, raw in counts.items():
-            record = json.loads(raw) if raw else None
+             **{k: pa.array([], pa.int64()) for k in ("finished_ms", "faces_rows", "tracks_rows")}})
+        parts = np.repeat(np.fromiter(totals, np.int32, len(totals)), sizes)  # each row's part number
+        del tables, small
+        current = _newest_per_video(index)
+        low = {name: np.bincount(parts[current], minlength=len(video_uris),
+                                 weights=pc.fill_null(index.column(f"{name}_rows"), 0).to_numpy()[current])
+               for name in ("faces", "tracks")}  # each part's rows of the videos whose current row it holds
+        for no, total in totals.items():
+            part = part_names[no]
             for name in ("faces", "tracks"):
-                reason = _count_problem(footers[(name, part)], None if record is None else record.get(name, {}),
-                                        current.get(part, []), part)
+                reason = _count_problem(footers[(name, part)], int(low[name][no]),
+                                        None if total is None else total[name], part)
                 if reason is not None:
                     bad.setdefault(part, []).append((name, storage.join(self.root, name, part), reason))
-        del current
-        rows["damaged"] = rows["part"].isin(bad)
-        damaged, waiting = [], {}
+        damaged = np.isin(parts, [no for no, part in enumerate(part_names) if part in bad])
+        vids = index.column("video_id")
+        ok = current & _mask(pc.equal(index.column("status"), "ok"))
+        damaged_parts, waiting = [], {}
         for part, problems in sorted(bad.items()):
-            if part in counts:  # its videos part reads: the commit record names the chunk's videos
-                mine = rows[rows["part"] == part]
-                ids = set(mine["video_id"])
-                waiting[part] = set(mine["video_id"][mine["current"] & (mine["status"] == "ok")])
+            no = part_names.index(part)
+            if no in totals:  # its videos part reads: the commit record names the chunk's videos
+                mine = parts == no
+                ids = set(vids.filter(pa.array(mine)).to_pylist())
+                waiting[part] = set(vids.filter(pa.array(mine & ok)).to_pylist())
             else:
                 ids = set()
                 for name in ("faces", "tracks"):
@@ -356,11 +381,14 @@ class AnnotationOutput:
                         if not _bad_bytes(e):
                             raise
                         problems.append((name, storage.join(self.root, name, part), f"unreadable: {e}"))
-                done = rows["current"] & (rows["status"] == "ok") & ~rows["damaged"] & rows["video_id"].isin(ids)
-                waiting[part] = ids - set(rows["video_id"][done])
-            damaged += [DamagedPart(uri, name, reason, tuple(sorted(ids))) for name, uri, reason in problems]
-        self._readable_videos, self._video_names, self._damaged, self._waiting = readable, names, damaged, waiting
-        self._row_index = rows
+                done = ok & ~damaged & _mask(pc.is_in(vids, value_set=pa.array(sorted(ids), pa.string())))
+                waiting[part] = ids - set(vids.filter(pa.array(done)).to_pylist())
+            damaged_parts += [DamagedPart(uri, name, reason, tuple(sorted(ids))) for name, uri, reason in problems]
+        self._readable_videos, self._video_names, self._damaged, self._waiting = (readable, names, damaged_parts,
+                                                                                  waiting)
+        self._index = index.drop_columns(["faces_rows", "tracks_rows"]).append_column(
+            "part", pa.DictionaryArray.from_arrays(parts, pa.array(part_names, pa.string()))).append_column(
+            "current", pa.array(current)).append_column("damaged", pa.array(damaged))
         fresh = [d for d in self._damaged if d.uri not in _warned]
         if fresh:
             _warned.update(d.uri for d in fresh)
@@ -423,8 +451,7 @@ class AnnotationOutput:
 
     def latest_finished_ms(self) -> int | None:
         """Commit time of the newest videos row (ms since the epoch, UTC); None when there is none."""
-        finished = self._rows()["finished_ms"].dropna()
-        return int(finished.max()) if len(finished) else None
+        return pc.max(self._index_table().column("finished_ms")).as_py()
 
     def replaced_rows(self) -> set[tuple[str, str]]:
         """``(video_id, run_id)`` of every videos row a newer row of the same video replaced: their
@@ -468,13 +495,6 @@ class AnnotationOutput:
                                f"`{self.repair_command({r['run_id']})}` to annotate it again")
         return sorted(best, key=lambda r: (r["status"] != "error", str(r["video_uri"])))
 
-    def current_error_kinds(self) -> dict[str, str]:
-        """``video_id -> error_kind`` ("" when none is recorded) of every video whose current row is an
-        ``error``, from the row index alone (an output of millions of rows is not read as dicts)."""
-        index = self._rows()
-        errors = index[index["current"] & (index["status"] == "error")]
-        return dict(zip(errors["video_id"], errors["error_kind"].fillna(""), strict=True))
-
     def find_video(self, key: str) -> dict[str, Any]:
         """The current row of the video named by ``key``: a video_id, a unique id prefix, its
         URI, or its file name with or without its extension. Raises :class:`OutputError` when
@@ -505,16 +525,30 @@ class AnnotationOutput:
         be placed against a watermark and are skipped with a warning.
         """
         columns = ["video_id", "video_uri", "run_id", "finished_ms", "part"]
-        index = self._rows()
-        ok = index[index["current"] & (index["status"] == "ok") & ~index["damaged"]]
-        unfinished = ok["finished_ms"].isna()
+        rows = self._index_table().filter(pa.array(self._committed())).select(columns)
+        if since_ms is not None:
+            rows = rows.filter(pc.greater(rows.column("finished_ms"), since_ms))
+        return _index_frame(_part_names(rows)).astype({"finished_ms": "int64"})
+
+    def current_states(self) -> pa.Table:
+        """``video_id``, ``status`` and ``error_kind`` of every video with a committed ``ok`` row
+        (:meth:`committed_videos`) or whose current row is an ``error``: what a rerun checks its input
+        against (resume). Arrow, filtered from the row index: no DataFrame, no Python object per video."""
+        index = self._index_table()
+        errors = index.column("current").to_numpy() & _mask(pc.equal(index.column("status"), "error"))
+        return index.filter(pa.array(self._committed() | errors)).select(["video_id", "status", "error_kind"])
+
+    def _committed(self) -> np.ndarray:
+        """Mask of the row index's committed ``ok`` rows: current, ``ok``, in a sound chunk and with a
+        ``finished_at`` (:meth:`committed_videos`); warns of the ok rows without one."""
+        index = self._index_table()
+        ok = (index.column("current").to_numpy() & ~index.column("damaged").to_numpy()
+              & _mask(pc.equal(index.column("status"), "ok")))
+        unfinished = ok & _mask(pc.is_null(index.column("finished_ms")))
         if unfinished.any():
             log.warning("%s: skipping %d ok videos row(s) without finished_at (not written by mien annotate?)",
                         self.root, int(unfinished.sum()))
-        rows = ok[~unfinished][columns].astype({"finished_ms": "int64"})
-        if since_ms is not None:
-            rows = rows[rows["finished_ms"] > since_ms]
-        return rows.reset_index(drop=True)
+        return ok & ~unfinished
 
     # -- faces ------------------------------------------------------------------------
     def faces_of(self, videos: pd.DataFrame | None = None,
@@ -631,8 +665,8 @@ def _newest_per_video(index: pa.Table) -> np.ndarray:
     n = len(index)
     if not n:
         return np.zeros(0, dtype=bool)
-    keys = pa.table({"v": index.column("video_id"), "t": pc.fill_null(index.column("finished_ms"), -1),
-                     "r": pc.fill_null(index.column("run_id"), "")})
+    keys = pa.table({"v": index.column("video_id"), "t": _filled(index.column("finished_ms"), -1),
+                     "r": _filled(index.column("run_id"), "")})
     order = pc.sort_indices(keys, sort_keys=[("v", "ascending"), ("t", "ascending"), ("r", "ascending")])
     videos = pc.take(keys.column("v"), order)
     last = np.ones(n, dtype=bool)  # in sorted order, a row is its video's newest when the next row is another video
@@ -642,13 +676,28 @@ def _newest_per_video(index: pa.Table) -> np.ndarray:
     return current
 
 
+def _filled(column: pa.ChunkedArray, value: Any) -> pa.ChunkedArray:
+    """``column`` with nulls as ``value``; copied only when it has a null (a run_id column is megabytes)."""
+    return pc.fill_null(column, value) if column.null_count else column
+
+
+def _mask(condition: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A boolean Arrow column as a NumPy mask, null as False."""
+    return pc.fill_null(condition, False).to_numpy()
+
+
+def _part_names(t: pa.Table) -> pa.Table:
+    """``t`` with its dictionary-encoded ``part`` column as plain strings (for a DataFrame)."""
+    return t.set_column(t.schema.get_field_index("part"), "part", pc.cast(t.column("part"), pa.string()))
+
+
 def _nullable(column: pd.Series) -> pd.Series:
     """``column`` as Python objects with None for missing (``to_pylist``'s way), for keys compared with them."""
     return column.astype(object).where(column.notna(), None)
 
 
 def _index_frame(t: pa.Table) -> pd.DataFrame:
-    """The row index of :meth:`AnnotationOutput._verify` from the videos rows' key columns: strings held
+    """A DataFrame of row index columns (:meth:`AnnotationOutput._rows`): strings held
     in Arrow buffers (a few dozen bytes a row, where Python strings took ~10x that for an output of
     100k videos), ``finished_ms`` a nullable integer."""
     import pandas as pd
@@ -657,23 +706,19 @@ def _index_frame(t: pa.Table) -> pd.DataFrame:
     return t.to_pandas(types_mapper={pa.string(): text, pa.large_string(): text, pa.int64(): pd.Int64Dtype()}.get)
 
 
-def _count_problem(footer: int | str, expected: dict[str, int] | None, current: list[str],
-                   part: str) -> str | None:
+def _count_problem(footer: int | str, low: int, high: int | None, part: str) -> str | None:
     """Why a chunk's faces or tracks part disagrees with its commit record, or None.
 
-    ``expected``: that table's rows per video of the chunk as written (None: an older writer
-    recorded none, and only the footer is checked); ``current``: the chunk's videos whose current row
-    it holds. Dropping
-    replaced rows rewrites faces and tracks before the videos part, so any count from the current
-    rows' to the whole chunk's is sound."""
-    low = 0 if expected is None else sum(expected.get(v, 0) for v in current)
+    ``high``: that table's rows in the whole chunk as written (None: an older writer recorded none,
+    and only the footer is checked); ``low``: the rows the record gives the chunk's videos whose
+    current row it holds. Dropping replaced rows rewrites faces and tracks before the videos part, so
+    any count from ``low`` to ``high`` is sound."""
     if isinstance(footer, str):
         if footer != "missing":
             return footer
         return None if low == 0 else f"missing, where its commit record videos/{part} counts {low} rows"
-    if expected is None:
+    if high is None:
         return None
-    high = sum(expected.values())
     if low <= footer <= high:
         return None
     return (f"{footer} rows, where its commit record videos/{part} says "

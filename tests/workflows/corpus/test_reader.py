@@ -116,3 +116,15 @@ def test_the_writer_resumes_from_committed_rows_and_removes_a_crashed_chunk(tmp_
 
     fresh = AnnotationSink(str(tmp_path / "new"), RUN3)  # a first run: nothing to resume or remove
     assert fresh.done_video_ids() == set() and fresh.remove_orphans() == []
+
+
+def test_current_states_are_what_a_rerun_checks_its_input_against(tmp_path) -> None:
+    """The resume check's view of an output (Arrow, one row per video): the committed ``ok`` videos
+    and the current errors; a video whose current row is in an uncommitted chunk keeps its older row."""
+    fx = build_annotated_output(tmp_path)
+    write_chunk(fx.root, RUN3, fx.empty_video_id, RUN2_FINISHED + dt.timedelta(days=1), 0, commit=False)
+    out = AnnotationOutput(str(fx.root))
+    states = {r["video_id"]: (r["status"], r["error_kind"]) for r in out.current_states().to_pylist()}
+    assert states == {fx.video_id: ("ok", None), fx.empty_video_id: ("ok", None),
+                      fx.error_video_id: ("error", "invalid_data")}
+    assert {v for v, (status, _) in states.items() if status == "ok"} == set(out.committed_videos()["video_id"])
