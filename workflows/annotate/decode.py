@@ -9,6 +9,7 @@ Sampling policies (``SamplingPolicy.parse``):
 - ``keyframes``   only key frames (the decoder skips the rest).
 
 Sparse policies seek to the key frame before the next target instead of decoding the gap,
+aim further back where a seek lands past its aim (MPEG-TS lands on the key frame after it),
 and fall back to sequential decoding for the rest of a video when seeking does not move
 forward (long GOPs). Frames that are not sampled are never converted to RGB.
 
@@ -416,26 +417,11 @@ class VideoReader:
         """Seek to the key frame before the window and decode up to its start. Returns the time of
         the last frame before the window (None: none) and the decoder at the window's first frame.
 
-        The seek aims just before the start, so that the frame before the window is decoded even
-        when a key frame lies on the start: whether the window's first frame is sampled depends on
-        it. When no frame before the start comes out (a container that seeks past its aim, as
-        MPEG-TS does by up to a GOP), it aims further back, and at last reads from the beginning,
-        so that no frame of the window is missed."""
-        back = 0.0
-        while True:
-            aim = self._lo - back
-            pts = (math.floor((aim + start) / stream.time_base) - 1) if aim > 0 else (stream.start_time or 0)
-            prev, decoder = self._decode_to_window(stream, start, pts)
-            if prev is not None or aim <= 0:
-                return prev, decoder
-            back = max(4 * back, 2.0)
-
-    def _decode_to_window(self, stream: Any, start: float, pts: int) -> tuple[float | None, Iterator[Any]]:
-        self._container.seek(pts, stream=stream, backward=True, any_frame=False)
-        self.seeks += 1
-        decoder = self._decoded(stream)
+        The seek lands strictly before the start, so that the frame before the window is decoded even
+        when a key frame lies on the start: whether the window's first frame is sampled depends on it."""
+        first, decoder = self._seek_before(stream, start, self._lo, strict=True)
         prev = None
-        for frame in decoder:
+        for frame in itertools.chain([first] if first is not None else [], decoder):
             t = self._time(frame, stream, start)
             if math.isfinite(t):
                 self.last_decoded_s = max(self.last_decoded_s, t)
@@ -444,6 +430,29 @@ class VideoReader:
             if math.isfinite(t):
                 prev = t
         return prev, iter(())
+
+    def _seek_before(self, stream: Any, start: float, t: float, strict: bool) -> tuple[Any, Iterator[Any]]:
+        """Seek to the key frame at or before ``t`` (``strict``: before it). Returns the first frame
+        decoded there (None: none) and the decoder after it.
+
+        A container that seeks past its aim (MPEG-TS lands on the key frame after it, or nowhere past
+        the last one) would skip the frames up to its landing: the seek then aims further back (2, 8,
+        32 s...), and at last at the beginning, so that no frame at or after ``t`` is missed."""
+        back = 0.0
+        while True:
+            aim = t - back
+            pts = (math.floor((aim + start) / stream.time_base) - int(strict)) if aim > 0 else (stream.start_time or 0)
+            self._container.seek(pts, stream=stream, backward=True, any_frame=False)
+            self.seeks += 1
+            decoder = self._decoded(stream)
+            first = next(decoder, None)
+            t_first = self._time(first, stream, start) if first is not None else math.inf
+            if math.isfinite(t_first):
+                self.last_decoded_s = max(self.last_decoded_s, t_first)
+            overshot = t_first >= t if strict else t_first > t + 1e-6  # a frame without time: cannot tell
+            if not overshot or aim <= 0:
+                return first, decoder
+            back = max(4 * back, 2.0)
 
     def _decoded(self, stream: Any) -> Iterator[Any]:
         """The decoder's frames from where it stands, counted and held to the video's deadline
@@ -493,18 +502,15 @@ class VideoReader:
         first = None  # the first frame after the last seek
         while target is not None:
             if seeking and since is not None and target - since >= self.seek_min_gap_s:
-                self._container.seek(int((target + start) / stream.time_base), stream=stream,
-                                     backward=True, any_frame=False)
-                self.seeks += 1
-                decoder = self._decoded(stream)
-                first = next(decoder, None)
+                first, decoder = self._seek_before(stream, start, target, strict=False)
                 if first is None:
                     self.reached_eof = True
                     return
                 t_first = self._time(first, stream, start)
                 if not math.isfinite(t_first) or t_first <= since:
                     # The key frame before the target is at/behind where we were: seeking gains
-                    # nothing on this video (long GOP). Decode forward from here without seeking.
+                    # nothing on this video (long GOP, or a container whose seeks overshoot had to
+                    # aim back that far). Decode forward from here without seeking.
                     # (Frames up to `since` do not satisfy the target: none is sampled twice.)
                     seeking = False
                 index = self._index_from_time(t_first, index + 1) - 1

@@ -18,6 +18,12 @@ def clip(tmp_path_factory):
     return str(render_video(tmp_path_factory.mktemp("v") / "clip.mp4", n_frames=100, fps=10, gop=10))
 
 
+@pytest.fixture(scope="module")
+def ts_clip(tmp_path_factory):
+    # The same clip in MPEG-TS, whose seeks land on the key frame after the aim (or nowhere after the last one).
+    return str(render_video(tmp_path_factory.mktemp("v") / "clip.ts", n_frames=100, fps=10, gop=10))
+
+
 def _read(uri, policy, **kw):
     with VideoReader(uri, SamplingPolicy.parse(policy), **kw) as r:
         frames = list(r.frames())
@@ -39,6 +45,43 @@ def test_sampling_policies_exact(clip, policy, expected):
     assert [round(f.timestamp_s, 3) for f in frames] == [i / 10 for i in expected]
     assert r.probe.width == 256 and r.probe.height == 144 and r.probe.fps == 10
     assert r.probe.duration_s == pytest.approx(10.0)
+
+
+def _every_frame(uri):
+    """(time, is key frame) of every frame, decoded by PyAV without the reader."""
+    import av
+
+    with av.open(uri) as c:
+        s = c.streams.video[0]
+        return [(float((f.pts - s.start_time) * s.time_base), f.key_frame) for f in c.decode(s)]
+
+
+def _reference(uri, policy):
+    """Indices of the frames a policy samples: the first frame at or after each target time."""
+    frames = _every_frame(uri)
+    times = [t for t, _ in frames]
+    if policy in ("all", "keyframes"):
+        return [i for i, (_, key) in enumerate(frames) if key or policy == "all"]
+    duration = times[-1] + 0.1  # the last frame lasts 0.1 s (10 fps)
+    if policy.startswith("fps:"):
+        step = 1 / float(policy[4:])
+        targets = [k * step for k in range(int(duration / step) + 1)]
+    else:
+        k_total = int(policy[8:])
+        targets = [k * duration / k_total for k in range(k_total)]
+    picked = [next((i for i, t in enumerate(times) if t >= target - 1e-6), None) for target in targets]
+    return sorted({i for i in picked if i is not None})
+
+
+@pytest.mark.parametrize("policy", ["all", "fps:0.5", "fps:5", "uniform:7", "keyframes"])
+def test_sparse_reads_of_a_container_that_seeks_past_its_aim(ts_clip, policy):
+    """MPEG-TS seeks land on the key frame after the aim: the reader still samples the first frame
+    at or after each target, and the complete file reads to its end (no false 'truncated')."""
+    expected = _reference(ts_clip, policy)
+    _, frames = _read(ts_clip, policy)  # raises DecodeError('truncated') when a seek loses the end
+    assert [f.index for f in frames] == expected
+    assert [read_index(f.image) for f in frames] == expected
+    assert [round(f.timestamp_s, 3) for f in frames] == [i / 10 for i in expected]
 
 
 @pytest.mark.parametrize("policy", ["all", "fps:2", "fps:0.5"])
@@ -256,20 +299,15 @@ def _windows(bounds):
     [0.0, 1.45, 5.75],  # uniform:7 targets 1.43 and 5.71 just before a boundary, their frames (1.5, 5.8) after it
 ], ids=["between", "on", "target-before-frame-after"])
 @pytest.mark.parametrize("policy", ["all", "fps:5", "fps:0.5", "uniform:7", "keyframes"])
-def test_windows_concatenated_are_the_whole_read(clip, policy, bounds):
-    """Workers decoding the windows of a video get together exactly the frames of one reader."""
-    _, whole = _read(clip, policy)
-    parts = [f for w in _windows(bounds) for f in _read(clip, policy, window=w)[1]]
+@pytest.mark.parametrize("media", ["clip", "ts_clip"])
+def test_windows_concatenated_are_the_whole_read(media, policy, bounds, request):
+    """Workers decoding the windows of a video get together exactly the frames of one reader,
+    also on MPEG-TS, whose seeks land past their aim."""
+    video = request.getfixturevalue(media)
+    _, whole = _read(video, policy)
+    parts = [f for w in _windows(bounds) for f in _read(video, policy, window=w)[1]]
     assert [(f.index, f.timestamp_s) for f in parts] == [(f.index, f.timestamp_s) for f in whole]
     assert all(np.array_equal(a.image, b.image) for a, b in zip(parts, whole, strict=True))
-
-
-def test_windows_of_a_container_that_seeks_past_its_aim(tmp_path):
-    """MPEG-TS seeks land up to a GOP after the aim: a window still starts at its first frame."""
-    p = str(render_video(tmp_path / "clip.ts", n_frames=100, fps=10, gop=10))
-    _, whole = _read(p, "all")
-    parts = [f for w in _windows([0.0, 1.45, 5.75]) for f in _read(p, "all", window=w)[1]]
-    assert [f.index for f in parts] == [f.index for f in whole] == list(range(100))
 
 
 def test_sparse_window_seeks_to_its_first_target(clip):
