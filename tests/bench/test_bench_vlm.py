@@ -44,11 +44,18 @@ def test_7b_shapes_match_the_published_parameter_counts():
 def test_one_question_costs_the_same_with_and_without_reuse():
     """The reuse accounting splits one pass in two: with a single question nothing is saved."""
     shape = bench_vlm.qwen2_5_vl_7b()
-    one = bench_vlm.PromptTokens(prefix_text=80, questions=(30,), reads=(1,))
+    one = bench_vlm.PromptTokens(prefix_text=80, questions=(30,), reads=((1,),), passes=((0,),))
     reuse = bench_vlm.scoring_flops(shape, one, reuse_prefix=True)
     full = bench_vlm.scoring_flops(shape, one, reuse_prefix=False)
     assert reuse["total"] == pytest.approx(full["total"])
-    many = bench_vlm.PromptTokens(prefix_text=80, questions=(40, 20, 20), reads=(1, 1, 1))
-    executed = bench_vlm.scoring_flops(shape, many, reuse_prefix=True, executed=True)["llm"]
-    padded = bench_vlm.PromptTokens(prefix_text=80, questions=(40, 40, 40), reads=(1, 1, 1))
-    assert executed > bench_vlm.scoring_flops(shape, padded, reuse_prefix=True)["llm"]  # + logits everywhere
+    # FE (40 tokens) and two AU questions (20) as the scorer runs them: two passes, each padded to its
+    # own longest, logits only where read: exactly the useful FLOPs
+    many = bench_vlm.PromptTokens(prefix_text=80, questions=(40, 20, 20), reads=((1,), (1,), (1,)),
+                                  passes=((0,), (1, 2)))
+    useful = bench_vlm.scoring_flops(shape, many, reuse_prefix=True)["llm"]
+    assert bench_vlm.scoring_flops(shape, many, reuse_prefix=True, executed=True)["llm"] == pytest.approx(useful)
+    # as one pass: every row padded to 40, and logits at both read positions
+    one_pass = bench_vlm.scoring_flops(shape, many.one_pass(), reuse_prefix=True, executed=True)["llm"]
+    padded = bench_vlm.PromptTokens(prefix_text=80, questions=(40, 40, 40), reads=((1,), (1,), (1,)),
+                                    passes=((0, 1, 2),))
+    assert one_pass > bench_vlm.scoring_flops(shape, padded, reuse_prefix=True)["llm"] > useful

@@ -14,7 +14,8 @@ from bench.bench_segments import shared
 
 def _args(**kw) -> argparse.Namespace:
     base = {"hours": 1e6, "fps": 2.0, "faces_per_frame": 1.0, "core_faces_per_s": 8.0, "gpu_faces_per_s": 20.0,
-            "driver_faces_per_s": 20000.0, "cross_node": 1.0}
+            "driver_faces_per_s": 20000.0, "cross_node": 1.0, "sink": "driver", "driver_videos_per_s": 1300.0,
+            "video_s": 20.0}
     return argparse.Namespace(**{**base, **kw})
 
 
@@ -26,6 +27,10 @@ def test_capacity_bottleneck_moves_from_gpu_to_cpu_to_driver():
     assert big["bottleneck"] == "driver" and big["rate"] == 20000.0
     assert big["hours"] == pytest.approx(1e6 * 3600 * 2 / 20000 / 3600)
     assert capacity.plan(1, 2, 0, a, 1.0)["GPU MLLM"] == float("inf")  # no GPU: MLLM on the CPUs
+    # output.sink=workers: the driver commits videos; its faces/s ceiling grows with their length
+    workers = capacity.plan(1000, 16, 800, _args(sink="workers"), 1 / 8)
+    assert workers["driver"] == pytest.approx(1300 * 20 * 2) and workers["bottleneck"] == "driver"
+    assert capacity.plan(1000, 16, 800, _args(sink="workers", video_s=600), 1 / 8)["bottleneck"] != "driver"
 
 
 def test_summary_rows_skip_missing_scripts_and_report_ratios():
