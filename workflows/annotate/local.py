@@ -34,11 +34,16 @@ class LocalStartError(RuntimeError):
     """The stages could not be built in a worker (a model or asset that fails to load)."""
 
 
+def local_workers(cfg: Any) -> int:
+    """Worker processes the machine affords: ``executor.local_workers``, else one per CPU
+    (``ray.num_cpus`` when set)."""
+    return int(cfg.executor.local_workers or cfg.ray.num_cpus or os.cpu_count() or 1)
+
+
 def local_plan(cfg: Any, n_videos: int) -> dict[str, dict[str, Any]]:
     """The plan in the shape of ``runner.stage_plan``: one fused face+MLLM stage, one worker
     process per CPU (``ray.num_cpus`` when set), never more than there are videos."""
-    workers = cfg.executor.local_workers or cfg.ray.num_cpus or os.cpu_count() or 1
-    workers = max(1, min(int(workers), n_videos))
+    workers = max(1, min(local_workers(cfg), n_videos))
     return {"faces": {"concurrency": workers, "num_cpus": 1.0, "num_gpus": 0.0, "batch_size": 1},
             "mllm": {"concurrency": 0, "num_cpus": 0.0, "num_gpus": 0.0, "batch_size": 1, "fused": True}}
 
@@ -60,11 +65,7 @@ def run_local(rows: list[dict[str, str]], cfg: Any, run_id: str,
 
 def _run_pool(rows: list[dict[str, str]], cfg: Any, run_id: str, workers: int,
               output_uri: str) -> Iterator[dict[str, Any]]:
-    # spawn, not fork: the driver has threads (the lease heartbeat, MLflow) and native libraries
-    # loaded, which a forked child would inherit in an undefined state.
-    ctx = multiprocessing.get_context("spawn")
-    pool = cf.ProcessPoolExecutor(max_workers=max(1, min(workers, len(rows))), mp_context=ctx,
-                                  initializer=_exit_with_parent, initargs=(os.getpid(),))
+    pool = _worker_pool(min(workers, len(rows)))
     finished = False
     try:
         quiet = not logging.getLogger("workflows").isEnabledFor(logging.DEBUG)  # mien -v: everything
@@ -96,6 +97,13 @@ def _run_pool(rows: list[dict[str, str]], cfg: Any, run_id: str, workers: int,
         # Stopped early (SIGTERM, Ctrl-C, an error): no waiting for the videos in flight, whose
         # results would be dropped anyway; the workers end with this process (_exit_with_parent).
         pool.shutdown(wait=finished, cancel_futures=True)
+
+
+def _worker_pool(workers: int) -> cf.ProcessPoolExecutor:
+    # spawn, not fork: the driver has threads (the lease heartbeat, MLflow) and native libraries
+    # loaded, which a forked child would inherit in an undefined state.
+    return cf.ProcessPoolExecutor(max_workers=max(1, workers), mp_context=multiprocessing.get_context("spawn"),
+                                  initializer=_exit_with_parent, initargs=(os.getpid(),))
 
 
 def _exit_with_parent(parent_pid: int) -> None:
@@ -158,13 +166,9 @@ class LocalWindows:
         self._args = (cfg, run_id, output_uri)
         self._workers = max(1, int(plan["faces"]["concurrency"]))
         self._quiet = not logging.getLogger("workflows").isEnabledFor(logging.DEBUG)
-        self._pool = self._new_pool()
+        self._pool = _worker_pool(self._workers)
         self._pool_of: dict[cf.Future, cf.ProcessPoolExecutor] = {}
         self.capacity = 2 * self._workers
-
-    def _new_pool(self) -> cf.ProcessPoolExecutor:
-        return cf.ProcessPoolExecutor(max_workers=self._workers, mp_context=multiprocessing.get_context("spawn"),
-                                      initializer=_exit_with_parent, initargs=(os.getpid(),))
 
     def _submit(self, fn: Any, *args: Any) -> cf.Future:
         future = self._pool.submit(fn, *self._args, *args, self._quiet)
@@ -190,7 +194,7 @@ class LocalWindows:
         except cf.process.BrokenProcessPool as e:
             if pool is self._pool:  # the first loss seen from this pool replaces it
                 self._pool.shutdown(wait=False, cancel_futures=True)
-                self._pool = self._new_pool()
+                self._pool = _worker_pool(self._workers)
             raise WorkerLost(f"a local worker process died ({e})") from None
 
     def check(self, handle: cf.Future) -> None:

@@ -605,7 +605,7 @@ def _run(work: Any, cfg: AnnotateConfig, run_id: str, sink: Any, lease: Any, sum
             return local.run_local(rows, cfg, run_id, plan, sink.root)
 
         def execute_windows(rows: list[dict[str, Any]]) -> Iterable[dict[str, Any]]:
-            workers = local.local_plan(cfg, 1 << 30)["faces"]["concurrency"]
+            workers = local.local_workers(cfg)
             n = _count_windows(rows, cfg, workers)
             summary.windows += n
             backend = local.LocalWindows(cfg, run_id, local.local_plan(cfg, n), sink.root)
