@@ -8,6 +8,8 @@ process's peak RSS (``ru_maxrss``):
 - ``dry_run``: ``mien annotate --dry-run`` (discovery, resume check, deny-list, plan, every chunk
   read back; nothing runs or is written): what a run holds before its first video starts;
 - ``resume``: the same, on an output where every entry already has a committed ``ok`` row;
+- ``rerun``: a real run (not dry) on that output: it also tidies the output before planning
+  (orphaned parts, replaced rows) and writes its run record, with nothing left to annotate;
 - ``listed``: for comparison, what annotate held before its plan streamed: every source as an
   object (``ingest.discover``), the to-do list and one dict per video for the executor (this
   process imports less than annotate does, so compare its growth, not its level).
@@ -40,8 +42,8 @@ if mode == "listed":
     rc = 0
 else:
     from jobs.cli import main
-    rc = main(["annotate", "--input", manifest, "--output", out, "--dry-run", "--no-progress",
-               "--set", "mlflow.enabled=false"])
+    rc = main(["annotate", "--input", manifest, "--output", out, "--no-progress", "--set", "mlflow.enabled=false",
+               *(["--dry-run"] if mode != "rerun" else [])])
 print("MAXRSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 sys.exit(rc)
 """
@@ -112,8 +114,8 @@ def main() -> None:
             shutil.rmtree(fresh, ignore_errors=True)
             if not (done / "videos").exists():
                 commit_all(manifest, done)
-            result[str(n)] = {mode: peak_kb(mode, manifest, fresh if mode != "resume" else done)[0]
-                              for mode in ("dry_run", "resume", "listed")}
+            result[str(n)] = {mode: peak_kb(mode, manifest, done if mode in ("resume", "rerun") else fresh)[0]
+                              for mode in ("dry_run", "resume", "rerun", "listed")}
             print(f"{n:>8} entries: " + ", ".join(f"{m} {kb / 1024:.0f} MiB" for m, kb in result[str(n)].items()),
                   flush=True)
         lo, hi = str(min(args.sizes)), str(max(args.sizes))

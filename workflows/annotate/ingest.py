@@ -34,6 +34,8 @@ import unicodedata
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import numpy as np
+
 from workflows.annotate.decode import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 from workflows.core import storage
 from workflows.core.storage import NO_CREDENTIALS, missing_credentials
@@ -393,6 +395,32 @@ def _jsonl_records(text: Any) -> Iterator[_Line]:
             yield n, obj["uri"], None, meta
 
 
+class _SeenHashes:
+    """A set of 64-bit hashes in ~10 bytes each, where a Python ``set[int]`` takes ~85: the newest
+    are a small set, merged into one sorted array once they reach an eighth of it (or
+    :attr:`RECENT`), so a manifest's duplicate check stays a few bytes an entry at millions of lines
+    and each lookup is one set probe and one binary search."""
+
+    RECENT = 4096
+
+    def __init__(self) -> None:
+        self._sorted = np.empty(0, np.int64)
+        self._recent: set[int] = set()
+
+    def add(self, h: int) -> bool:
+        """Add ``h``; False when it was already there."""
+        if h in self._recent:
+            return False
+        at = int(np.searchsorted(self._sorted, h))
+        if at < len(self._sorted) and self._sorted[at] == h:
+            return False
+        self._recent.add(h)
+        if len(self._recent) >= max(self.RECENT, len(self._sorted) // 8):
+            self._sorted = np.sort(np.concatenate([self._sorted, np.fromiter(self._recent, np.int64)]))
+            self._recent = set()
+        return True
+
+
 def _within(path: str, root: str) -> bool:
     path, root = path.rstrip("/"), root.rstrip("/")
     return path == root or path.startswith(root + "/")
@@ -412,9 +440,9 @@ def _manifest_sources(manifest: str, allowed_roots: list[str] | None, lines: Ite
         base = os.path.dirname(os.path.abspath(manifest))
     roots = [storage.strip_file_scheme(r) for r in (allowed_roots or [])]
     roots = [r if storage.is_remote(r) else os.path.realpath(r) for r in roots]
-    # Entries seen, by hash: a set of ints stays small for millions of lines (a 64-bit collision,
-    # ~1e-8 at a million entries, would show as a "duplicate entry" rejection, never silently).
-    seen: set[int] = set()
+    # Entries seen, by hash (a 64-bit collision, ~1e-8 at a million entries, would show as a
+    # "duplicate entry" rejection, never silently).
+    seen = _SeenHashes()
     no_credentials: set[str] = set()  # schemes already refused for want of credentials: not asked again
     for line, entry, problem, meta in lines:
         if problem is not None:
@@ -476,10 +504,9 @@ def _manifest_sources(manifest: str, allowed_roots: list[str] | None, lines: Ite
         if not uri.lower().endswith(MEDIA_SUFFIXES):
             rejected.append(RejectedEntry(entry, line, f"not a supported media suffix ({', '.join(MEDIA_SUFFIXES)})"))
             continue
-        if hash(uri) in seen:
+        if not seen.add(hash(uri)):
             rejected.append(RejectedEntry(entry, line, "duplicate entry"))
             continue
-        seen.add(hash(uri))
         scheme = uri.split("://", 1)[0].lower() if storage.is_remote(uri) else ""
         if scheme in no_credentials:
             rejected.append(RejectedEntry(entry, line, NO_CREDENTIALS))

@@ -439,7 +439,9 @@ def annotate(input_uri: str, output_uri: str, cfg: AnnotateConfig, force: bool =
             if work.counts.todo:
                 summary.executor, why = choose_executor(cfg, work.counts.todo)
                 log.info("executor: %s (%s)", summary.executor, why)
-            summary.planned_chunks = sum(1 for _ in work.chunks(cfg.ingest.chunk_videos))
+            for chunk in work.chunks(cfg.ingest.chunk_videos):  # read back as a run reads them
+                summary.planned_chunks += 1
+                del chunk  # before the next is read, as a run does
             summary.wall_s = time.perf_counter() - t0
             summary.breakdown = dict(clock.phases)
             return summary
@@ -725,6 +727,8 @@ def _run(work: Any, cfg: AnnotateConfig, run_id: str, sink: Any, lease: Any, sum
                    "faces_ipc": None, "tracks_ipc": None, "n_frames": 0, "meta": s.meta}
             done += 1
             last_log = _consume(row, run_id, sink, summary, fe_counts, au_counts, done, total, last_log)
+        # Released before the next chunk is read: the driver holds one chunk of sources, not two.
+        chunk, todo, rows, pending = [], [], [], {}
     summary.videos_elsewhere = dict(elsewhere)
     if cfg.output.sink == "workers":
         compactor.flush()

@@ -20,22 +20,18 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import hashlib
 import os
 from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from workflows.annotate.ingest import VideoSource
-from workflows.corpus.reader import AnnotationOutput
+from workflows.corpus.reader import AnnotationOutput, video_keys
 
 # Sources checked against the output and written to the plan file per record batch.
 SPILL_BATCH = 4096
-# Ids hashed at a time building a Resume.
-KEY_BATCH = 4096
 SPILL_SCHEMA = pa.schema([
     ("video_id", pa.string()), ("uri", pa.string()), ("size", pa.int64()), ("fingerprint", pa.string()),
     ("meta", pa.map_(pa.string(), pa.string())),
@@ -66,10 +62,11 @@ class PlanCounts:
 
 @dataclasses.dataclass
 class Resume:
-    """The videos a rerun leaves out, as the sorted 128-bit BLAKE2b keys of their ids (16 bytes a
-    video, where a Python set of ``str`` took ~110): ``codes[i]`` is ``DONE`` for a committed
-    ``ok`` video, else ``kinds[codes[i] - 1]``, the error kind of a settled error. Each batch of
-    sources is looked up at once (:meth:`lookup`, a binary search).
+    """The videos a rerun leaves out, as sorted 128-bit BLAKE2b keys of their ids (16 bytes a
+    video, where a Python set of ``str`` took ~110): ``done`` holds the committed ``ok`` videos,
+    ``errors`` those whose current row is a settled error, ``codes[i]`` the kind of ``errors[i]``
+    (``kinds[codes[i] - 1]``). Each batch of sources is looked up at once (:meth:`lookup`, a binary
+    search). The keys of done videos are sorted in place: building them holds nothing else.
 
     Two distinct ids share a key with probability 2^-128: over 10^7 committed videos and 10^7
     sources, the chance that any source is taken for a done video is ~10^14 / 2^128 ~ 3e-25 (a
@@ -77,8 +74,9 @@ class Resume:
 
     DONE = 0
 
-    keys: np.ndarray  # dtype S16, sorted
-    codes: np.ndarray  # int16, in the order of keys
+    done: np.ndarray  # dtype S16, sorted
+    errors: np.ndarray  # dtype S16, sorted
+    codes: np.ndarray  # int16, in the order of errors
     kinds: tuple[str, ...]
 
     @classmethod
@@ -89,39 +87,50 @@ class Resume:
         The output's row index (:class:`~workflows.corpus.reader.AnnotationOutput`) is gone when this
         returns, and the pages Arrow's pool kept from its thousands of small reads go back to the OS:
         the pass that follows holds the keys alone."""
-        resume = cls._of(AnnotationOutput(output_uri, must_exist=False).current_states(), settled_kinds)
+        resume = cls._of(AnnotationOutput(output_uri, must_exist=False, row_uris=False).current_states(), settled_kinds)
         pa.default_memory_pool().release_unused()
         return resume
 
     @classmethod
-    def _of(cls, states: pa.Table, settled_kinds: Collection[str]) -> Resume:
-        ok = pc.equal(states.column("status"), "ok")
-        kinds = pc.fill_null(states.column("error_kind"), "")
-        keep = pc.or_(ok, pc.is_in(kinds, value_set=pa.array(sorted(settled_kinds), pa.string())))
-        names = tuple(sorted(pc.unique(kinds.filter(pc.and_not(keep, ok))).to_pylist()))
-        codes = pc.if_else(ok, cls.DONE, pc.add(pc.index_in(kinds, value_set=pa.array(names, pa.string())), 1))
-        ids = states.column("video_id").filter(keep)
-        keys = np.empty(len(ids), "S16")
-        for i in range(0, len(ids), KEY_BATCH):  # Python strings of a slice at a time, never of the whole output
-            keys[i:i + KEY_BATCH] = _keys(ids.slice(i, KEY_BATCH).to_pylist())
-        order = np.argsort(keys, kind="stable")
-        return cls(keys[order], codes.filter(keep).to_numpy().astype(np.int16)[order], names)
+    def _of(cls, states: tuple[int, Iterable[pa.Table]], settled_kinds: Collection[str]) -> Resume:
+        """From :meth:`~workflows.corpus.reader.AnnotationOutput.current_states`: the done videos' keys
+        written into one array as the tables come, a batch of Python strings at a time."""
+        rows, batches = states
+        settled = set(settled_kinds)
+        codes_of: dict[str, int] = {}  # error kind -> its code, in order of appearance
+        done = np.empty(rows, "S16")
+        n_done = 0
+        errors: list[str] = []
+        codes: list[int] = []
+        for batch in batches:
+            ok = []
+            for video_id, status, kind in zip(*(batch.column(c).to_pylist() for c in batch.column_names),
+                                              strict=True):
+                if status == "ok":
+                    ok.append(video_id)
+                elif (kind or "") in settled:
+                    errors.append(video_id)
+                    codes.append(codes_of.setdefault(kind or "", len(codes_of) + 1))
+            done[n_done:n_done + len(ok)] = video_keys(ok)
+            n_done += len(ok)
+        done = done[:n_done]
+        done.sort()
+        error_keys = video_keys(errors)
+        order = np.argsort(error_keys, kind="stable")
+        return cls(done, error_keys[order], np.array(codes, np.int16)[order], tuple(codes_of))
 
     def lookup(self, video_ids: list[str]) -> np.ndarray:
-        """Per id: -1 when the output does not settle it, else its code (:attr:`codes`)."""
+        """Per id: -1 when the output does not settle it, else its code (``DONE``, or an error's)."""
         found = np.full(len(video_ids), -1, np.int16)
-        if not len(self.keys) or not video_ids:
+        if not video_ids or not (len(self.done) or len(self.errors)):
             return found
-        keys = _keys(video_ids)
-        at = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
-        hit = self.keys[at] == keys
-        found[hit] = self.codes[at[hit]]
+        keys = video_keys(video_ids)
+        for sorted_keys, codes in ((self.errors, self.codes), (self.done, None)):
+            if len(sorted_keys):
+                at = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
+                hit = sorted_keys[at] == keys
+                found[hit] = self.DONE if codes is None else codes[at[hit]]
         return found
-
-
-def _keys(video_ids: list[str]) -> np.ndarray:
-    """The 128-bit keys of ``video_ids`` (:class:`Resume`)."""
-    return np.frombuffer(b"".join(hashlib.blake2b(v.encode(), digest_size=16).digest() for v in video_ids), "S16")
 
 
 class Plan:
@@ -171,7 +180,9 @@ class Plan:
     def chunks(self, size: int) -> Iterator[list[VideoSource]]:
         """The planned sources, ``size`` at a time, in input order; each chunk largest first."""
         chunk: list[VideoSource] = []
-        with pa.memory_map(self.path) as source:
+        # Read, not memory-mapped: the pages of a mapped plan count in the driver's RSS until the
+        # pass ends (~150 bytes a video), where a read batch is freed with its chunk.
+        with pa.OSFile(self.path) as source:
             reader = pa.ipc.open_file(source)
             for i in range(reader.num_record_batches):
                 for row in reader.get_batch(i).to_pylist():

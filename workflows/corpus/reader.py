@@ -33,6 +33,8 @@ in memory.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import itertools
 import json
 import logging
 import os
@@ -61,6 +63,9 @@ FOOTER_THREADS = 16  # footer reads in flight on object storage (one round trip 
 # tables of a chunk each (64 rows) left the allocator's pages a third full (bench/bench_plan.py).
 COMPACT_PARTS = 16
 _ROW_KEYS = ["video_id", "video_uri", "status", "error_kind", "run_id", "finished_at"]
+# Dictionary-encoded in the row index, with the index type each needs: status and error_kind take a
+# handful of values, run_id one per run.
+_CODED_KEYS = {"status": pa.int8(), "error_kind": pa.int8(), "run_id": pa.int32()}
 _warned: set[str] = set()  # damaged parts this process has warned about: an output is opened many times
 
 
@@ -165,11 +170,14 @@ class AnnotationOutput:
     """One annotate output root (local path or ``s3://bucket/prefix``).
 
     ``must_exist=False`` (the writer preparing a run) accepts a root without ``videos/``: it
-    reads as an output with no committed part.
+    reads as an output with no committed part. ``row_uris=False`` leaves ``video_uri`` out of the
+    row index (the resume check needs none, and URIs are its largest column): :meth:`committed_videos`
+    and the DataFrame views then refuse to run.
     """
 
-    def __init__(self, root: str, *, must_exist: bool = True):
+    def __init__(self, root: str, *, must_exist: bool = True, row_uris: bool = True):
         self.root = root.rstrip("/") or root
+        self._row_keys = _ROW_KEYS if row_uris else [k for k in _ROW_KEYS if k != "video_uri"]
         if must_exist and not storage.exists(storage.join(self.root, "videos")):
             if not storage.exists(self.root):
                 raise OutputError(f"output not found: {root}")
@@ -201,6 +209,7 @@ class AnnotationOutput:
                 self._parts[name] = self._readable_videos
                 return self._parts[name]
             uris, skipped = self._listing(name)
+            self._verify()
             uris = [u for u in uris if u.rsplit("/", 1)[-1] not in self._waiting]
             if skipped:
                 log.warning("ignoring %d uncommitted %s part(s): a run in progress, or left by an interrupted "
@@ -219,8 +228,10 @@ class AnnotationOutput:
         uris = list_parts(self.root, name)
         if name == "videos":
             return uris, []
-        self._verify()
-        committed = self._video_names  # an unreadable videos part still claims its chunk's parts
+        # Listed after them (a chunk committed meanwhile counts as committed), not read: an unreadable
+        # videos part still claims its chunk's parts.
+        committed = (self._video_names if self._index is not None
+                     else {u.rsplit("/", 1)[-1] for u in list_parts(self.root, "videos")})
         return ([u for u in uris if u.rsplit("/", 1)[-1] in committed],
                 [u for u in uris if u.rsplit("/", 1)[-1] not in committed])
 
@@ -284,12 +295,18 @@ class AnnotationOutput:
         ``finished_at``, then greatest ``run_id``; rows without ``finished_at`` rank oldest) and
         ``damaged`` (its chunk is damaged). Made from :meth:`_index_table` on first use."""
         if self._row_index is None:
-            self._row_index = _index_frame(_part_names(self._index_table()))
+            self._need_uris()
+            self._row_index = _index_frame(_decoded(self._index_table()))
         return self._row_index
 
+    def _need_uris(self) -> None:
+        if "video_uri" not in self._row_keys:
+            raise RuntimeError("this AnnotationOutput was opened with row_uris=False: its row index has no video_uri")
+
     def _index_table(self) -> pa.Table:
-        """The columns of :meth:`_rows` as Arrow, ``part`` dictionary-encoded (4 bytes a row): what
-        the resume check of a large output reads, without a DataFrame or a Python object per row."""
+        """The columns of :meth:`_rows` as Arrow, ``part`` and :data:`_CODED_KEYS` dictionary-encoded
+        (``video_uri`` only with ``row_uris``): what the resume check and the writer's tidying of a
+        large output read, without a DataFrame or a Python object per row."""
         self._verify()
         assert self._index is not None
         return self._index
@@ -308,31 +325,37 @@ class AnnotationOutput:
         names = {u.rsplit("/", 1)[-1] for u in video_uris}
         footers |= self._sibling_footers(sorted(names - {part for _, part in footers}))
         bad: dict[str, list[tuple[str, str, str]]] = {}  # part -> (table, uri, reason)
-        # Per part: its key columns (Arrow, concatenated once), each row's faces and tracks rows as its
-        # commit record counts them (null: an older writer's part recorded none) and the record's totals.
+        # Per part: its key columns (Arrow, concatenated once) and, by its commit record, the faces and
+        # tracks rows of its chunk (``high``; -1: an older writer's part recorded none) and of the videos
+        # it holds a row of (``low``; then of those whose current row it holds).
         part_names = [u.rsplit("/", 1)[-1] for u in video_uris]
         tables: list[pa.Table] = []  # compacted COMPACT_PARTS parts at a time
         small: list[pa.Table] = []
-        totals: dict[int, dict[str, int] | None] = {}  # readable part's number -> faces/tracks rows of its chunk
+        reads = np.zeros(len(video_uris), dtype=bool)  # its videos part reads
+        high = np.full((len(video_uris), 2), -1, np.int64)  # [part, faces|tracks]
+        low = np.zeros((len(video_uris), 2), np.int64)
         sizes: list[int] = []  # rows of each readable part
         readable = []
         for no, uri in enumerate(video_uris):
             try:
-                t = self.read_part(uri, _ROW_KEYS)
+                t = self.read_part(uri, self._row_keys)
             except DamagedPartError as e:
                 bad.setdefault(part_names[no], []).append(("videos", uri, f"unreadable: {e.reason}"))
                 continue
             readable.append(uri)
             raw = (t.schema.metadata or {}).get(PART_ROWS_KEY)
             record = json.loads(raw) if raw else None
-            totals[no] = None if record is None else {name: sum(record.get(name, {}).values())
-                                                      for name in ("faces", "tracks")}
+            reads[no] = True
             ids = t.column("video_id").to_pylist()
+            for i, name in enumerate(("faces", "tracks")):
+                if record is not None:
+                    counts = record.get(name, {})
+                    high[no, i], low[no, i] = sum(counts.values()), sum(counts.get(v, 0) for v in ids)
             finished = pc.cast(t.column("finished_at").cast(pa.timestamp("ms", tz="UTC")), "int64")
             t = t.drop_columns(["finished_at"]).replace_schema_metadata(None).append_column("finished_ms", finished)
-            for name in ("faces", "tracks"):
-                t = t.append_column(f"{name}_rows", pa.nulls(len(t), pa.int64()) if record is None else pa.array(
-                    [record.get(name, {}).get(v, 0) for v in ids], pa.int64()))
+            for name, index_type in _CODED_KEYS.items():  # a few distinct values each: not a string a row
+                coded = pc.dictionary_encode(t.column(name)).cast(pa.dictionary(index_type, pa.string()))
+                t = t.set_column(t.schema.get_field_index(name), name, coded)
             small.append(t)
             sizes.append(len(t))
             if len(small) == COMPACT_PARTS:
@@ -340,19 +363,19 @@ class AnnotationOutput:
                 small = []
         tables += small
         index = pa.concat_tables(tables) if tables else pa.table(
-            {**{k: pa.array([], pa.string()) for k in _ROW_KEYS if k != "finished_at"},
-             **{k: pa.array([], pa.int64()) for k in ("finished_ms", "faces_rows", "tracks_rows")}})
-        parts = np.repeat(np.fromiter(totals, np.int32, len(totals)), sizes)  # each row's part number
+            {**{k: pa.array([], pa.dictionary(_CODED_KEYS[k], pa.string()) if k in _CODED_KEYS else pa.string())
+                for k in self._row_keys if k != "finished_at"},
+             "finished_ms": pa.array([], pa.int64())})
+        parts = np.repeat(np.flatnonzero(reads).astype(np.int32), sizes)  # each row's part number
         del tables, small
+        pa.default_memory_pool().release_unused()  # the pages of thousands of small reads, before the sort
         current = _newest_per_video(index)
-        low = {name: np.bincount(parts[current], minlength=len(video_uris),
-                                 weights=pc.fill_null(index.column(f"{name}_rows"), 0).to_numpy()[current])
-               for name in ("faces", "tracks")}  # each part's rows of the videos whose current row it holds
-        for no, total in totals.items():
+        self._drop_replaced_rows(low, video_uris, parts, current, index.column("video_id"))
+        for no in np.flatnonzero(reads).tolist():
             part = part_names[no]
-            for name in ("faces", "tracks"):
-                reason = _count_problem(footers[(name, part)], int(low[name][no]),
-                                        None if total is None else total[name], part)
+            for i, name in enumerate(("faces", "tracks")):
+                reason = _count_problem(footers[(name, part)], int(low[no, i]),
+                                        None if high[no, i] < 0 else int(high[no, i]), part)
                 if reason is not None:
                     bad.setdefault(part, []).append((name, storage.join(self.root, name, part), reason))
         damaged = np.isin(parts, [no for no, part in enumerate(part_names) if part in bad])
@@ -361,7 +384,7 @@ class AnnotationOutput:
         damaged_parts, waiting = [], {}
         for part, problems in sorted(bad.items()):
             no = part_names.index(part)
-            if no in totals:  # its videos part reads: the commit record names the chunk's videos
+            if reads[no]:  # its videos part reads: the commit record names the chunk's videos
                 mine = parts == no
                 ids = set(vids.filter(pa.array(mine)).to_pylist())
                 waiting[part] = set(vids.filter(pa.array(mine & ok)).to_pylist())
@@ -386,13 +409,33 @@ class AnnotationOutput:
             damaged_parts += [DamagedPart(uri, name, reason, tuple(sorted(ids))) for name, uri, reason in problems]
         self._readable_videos, self._video_names, self._damaged, self._waiting = (readable, names, damaged_parts,
                                                                                   waiting)
-        self._index = index.drop_columns(["faces_rows", "tracks_rows"]).append_column(
+        self._index = index.append_column(
             "part", pa.DictionaryArray.from_arrays(parts, pa.array(part_names, pa.string()))).append_column(
             "current", pa.array(current)).append_column("damaged", pa.array(damaged))
         fresh = [d for d in self._damaged if d.uri not in _warned]
         if fresh:
             _warned.update(d.uri for d in fresh)
             log.warning("%s", self.damage_message())
+
+    @staticmethod
+    def _drop_replaced_rows(low: np.ndarray, video_uris: list[str], parts: np.ndarray, current: np.ndarray,
+                            ids: pa.ChunkedArray) -> None:
+        """From ``low`` (per part, the faces and tracks rows its commit record gives the videos it holds
+        a row of), take those of its rows a newer row replaced: it is left with the rows of the videos
+        whose current row it holds. Replaced rows are few (videos annotated again), so their parts'
+        records are read again rather than a count kept per row."""
+        old = np.flatnonzero(~current)
+        for no, group in itertools.groupby(zip(parts[old].tolist(), ids.take(pa.array(old)).to_pylist(),
+                                               strict=True), key=lambda pair: pair[0]):
+            fs, path = storage.filesystem(video_uris[no])
+            try:
+                raw = (storage.with_retries(pq.read_schema)(path, filesystem=fs).metadata or {}).get(PART_ROWS_KEY)
+            except FileNotFoundError:  # another run's tidying removed it meanwhile: none of its rows is current
+                raw = None
+            record = json.loads(raw) if raw else {}
+            for _, video_id in group:
+                for i, name in enumerate(("faces", "tracks")):
+                    low[no, i] -= record.get(name, {}).get(video_id, 0)
 
     def _sibling_footers(self, parts: list[str]) -> dict[tuple[str, str], int | str]:
         """``(faces|tracks, part) -> row count or why there is none`` (:func:`_footer`) of each named
@@ -457,21 +500,22 @@ class AnnotationOutput:
         """``(video_id, run_id)`` of every videos row a newer row of the same video replaced: their
         faces and tracks are never read (:meth:`read_part`)."""
         if self._replaced is None:
-            rows = self._rows()
-            runs = _nullable(rows["run_id"])
-            current = set(zip(rows["video_id"][rows["current"]], runs[rows["current"]], strict=True))
-            old = set(zip(rows["video_id"][~rows["current"]], runs[~rows["current"]], strict=True))
-            self._replaced = old - current
+            index = self._index_table()
+            current = index.column("current").to_numpy()
+            old = _pairs(index, ~current)  # few: the rows of videos annotated again
+            again = _mask(pc.is_in(index.column("video_id"), value_set=pa.array(sorted({v for v, _ in old}), pa.string())))
+            self._replaced = old - _pairs(index, current & again)
         return self._replaced
 
     def replaced_ok_rows(self) -> dict[str, set[tuple[str, str]]]:
         """Part file name -> ``(video_id, run_id)`` of its replaced ``ok`` rows: what the writer
         drops (replaced error rows carry no faces and stay as history, ``attempts``). Damaged
         chunks are not rewritten: the writer moves them aside whole (:meth:`damaged_chunks`)."""
-        rows = self._rows()
-        rows = rows[~rows["current"] & (rows["status"] == "ok") & ~rows["damaged"]]
+        index = self._index_table()
+        rows = index.filter(pa.array(~index.column("current").to_numpy() & _mask(pc.equal(index.column("status"), "ok"))
+                                     & ~index.column("damaged").to_numpy()))
         found: dict[str, set[tuple[str, str]]] = {}
-        for vid, run, part in zip(rows["video_id"], _nullable(rows["run_id"]), rows["part"], strict=True):
+        for vid, run, part in zip(*(rows.column(c).to_pylist() for c in ("video_id", "run_id", "part")), strict=True):
             found.setdefault(part, set()).add((vid, run))
         return found
 
@@ -524,19 +568,25 @@ class AnnotationOutput:
         (:meth:`faces_of`). Rows without ``finished_at`` (not written by ``mien annotate``) cannot
         be placed against a watermark and are skipped with a warning.
         """
+        self._need_uris()
         columns = ["video_id", "video_uri", "run_id", "finished_ms", "part"]
         rows = self._index_table().filter(pa.array(self._committed())).select(columns)
         if since_ms is not None:
             rows = rows.filter(pc.greater(rows.column("finished_ms"), since_ms))
-        return _index_frame(_part_names(rows)).astype({"finished_ms": "int64"})
+        return _index_frame(_decoded(rows)).astype({"finished_ms": "int64"})
 
-    def current_states(self) -> pa.Table:
+    def current_states(self, batch_rows: int = 4096) -> tuple[int, Iterator[pa.Table]]:
         """``video_id``, ``status`` and ``error_kind`` of every video with a committed ``ok`` row
         (:meth:`committed_videos`) or whose current row is an ``error``: what a rerun checks its input
-        against (resume). Arrow, filtered from the row index: no DataFrame, no Python object per video."""
+        against (resume). Their number, and Arrow tables filtered from ``batch_rows`` rows of the row
+        index at a time: no copy of the index, no DataFrame, no Python object per video beyond a batch."""
         index = self._index_table()
-        errors = index.column("current").to_numpy() & _mask(pc.equal(index.column("status"), "error"))
-        return index.filter(pa.array(self._committed() | errors)).select(["video_id", "status", "error_kind"])
+        keep = self._committed() | (index.column("current").to_numpy()
+                                    & _mask(pc.equal(index.column("status"), "error")))
+        columns = index.select(["video_id", "status", "error_kind"])
+        batches = (columns.slice(start, batch_rows).filter(pa.array(keep[start:start + batch_rows]))
+                   for start in range(0, len(index), batch_rows))
+        return int(keep.sum()), batches
 
     def _committed(self) -> np.ndarray:
         """Mask of the row index's committed ``ok`` rows: current, ``ok``, in a sound chunk and with a
@@ -659,20 +709,48 @@ class AnnotationOutput:
         return sorted(docs, key=lambda d: str(d.get("run_id")))
 
 
+KEY_BATCH = 4096  # ids turned into keys at a time
+
+
+def video_keys(video_ids: list[str]) -> np.ndarray:
+    """128-bit BLAKE2b keys of ``video_ids`` (dtype ``S16``): equal for equal ids, and for two distinct
+    ids with probability 2^-128. Sorted and compared as fixed-width bytes, where the ids' strings
+    would take several times the memory."""
+    return np.frombuffer(b"".join(hashlib.blake2b(v.encode(), digest_size=16).digest() for v in video_ids), "S16")
+
+
 def _newest_per_video(index: pa.Table) -> np.ndarray:
     """Mask of the rows of ``index`` that are their video's newest: latest ``finished_ms`` (None ranks
-    oldest), then greatest ``run_id``. Sorted in Arrow, so no Python object is made per row."""
+    oldest), then greatest ``run_id``. The rows are sorted by a 64-bit hash of their id (8 bytes a
+    row; no string is copied or sorted); only the rows whose hash another row shares (a video with
+    several rows, or a collision) are then ranked by id, time and run."""
     n = len(index)
-    if not n:
-        return np.zeros(0, dtype=bool)
-    keys = pa.table({"v": index.column("video_id"), "t": _filled(index.column("finished_ms"), -1),
-                     "r": _filled(index.column("run_id"), "")})
-    order = pc.sort_indices(keys, sort_keys=[("v", "ascending"), ("t", "ascending"), ("r", "ascending")])
-    videos = pc.take(keys.column("v"), order)
-    last = np.ones(n, dtype=bool)  # in sorted order, a row is its video's newest when the next row is another video
-    last[:-1] = pc.not_equal(videos.slice(0, n - 1), videos.slice(1)).to_numpy(zero_copy_only=False)
-    current = np.zeros(n, dtype=bool)
-    current[order.to_numpy()[last]] = True
+    ids = index.column("video_id")
+    hashes = np.empty(n, np.uint64)
+    for start in range(0, n, KEY_BATCH):  # Python strings of a slice at a time
+        hashes[start:start + KEY_BATCH] = np.frombuffer(b"".join(
+            hashlib.blake2b(v.encode(), digest_size=8).digest() for v in ids.slice(start, KEY_BATCH).to_pylist()),
+            np.uint64)
+    order = np.argsort(hashes)
+    hashes = hashes[order]
+    same = hashes[:-1] == hashes[1:]  # rows i and i+1 of the sorted order share a hash
+    del hashes
+    current = np.ones(n, dtype=bool)
+    if not same.any():
+        return current  # every video has one row
+    shared = np.zeros(n, dtype=bool)
+    shared[:-1] |= same
+    shared[1:] |= same
+    rows = np.sort(order[shared])
+    sub = index.select(["video_id", "finished_ms", "run_id"]).take(pa.array(rows))
+    keys = pa.table({"v": sub.column("video_id"), "t": _filled(sub.column("finished_ms"), -1),
+                     "r": _ranks(sub.column("run_id"))})
+    ranked = pc.sort_indices(keys, sort_keys=[("v", "ascending"), ("t", "ascending"), ("r", "ascending")])
+    videos = pc.take(keys.column("v"), ranked)
+    last = np.ones(len(rows), dtype=bool)  # in sorted order, a row is its video's newest when the next is another
+    last[:-1] = pc.not_equal(videos.slice(0, len(rows) - 1), videos.slice(1)).to_numpy(zero_copy_only=False)
+    current[rows] = False
+    current[rows[ranked.to_numpy()[last]]] = True
     return current
 
 
@@ -686,14 +764,26 @@ def _mask(condition: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return pc.fill_null(condition, False).to_numpy()
 
 
-def _part_names(t: pa.Table) -> pa.Table:
-    """``t`` with its dictionary-encoded ``part`` column as plain strings (for a DataFrame)."""
-    return t.set_column(t.schema.get_field_index("part"), "part", pc.cast(t.column("part"), pa.string()))
+def _pairs(index: pa.Table, mask: np.ndarray) -> set[tuple[str, str | None]]:
+    """``(video_id, run_id)`` of the rows of the row index ``index`` that ``mask`` selects."""
+    rows = index.filter(pa.array(mask))
+    return set(zip(rows.column("video_id").to_pylist(), rows.column("run_id").to_pylist(), strict=True))
 
 
-def _nullable(column: pd.Series) -> pd.Series:
-    """``column`` as Python objects with None for missing (``to_pylist``'s way), for keys compared with them."""
-    return column.astype(object).where(column.notna(), None)
+def _ranks(column: pa.ChunkedArray) -> pa.Array:
+    """Each value's rank among a dictionary-encoded string ``column``'s values (null: 0, lowest): what
+    sorts like the strings, which Arrow does not sort as a dictionary."""
+    coded = column.combine_chunks()
+    ranks = pc.rank(coded.dictionary, sort_keys="ascending", tiebreaker="dense")
+    return pc.fill_null(pc.take(ranks, coded.indices), 0)
+
+
+def _decoded(t: pa.Table) -> pa.Table:
+    """``t`` with its dictionary-encoded columns (``part``, :data:`_CODED_KEYS`) as plain strings (for a DataFrame)."""
+    for i, field in enumerate(t.schema):
+        if pa.types.is_dictionary(field.type):
+            t = t.set_column(i, field.name, pc.cast(t.column(i), field.type.value_type))
+    return t
 
 
 def _index_frame(t: pa.Table) -> pd.DataFrame:

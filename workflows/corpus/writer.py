@@ -159,7 +159,7 @@ class AnnotationSink:
         part at once can at worst bring back replaced rows, which the next run drops again.
         Damaged chunks are not rewritten: once no video depends on one, its files move to
         ``_damaged/`` (:meth:`set_aside_damaged`). Returns the number of videos rows dropped."""
-        output = AnnotationOutput(self.root, must_exist=False)
+        output = AnnotationOutput(self.root, must_exist=False, row_uris=False)
         self._floor_ms = output.latest_finished_ms()
         dropped = 0
         for part, rows in sorted(output.replaced_ok_rows().items()):

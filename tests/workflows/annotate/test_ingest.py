@@ -271,3 +271,18 @@ def test_manifest_columns_reach_the_videos_table_of_ok_and_error_rows(asset, tmp
     datasets = pytest.importorskip("datasets")
     hf = datasets.load_dataset(str(tmp_path / "hf"), "videos", split="train")
     assert sorted((r["meta"]["subject"], r["meta"]["split"]) for r in hf) == [("S001", "train"), ("S002", "val")]
+
+
+def test_duplicate_entries_are_found_across_thousands_of_lines(tmp_path):
+    """The duplicate check keeps compact sorted hashes once past a few thousand entries: a repeat of
+    the first, a middle and the last entry is still rejected, and nothing else is."""
+    (tmp_path / "v").mkdir()
+    n = 9000
+    for i in range(n):
+        (tmp_path / "v" / f"c{i}.mp4").write_bytes(b"")
+    lines = [f"v/c{i}.mp4" for i in range(n)] + ["v/c0.mp4", f"./v/c{n // 2}.mp4", f"v/c{n - 1}.mp4"]
+    (tmp_path / "m.csv").write_text("uri\n" + "\n".join(lines) + "\n")
+    found = discover(str(tmp_path / "m.csv"))
+    assert len(found.sources) == n
+    assert [(r.line, r.reason) for r in found.rejected] == [(n + 2, "duplicate entry"), (n + 3, "duplicate entry"),
+                                                            (n + 4, "duplicate entry")]

@@ -124,7 +124,9 @@ def test_current_states_are_what_a_rerun_checks_its_input_against(tmp_path) -> N
     fx = build_annotated_output(tmp_path)
     write_chunk(fx.root, RUN3, fx.empty_video_id, RUN2_FINISHED + dt.timedelta(days=1), 0, commit=False)
     out = AnnotationOutput(str(fx.root))
-    states = {r["video_id"]: (r["status"], r["error_kind"]) for r in out.current_states().to_pylist()}
+    count, batches = out.current_states(batch_rows=2)
+    states = {r["video_id"]: (r["status"], r["error_kind"]) for batch in batches for r in batch.to_pylist()}
+    assert count == len(states)
     assert states == {fx.video_id: ("ok", None), fx.empty_video_id: ("ok", None),
                       fx.error_video_id: ("error", "invalid_data")}
     assert {v for v, (status, _) in states.items() if status == "ok"} == set(out.committed_videos()["video_id"])
