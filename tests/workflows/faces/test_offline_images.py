@@ -199,6 +199,32 @@ def test_detection_scale_follows_the_smallest_face_asked_for():
     assert detect_scale(1080, 1920, 0, 12) == 1.0  # 12 px faces need the native frame
 
 
+@pytest.mark.parametrize("size", [(640, 360), (1280, 720)])
+def test_yunet_sees_the_frame_as_bgr_at_its_detection_scale(multi_face, size):
+    """Detections are exactly those of OpenCV's YuNet on the BGR frame, area-resized to the detection
+    scale (the face stage's outputs must not move when this preprocessing is made cheaper)."""
+    import cv2
+
+    from workflows.core import assets
+    from workflows.faces.detect import YuNetDetector, detect_scale
+
+    w, h = size
+    frame = np.ascontiguousarray(cv2.resize(multi_face, size, interpolation=cv2.INTER_AREA))
+    scale = detect_scale(h, w, 1280, 24)
+    ref = np.ascontiguousarray(frame[:, :, ::-1])
+    if scale != 1.0:
+        ref = cv2.resize(ref, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+    yunet = cv2.FaceDetectorYN.create(str(assets.resolve("yunet")), "", ref.shape[1::-1], 0.6, 0.3, 5000)
+    _, rows = yunet.detect(ref)
+    got = YuNetDetector(assets.resolve("yunet"), 0.6, 0.3, 1280, 24).detect(frame)
+    assert len(got) == len(rows) >= 4
+    rows = rows[np.argsort(-rows[:, 14], kind="stable")]
+    for d, row in zip(got, rows, strict=True):
+        assert d.score == float(row[14])  # the same pixels in, the same score out
+        np.testing.assert_allclose(d.bbox, np.r_[row[:2], row[:2] + row[2:4]] / scale, rtol=0, atol=1e-3)
+        np.testing.assert_allclose(d.kps, row[4:14].reshape(5, 2) / scale, rtol=0, atol=1e-3)
+
+
 @pytest.mark.parametrize("face_px,min_face,found", [(28, 24, True), (16, 24, False), (16, 12, True)])
 def test_faces_down_to_det_min_face_px_are_all_found_on_hd_frames(multi_face, face_px, min_face, found):
     """Real faces tiled over a 1280x720 frame: the default (24 px) finds every face of 28 px
