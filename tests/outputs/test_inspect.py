@@ -2,6 +2,8 @@
 
 import json
 
+import pyarrow as pa
+
 from tests.outputs.conftest import MODEL_ID, RUN1, RUN2, faces_frame, mien
 
 
@@ -76,3 +78,24 @@ def test_refused_inputs_and_non_media_files_are_shown_not_only_in_the_run_json(a
     assert mien("report", "--input", root, "--output", tmp_path / "r.html") == 0
     html = (tmp_path / "r.html").read_text()
     assert 'id="rejected"' in html and "not under an allowed root" in html and ".wav 1" in html
+
+
+def test_inspect_lists_each_video_s_manifest_columns(tmp_path, capsys):
+    """A video listed from a manifest with other columns (subject, session) shows them with --videos,
+    in the text and in the JSON."""
+    import pyarrow.parquet as pq
+
+    from tests.outputs.conftest import build_annotated_output
+
+    fx = build_annotated_output(tmp_path)
+    part = fx.root / "videos" / f"{RUN2}-00000.parquet"
+    t = pq.read_table(part)
+    meta = [[("subject", "S07"), ("session", "2")] if v == fx.video_id else None for v in t.column("video_id").to_pylist()]
+    pq.write_table(t.set_column(t.schema.get_field_index("meta"), "meta",
+                                pa.array(meta, t.schema.field("meta").type)), part)
+    assert mien("inspect", fx.root, "--videos") == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.strip().startswith(fx.video_id))
+    assert line.endswith("interview.mp4  subject=S07 session=2")
+    assert mien("inspect", fx.root, "--json", "--videos") == 0
+    listed = {v["video_id"]: v["meta"] for v in json.loads(capsys.readouterr().out)["video_list"]}
+    assert listed[fx.video_id] == {"subject": "S07", "session": "2"} and listed[fx.empty_video_id] is None

@@ -105,8 +105,13 @@ def render_summary(s: OutputSummary, list_videos: bool = False) -> str:
             dom_text = f"{dom[0]} {100 * dom[1]:.0f}%" if dom else "-"
             lines.append(f"  {v['video_id']:20s} {v['status']:6s} {int(v.get('n_frames') or 0):6d} "
                          f"{int(v.get('n_faces') or 0):6d} {float(v.get('duration_s') or 0):7.1f}  "
-                         f"{dom_text:18s} {v['video_uri']}")
+                         f"{dom_text:18s} {v['video_uri']}" + (f"  {_meta_text(v.get('meta'))}" if v.get("meta") else ""))
     return "\n".join(lines)
+
+
+def _meta_text(meta: list[tuple[str, str]]) -> str:
+    """The manifest's columns of a video (``meta``), as ``key=value`` pairs."""
+    return " ".join(f"{k}={v}" for k, v in meta)
 
 
 def inspect_output(root: str | AnnotationOutput, as_json: bool = False, list_videos: bool = False) -> str:
@@ -116,8 +121,9 @@ def inspect_output(root: str | AnnotationOutput, as_json: bool = False, list_vid
     if as_json:
         doc = s.to_dict()
         if list_videos:
-            doc["video_list"] = [{k: v.get(k) for k in ("video_id", "video_uri", "status", "error_kind", "error",
-                                                         "n_frames", "n_faces", "duration_s", "attempts")}
+            doc["video_list"] = [{**{k: v.get(k) for k in ("video_id", "video_uri", "status", "error_kind", "error",
+                                                            "n_frames", "n_faces", "duration_s", "attempts")},
+                                  "meta": dict(v["meta"]) if v.get("meta") else None}
                                  for v in s.videos]
         return json.dumps(doc, indent=2, default=str)
     return render_summary(s, list_videos=list_videos)
