@@ -181,6 +181,9 @@ class ExecutorConfig:
     # local path has carried the reliability suite at that size.
     local_max_videos: int = 64
     local_workers: int = 0  # worker processes; 0 = one per CPU (ray.num_cpus when set), at most one per video
+    # Worker i on core i of those this process may use, when the job has one worker per core (Linux):
+    # 16 clips on 2 cores took 26.0 s pinned against 34.9 s not (median of 5 alternating rounds, #22).
+    pin_workers: bool = True
 
     def validate(self) -> list[str]:
         ok = ("auto", "local", "ray")

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.dataset as pads
@@ -116,3 +117,35 @@ def test_cli_one_clip_prints_the_breakdown_and_resumes(clips, tmp_path):
     runs = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").search_runs(
         [mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_experiment_by_name("mien-annotate").experiment_id])
     assert len(runs) == 2 and sorted(r.data.metrics["videos_ok"] for r in runs) == [0, 1]
+
+
+def _affinity_once_all_run(barrier: Any) -> set[int]:
+    barrier.wait(timeout=120)  # every worker holds a task: each answer comes from another process
+    return os.sched_getaffinity(0)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or not 2 <= len(os.sched_getaffinity(0)) <= 8,
+                    reason="pinning needs os.sched_setaffinity; the test spawns one worker per allowed core (2 to 8)")
+def test_pinned_workers_each_run_on_a_core_of_their_own():
+    """executor.pin_workers with one worker per allowed core: each on a core of its own. With pinning
+    off, or fewer workers than cores (a second job would pin to the same first cores), every worker
+    keeps every core."""
+    import multiprocessing
+
+    from workflows.annotate.local import _worker_pool
+
+    allowed = os.sched_getaffinity(0)
+    n = len(allowed)
+    with multiprocessing.get_context("spawn").Manager() as manager:
+        seen = {}
+        for workers, pin in ((n, True), (n, False), (n - 1, True)):
+            barrier = manager.Barrier(workers)
+            pool = _worker_pool(workers, pin=pin)
+            try:
+                seen[workers, pin] = [f.result() for f in [pool.submit(_affinity_once_all_run, barrier)
+                                                           for _ in range(workers)]]
+            finally:
+                pool.shutdown()
+    pinned = seen[n, True]
+    assert all(len(c) == 1 for c in pinned) and set().union(*pinned) == allowed
+    assert seen[n, False] == [allowed] * n and seen[n - 1, True] == [allowed] * (n - 1)
