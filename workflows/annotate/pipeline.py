@@ -418,13 +418,14 @@ def annotate(input_uri: str, output_uri: str, cfg: AnnotateConfig, force: bool =
     with leasing as lease, tempfile.TemporaryDirectory(prefix=f"mien-plan-{run_id}-") as spill:
         sink = AnnotationSink(output_uri, run_id, cfg.output.flush_every_videos, cfg.output.flush_every_s,
                               lease=lease)
-        if not dry_run:
-            sink.prepare(temporaries_older_than_s=cfg.output.lease_ttl_s)
+        # The output as the tidying read it, when that changed nothing: the resume check reuses its row index.
+        tidied = sink.prepare(temporaries_older_than_s=cfg.output.lease_ttl_s) if not dry_run else None
         # The deny-list is read after the lease is taken: a `mien forget` either sees this run or is seen.
         deny = read_deny_list(output_uri, cfg.ingest.deny_list, cfg.ingest.deny_list_file)
         # The output is read once, after prepare's rewrites; only the keys of the videos it settles
         # (16 bytes each) stay for the pass, not its row index.
-        resume = None if force else Resume.read(output_uri, () if retry_errors else SETTLED_ERROR_KINDS)
+        resume = None if force else Resume.read(output_uri, () if retry_errors else SETTLED_ERROR_KINDS, tidied)
+        del tidied  # its row index goes before the pass
         work = Plan.build(found, spill, resume=resume,
                           denied=(lambda s: deny.denies(s.video_id, s.uri)) if deny else None, limit=limit)
         summary.videos_total, summary.videos_skipped = work.counts.total, work.counts.skipped

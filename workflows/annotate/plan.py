@@ -80,14 +80,18 @@ class Resume:
     kinds: tuple[str, ...]
 
     @classmethod
-    def read(cls, output_uri: str, settled_kinds: Collection[str]) -> Resume:
+    def read(cls, output_uri: str, settled_kinds: Collection[str], output: AnnotationOutput | None = None) -> Resume:
         """What a rerun on ``output_uri`` leaves out: its committed videos, and those whose current
-        row is an error of a kind in ``settled_kinds`` ("" when none was recorded).
+        row is an error of a kind in ``settled_kinds`` ("" when none was recorded). ``output``: the
+        output already read (``sink.prepare()``'s, when it changed nothing), else it is read here.
 
         The output's row index (:class:`~workflows.corpus.reader.AnnotationOutput`) is gone when this
-        returns, and the pages Arrow's pool kept from its thousands of small reads go back to the OS:
-        the pass that follows holds the keys alone."""
-        resume = cls._of(AnnotationOutput(output_uri, must_exist=False, row_uris=False).current_states(), settled_kinds)
+        returns (unless the caller holds ``output``), and the pages Arrow's pool kept from its thousands
+        of small reads go back to the OS: the pass that follows holds the keys alone."""
+        if output is None:
+            output = AnnotationOutput(output_uri, must_exist=False, row_uris=False)
+        resume = cls._of(output.current_states(), settled_kinds)
+        del output
         pa.default_memory_pool().release_unused()
         return resume
 

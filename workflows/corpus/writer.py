@@ -105,12 +105,15 @@ class AnnotationSink:
         self.bytes_written = 0
 
     # -- preparing a run --------------------------------------------------------------
-    def prepare(self, temporaries_older_than_s: float) -> None:
+    def prepare(self, temporaries_older_than_s: float) -> AnnotationOutput | None:
         """Tidy the output before this run writes (module docstring): remove what crashed runs left
-        (uncommitted parts, their leases, stale temporaries) and drop replaced rows."""
+        (uncommitted parts, their leases, stale temporaries) and drop replaced rows. Returns the output
+        as the tidying read it (no URIs in its row index) when that rewrote and moved nothing, so the
+        resume check need not read every videos part again; else None."""
         self.remove_orphans()
         self.remove_stale_temporaries(temporaries_older_than_s)
-        self.drop_replaced()
+        output = AnnotationOutput(self.root, must_exist=False, row_uris=False)
+        return None if self._drop_replaced(output)[1] else output
 
     def remove_orphans(self) -> list[str]:
         """Delete faces/tracks parts whose chunk never committed its videos part, of runs that are
@@ -159,9 +162,13 @@ class AnnotationSink:
         part at once can at worst bring back replaced rows, which the next run drops again.
         Damaged chunks are not rewritten: once no video depends on one, its files move to
         ``_damaged/`` (:meth:`set_aside_damaged`). Returns the number of videos rows dropped."""
-        output = AnnotationOutput(self.root, must_exist=False, row_uris=False)
+        return self._drop_replaced(AnnotationOutput(self.root, must_exist=False, row_uris=False))[0]
+
+    def _drop_replaced(self, output: AnnotationOutput) -> tuple[int, int]:
+        """:meth:`drop_replaced` on ``output`` as read: the videos rows dropped, and the files rewritten,
+        removed or moved (0: the output is as it was read)."""
         self._floor_ms = output.latest_finished_ms()
-        dropped = 0
+        dropped = changed = 0
         for part, rows in sorted(output.replaced_ok_rows().items()):
             for name in TABLE_DIRS:  # videos last
                 uri = storage.join(self.root, name, part)
@@ -179,11 +186,11 @@ class AnnotationSink:
                         storage.remove(storage.join(self.root, gone, part))
                 else:
                     self._write_table(uri, t.filter(pa.array(keep, pa.bool_())))
+                changed += 1
                 dropped += keep.count(False) if name == "videos" else 0
         if dropped:
             log.info("dropped %d replaced videos row(s) with their faces and tracks", dropped)
-        self.set_aside_damaged(output)
-        return dropped
+        return dropped, changed + len(self.set_aside_damaged(output))
 
     def set_aside_damaged(self, output: AnnotationOutput) -> list[str]:
         """Move the files of every damaged chunk of ``output`` that no video depends on any more

@@ -100,6 +100,41 @@ def test_annotate_dry_run_prints_the_plan_and_writes_nothing(asset, tmp_path):
     assert not out.exists() and not (tmp_path / "mlflow.db").exists()
 
 
+def test_a_rerun_reads_the_output_s_videos_parts_once_before_its_pass(tmp_path, monkeypatch):
+    """A rerun's tidying and its resume check share one read of every videos part when the tidying
+    changes nothing (on a corpus of millions of videos, a pass over every part fewer); when it
+    rewrites a part, the resume check reads the output again, as it now is."""
+    import datetime as dt
+
+    from bench.bench_plan import commit_all, make_corpus
+    from jobs.cli import main
+    from workflows.corpus import schema
+    from workflows.corpus.reader import AnnotationOutput
+    from workflows.corpus.writer import AnnotationSink
+
+    manifest = make_corpus(tmp_path, 40)
+    out = tmp_path / "out"
+    commit_all(manifest, out)
+    reads = []
+    verify = AnnotationOutput._verify
+    monkeypatch.setattr(AnnotationOutput, "_verify",
+                        lambda self: (reads.append(self.root) if self._index is None else None, verify(self))[1])
+    argv = ["annotate", "--input", str(manifest), "--output", str(out), "--no-progress", "--set", "mlflow.enabled=false"]
+    assert main(argv) == 0
+    assert len(reads) == 2  # before the pass (tidying = resume), and the tidying after the run
+    # A replaced row to drop: the same video committed again by a later run.
+    again = AnnotationOutput(str(out)).committed_videos().iloc[0]
+    sink = AnnotationSink(str(out), "20990101T000000Z-later000", 64, flush_every_s=1e9)
+    row = {"video_id": again["video_id"], "video_uri": again["video_uri"], "status": "ok",
+           "n_frames": 1, "n_faces": 0, "n_tracks": 0, "run_id": sink.run_id, "finished_at": dt.datetime.now(dt.UTC)}
+    sink.add(schema.table("videos", [row]), schema.FACES.empty_table(), schema.TRACKS.empty_table(), 1)
+    sink.flush()
+    reads.clear()
+    assert main(argv) == 0
+    assert len(reads) == 3  # the tidying dropped the replaced row: the resume check reads the output again
+    assert len(AnnotationOutput(str(out)).videos()) == 40
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_planning_and_resuming_100k_entries_holds_driver_memory(tmp_path):
