@@ -158,7 +158,7 @@ def test_planning_and_resuming_100k_entries_holds_driver_memory(tmp_path):
         assert f"videos: 0 ok, 0 error, {n} already done (of {n})" in rerun
         peaks[n] = {"dry_run": fresh_kb, "resume": resume_kb, "rerun": rerun_kb}
     ratio = {k: peaks[100_000][k] / peaks[10_000][k] for k in peaks[10_000]}
-    # measured 1.02x, 1.10x and 1.09x (bench/bench_plan.py); with the row index's URIs and strings, a
+    # measured 1.02x, 1.10x and 1.08x (bench/bench_plan.py); with the row index's URIs and strings, a
     # DataFrame to find replaced rows and a set of hashes, 1.14x, 1.21x and 1.28x; before the plan streamed 2.6x
     # and 2.5x
     assert ratio["dry_run"] < 1.15 and ratio["resume"] < 1.2 and ratio["rerun"] < 1.2, (peaks, ratio)
