@@ -422,8 +422,8 @@ def annotate(input_uri: str, output_uri: str, cfg: AnnotateConfig, force: bool =
         tidied = sink.prepare(temporaries_older_than_s=cfg.output.lease_ttl_s) if not dry_run else None
         # The deny-list is read after the lease is taken: a `mien forget` either sees this run or is seen.
         deny = read_deny_list(output_uri, cfg.ingest.deny_list, cfg.ingest.deny_list_file)
-        # The output is read once, after prepare's rewrites; only the keys of the videos it settles
-        # (16 bytes each) stay for the pass, not its row index.
+        # The output as it is after prepare's rewrites (prepare's own read when it rewrote nothing);
+        # only the keys of the videos it settles (16 bytes each) stay for the pass, not its row index.
         resume = None if force else Resume.read(output_uri, () if retry_errors else SETTLED_ERROR_KINDS, tidied)
         del tidied  # its row index goes before the pass
         work = Plan.build(found, spill, resume=resume,

@@ -721,16 +721,14 @@ def video_keys(video_ids: list[str]) -> np.ndarray:
 
 def _newest_per_video(index: pa.Table) -> np.ndarray:
     """Mask of the rows of ``index`` that are their video's newest: latest ``finished_ms`` (None ranks
-    oldest), then greatest ``run_id``. The rows are sorted by a 64-bit hash of their id (8 bytes a
-    row; no string is copied or sorted); only the rows whose hash another row shares (a video with
-    several rows, or a collision) are then ranked by id, time and run."""
+    oldest), then greatest ``run_id``. The rows are sorted by the first 64 bits of their ids'
+    :func:`video_keys` (8 bytes a row; no string is copied or sorted); only the rows whose hash another
+    row shares (a video with several rows, or a collision) are then ranked by id, time and run."""
     n = len(index)
     ids = index.column("video_id")
     hashes = np.empty(n, np.uint64)
     for start in range(0, n, KEY_BATCH):  # Python strings of a slice at a time
-        hashes[start:start + KEY_BATCH] = np.frombuffer(b"".join(
-            hashlib.blake2b(v.encode(), digest_size=8).digest() for v in ids.slice(start, KEY_BATCH).to_pylist()),
-            np.uint64)
+        hashes[start:start + KEY_BATCH] = video_keys(ids.slice(start, KEY_BATCH).to_pylist()).view(np.uint64)[::2]
     order = np.argsort(hashes)
     hashes = hashes[order]
     same = hashes[:-1] == hashes[1:]  # rows i and i+1 of the sorted order share a hash
